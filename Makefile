@@ -1,0 +1,43 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: venv engine images lint typecheck check test demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=25.1"
+	$(BIN)/pip install --quiet -e '.[all]' --group dev
+	touch $(STAMP)
+
+engine:
+	bash docker/engine.sh
+
+images: engine venv
+	bash docker/build.sh
+
+lint: venv
+	$(BIN)/ruff format --check graceful examples tests bench
+	$(BIN)/ruff check graceful examples tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+check: lint typecheck
+
+test: check engine images
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: images
+	$(BIN)/graceful harness run --image graceful-example-asgi --json build/demo-asgi.json
+	$(BIN)/graceful harness run --image graceful-example-aiohttp --json build/demo-aiohttp.json
+
+bench: venv
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
