@@ -1,0 +1,35 @@
+"""graceful: containerized asyncio services that stop correctly."""
+
+from graceful.config import Config
+from graceful.draining import Drainable, WorkTracker
+from graceful.exceptions import (
+    ConfigError,
+    GracefulError,
+    HookError,
+    ShutdownTimeout,
+    StateError,
+    TargetImportError,
+)
+from graceful.logs import configure_logging, get_logger
+from graceful.runtime import ExitCode, Phase, Runtime, State, run
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Drainable",
+    "ExitCode",
+    "GracefulError",
+    "HookError",
+    "Phase",
+    "Runtime",
+    "ShutdownTimeout",
+    "State",
+    "StateError",
+    "TargetImportError",
+    "WorkTracker",
+    "configure_logging",
+    "get_logger",
+    "run",
+]
+
+__version__ = "0.1.0"

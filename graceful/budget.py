@@ -1,0 +1,60 @@
+"""Deadline arithmetic: one stop timeout split into absolute phase deadlines.
+
+Computed once, when the stop begins, on the event loop's clock. Every phase then waits until
+``min(its own deadline, exit_at)``, so no phase can overspend and a timeout is never applied
+twice (aiohttp's ``shutdown_timeout`` is, which doubles its budget).
+
+::
+
+    signal            delay_end          drain_end   cancel_end        exit_at   SIGKILL
+      |--- unready+delay --|---- drain --------|-- cancel --|-- flush, close --|- margin -|
+                                               |<------------ reserve -------->|
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graceful.config import Config
+
+__all__ = ["Budget"]
+
+_CANCEL_SHARE = 0.25
+_CANCEL_MAX = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Absolute deadlines (event-loop time) of one shutdown.
+
+    .. versionadded:: 0.1
+    """
+
+    start: float
+    delay_end: float
+    drain_end: float
+    cancel_end: float
+    exit_at: float
+
+    @classmethod
+    def plan(cls, config: Config, start: float) -> Budget:
+        """Split ``config.stop_timeout`` into phase deadlines starting at ``start``."""
+        exit_at = start + config.stop_timeout - config.effective_margin
+        reserve = min(config.effective_reserve, exit_at - start)
+        last_drain = exit_at - reserve
+        delay_end = min(start + config.delay, last_drain)
+        drain_end = last_drain
+        if config.drain_timeout is not None:
+            drain_end = min(drain_end, delay_end + config.drain_timeout)
+        cancel_end = min(drain_end + min(_CANCEL_MAX, reserve * _CANCEL_SHARE), exit_at)
+        return cls(start, delay_end, drain_end, cancel_end, exit_at)
+
+    def skip_to_flush(self, now: float) -> Budget:
+        """The budget after a second signal: drain ends now, cancel gets its short grace."""
+        grace = min(self.cancel_end - self.drain_end, max(self.exit_at - now, 0.0))
+        return Budget(self.start, min(self.delay_end, now), now, now + grace, self.exit_at)
+
+    def share(self, seconds: float) -> float:
+        """Fraction of the whole budget that ``seconds`` represents."""
+        total = self.exit_at - self.start
+        return round(seconds / total, 3) if total > 0 else 0.0

@@ -1,0 +1,160 @@
+"""Startup and shutdown hooks, isolated from each other and bounded by deadlines.
+
+A hook that raises is logged and the next one runs; a hook that hangs is cancelled at its
+deadline, and one that swallows the cancellation is abandoned after a short grace, so no hook
+can stop the rest of the shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from graceful.exceptions import HookError
+
+__all__ = ["CleanupContexts", "Hook", "HookOutcome", "Outcome", "Phase", "run_hook"]
+
+HookFunc = Callable[[], Awaitable[Any]]
+CleanupFunc = Callable[[], AsyncIterator[Any]]
+
+#: How long a cancelled hook may take to unwind before it is abandoned.
+_ABANDON_GRACE = 0.05
+
+
+class Phase(StrEnum):
+    """The phases of a shutdown, in order.
+
+    .. versionadded:: 0.1
+    """
+
+    UNREADY = "unready"
+    DELAY = "delay"
+    STOP_ACCEPT = "stop_accept"
+    DRAIN = "drain"
+    CANCEL = "cancel"
+    FLUSH = "flush"
+    CLOSE = "close"
+
+
+#: Phases a shutdown hook can be attached to.
+HOOK_PHASES = (Phase.UNREADY, Phase.STOP_ACCEPT, Phase.DRAIN, Phase.FLUSH, Phase.CLOSE)
+
+
+class Outcome(StrEnum):
+    """How one hook ended."""
+
+    OK = "ok"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """A shutdown hook attached to a phase.
+
+    .. versionadded:: 0.1
+    """
+
+    func: HookFunc
+    phase: Phase
+    name: str
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HookOutcome:
+    """What happened when a hook ran."""
+
+    name: str
+    phase: Phase
+    outcome: Outcome
+    seconds: float
+    error: str | None = None
+
+
+async def run_hook(
+    func: HookFunc, *, name: str, phase: Phase, deadline: float | None
+) -> HookOutcome:
+    """Run one hook until it finishes or the loop-time ``deadline`` passes.
+
+    Never raises (except when the caller itself is cancelled): the outcome says what happened.
+    """
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    task = asyncio.ensure_future(func())
+    timeout = None if deadline is None else max(deadline - loop.time(), 0.0)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        await asyncio.wait({task}, timeout=_ABANDON_GRACE)
+        if not task.done():
+            task.add_done_callback(_consume_result)
+        return HookOutcome(name, phase, Outcome.TIMED_OUT, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    if task.cancelled():
+        return HookOutcome(name, phase, Outcome.FAILED, seconds, "cancelled")
+    error = task.exception()
+    if error is not None:
+        return HookOutcome(name, phase, Outcome.FAILED, seconds, f"{type(error).__name__}: {error}")
+    return HookOutcome(name, phase, Outcome.OK, seconds)
+
+
+def _consume_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class CleanupContexts:
+    """Async-generator cleanup contexts: setup before ``yield``, teardown after, LIFO.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self) -> None:
+        self.registered: list[CleanupFunc] = []
+        self._entered: list[tuple[str, AsyncIterator[Any]]] = []
+
+    def add(self, func: CleanupFunc) -> None:
+        self.registered.append(func)
+
+    async def enter(self, func: CleanupFunc) -> None:
+        """Run the setup half of one context."""
+        gen = func()
+        await gen.__anext__()
+        self._entered.append((_name_of(func), gen))
+
+    def exits(self) -> list[tuple[str, HookFunc]]:
+        """The teardown halves of the entered contexts, last entered first."""
+        exits = [(name, _finisher(name, gen)) for name, gen in reversed(self._entered)]
+        self._entered.clear()
+        return exits
+
+
+def _finisher(name: str, gen: AsyncIterator[Any]) -> HookFunc:
+    async def finish() -> None:
+        try:
+            await gen.__anext__()
+        except StopAsyncIteration:
+            return
+        raise HookError(f"cleanup context {name} yielded more than once")
+
+    return finish
+
+
+def _name_of(func: object) -> str:
+    module = getattr(func, "__module__", None)
+    name = getattr(func, "__qualname__", None) or repr(func)
+    return f"{module}.{name}" if module and module != "__main__" else str(name)
+
+
+def hook_name(func: object) -> str:
+    """A readable name for a hook, for logs and the report."""
+    return _name_of(func)

@@ -1,0 +1,72 @@
+"""Prometheus metrics of the lifecycle, the stop and the work in flight."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Enum, Gauge
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """Every metric graceful exports, registered in one registry.
+
+    Args:
+        registry: where to register; tests pass a fresh ``CollectorRegistry``.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        self.state = Enum(
+            "graceful_state",
+            "Lifecycle state of the service.",
+            states=["starting", "serving", "stopping", "stopped"],
+            registry=registry,
+        )
+        self.signals = Counter(
+            "graceful_signals_received_total",
+            "Stop signals received, by signal name.",
+            ["signal"],
+            registry=registry,
+        )
+        self.phase_seconds = Gauge(
+            "graceful_shutdown_phase_seconds",
+            "Duration of each phase of the last shutdown.",
+            ["phase"],
+            registry=registry,
+        )
+        self.hooks_failed = Counter(
+            "graceful_hooks_failed_total",
+            "Shutdown hooks that raised or were cut at their deadline.",
+            ["phase", "outcome"],
+            registry=registry,
+        )
+        self.overruns = Counter(
+            "graceful_shutdown_overruns_total",
+            "Stops whose work did not fit the budget and had to be cut.",
+            registry=registry,
+        )
+        self.inflight = Gauge(
+            "graceful_inflight_requests",
+            "Units of work (requests, messages, jobs) in flight.",
+            ["server"],
+            registry=registry,
+        )
+        self.connections = Gauge(
+            "graceful_open_connections",
+            "Open client connections.",
+            ["server"],
+            registry=registry,
+        )
+        self.cancelled = Counter(
+            "graceful_work_cancelled_total",
+            "Units of work and tasks cancelled at the drain deadline.",
+            registry=registry,
+        )
+        self.flushed_items = Counter(
+            "graceful_flushed_items_total",
+            "Items written to durable state by flushes.",
+            registry=registry,
+        )
+        self.state.state("starting")

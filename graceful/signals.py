@@ -1,0 +1,183 @@
+"""Which signals start a stop, how repeats escalate, and who owns the handlers.
+
+Why ``signal.signal`` and not ``loop.add_signal_handler``: a Python-level handler runs in the
+main thread even while the event loop is blocked, so the third signal can always end the
+process; and ``signal.getsignal`` shows whether another library replaced our handler (with
+``add_signal_handler`` every owner looks the same). The handler itself only records the signal
+and wakes the loop with ``call_soon_threadsafe``, which is safe from a signal handler.
+
+PID 1: the kernel drops signals whose action is the default for PID 1, so a container's main
+process that installs no handler never sees SIGTERM and is SIGKILLed at the deadline. Installing
+the handler explicitly is what makes us work as PID 1.
+
+Escalation: the first signal starts the stop, a second skips the rest of the drain and goes to
+flush, a third exits at once. Containers never send a second SIGINT; a second SIGTERM comes
+from a person or a script. Repeats closer than ``repeat_window`` to the previous counted signal
+are one request (a ``kill`` loop or a supervisor's storm) and do not escalate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+__all__ = ["HANDLED_SIGNALS", "StopSignals", "shell_pid1_warning"]
+
+HANDLED_SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGINT")
+
+_Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+class StopSignals:
+    """Owns the stop signals while a runtime serves; restores the previous handlers after.
+
+    Args:
+        names: signal names, for example ``("SIGTERM", "SIGINT")``.
+        on_signal: called in signal-handler context with the signal and the escalation level
+            (1 stop, 2 skip to flush, 0 a repeat within the window); must only record and wake
+            the loop.
+        hard_exit_code: exit status of the process on the third signal.
+        repeat_window: seconds within which repeated signals count as one.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        on_signal: Callable[[signal.Signals, int], None],
+        *,
+        hard_exit_code: int,
+        repeat_window: float = 0.5,
+    ) -> None:
+        self.signals = tuple(signal.Signals[name] for name in names)
+        self._on_signal = on_signal
+        self._hard_exit_code = hard_exit_code
+        self._repeat_window = repeat_window
+        self._previous: dict[signal.Signals, _Handler] = {}
+        self._last_counted = -float("inf")
+        self.level = 0
+        self.received = 0
+        self.installed = False
+
+    def install(self) -> bool:
+        """Install the handlers; a no-op (returning False) off the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        for sig in self.signals:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+        self.installed = True
+        return True
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before ``install``."""
+        if not self.installed:
+            return
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self.installed = False
+
+    def replaced(self) -> dict[str, str]:
+        """Signals whose handler another library replaced, with a name for the intruder."""
+        if not self.installed:
+            return {}
+        found = {}
+        for sig in self.signals:
+            current = signal.getsignal(sig)
+            if current != self._handle:
+                found[sig.name] = _describe(current)
+        return found
+
+    def reclaim(self) -> None:
+        """Install our handler again where it was replaced."""
+        for name in self.replaced():
+            signal.signal(signal.Signals[name], self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        sig = signal.Signals(signum)
+        self.received += 1
+        now = time.monotonic()
+        if now - self._last_counted < self._repeat_window:
+            self._on_signal(sig, 0)
+            return
+        self._last_counted = now
+        self.level += 1
+        if self.level >= 3:
+            hard_exit(self._hard_exit_code, sig)
+        self._on_signal(sig, self.level)
+
+
+def hard_exit(code: int, sig: signal.Signals) -> None:
+    """Exit at once, after one last log line and flushed stdio.
+
+    Runs in signal-handler context, possibly while the main thread is inside a write to stdout;
+    so the last line goes straight to the file descriptor instead of through buffered streams.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a reentrant flush from the signal handler may fail; go on
+            pass
+    line = json.dumps(
+        {
+            "event": "shutdown.forced",
+            "signal": sig.name,
+            "exit_code": code,
+            "level": "error",
+            "logger": "graceful",
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )
+    try:
+        os.write(sys.stdout.fileno(), (line + "\n").encode())
+    except Exception:  # stdout closed or not a file: nothing more to do
+        pass
+    os._exit(code)
+
+
+def shell_pid1_warning() -> str | None:
+    """Explain the problem when our parent is a shell running as PID 1 (shell-form ``CMD``).
+
+    ``/bin/sh -c`` as PID 1 does not forward SIGTERM, so ``docker stop`` waits its full timeout
+    and kills us. Returns ``None`` when that is not the case or cannot be known.
+    """
+    if os.getpid() == 1 or os.getppid() != 1:
+        return None
+    try:
+        with open("/proc/1/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return None
+    if (
+        len(argv) >= 2
+        and os.path.basename(argv[0]) in (b"sh", b"bash", b"dash")
+        and (argv[1] == b"-c")
+    ):
+        return (
+            "PID 1 is a shell ({}): it does not forward SIGTERM, so docker stop will wait its "
+            "full timeout and SIGKILL this process; use an exec-form CMD "
+            '(CMD ["python", "app.py"]) or `exec` in the entrypoint script'.format(
+                b" ".join(argv[:2]).decode(errors="replace")
+            )
+        )
+    return None
+
+
+def _describe(handler: object) -> str:
+    if handler is None:
+        return "None (set outside Python)"
+    if isinstance(handler, int):
+        return {int(signal.SIG_DFL): "SIG_DFL", int(signal.SIG_IGN): "SIG_IGN"}.get(
+            handler, str(handler)
+        )
+    module = getattr(handler, "__module__", None) or "?"
+    name = getattr(handler, "__qualname__", None) or repr(handler)
+    return f"{module}.{name}"
