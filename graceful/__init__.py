@@ -12,11 +12,14 @@ from graceful.exceptions import (
 )
 from graceful.logs import configure_logging, get_logger
 from graceful.runtime import ExitCode, Phase, Runtime, State, run
+from graceful.state import Batcher, DurableStore
 
 __all__ = [
+    "Batcher",
     "Config",
     "ConfigError",
     "Drainable",
+    "DurableStore",
     "ExitCode",
     "GracefulError",
     "HookError",

@@ -528,35 +528,31 @@ class Runtime:
         await self._run_hooks(Phase.STOP_ACCEPT, deadline)
 
     async def _drain(self, deadline: float) -> bool:
-        """Wait for drainables, the main task and tracked tasks; True if all finished."""
+        """Wait for drainables, the main task and tracked tasks; True if all finished.
+
+        Tracked tasks are collected again after every wake-up, so work started during the
+        drain is awaited too.
+        """
         loop = asyncio.get_running_loop()
-        waits: set[asyncio.Future[Any]] = {
-            loop.create_task(d.drain(), name=f"drain {d.name}") for d in self._drainables
-        }
-        work = self._work_tasks()
-        waits |= work
-        if not waits:
-            return True
+        drains = {loop.create_task(d.drain(), name=f"drain {d.name}") for d in self._drainables}
         force = loop.create_task(self._force.wait())
-        pending = set(waits)
-        timeout = max(deadline - loop.time(), 0.0)
         try:
-            async with asyncio.timeout(timeout):
-                while pending and not self._force.is_set():
-                    _, pending = await asyncio.wait(
-                        pending | {force}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    pending.discard(force)
+            async with asyncio.timeout(max(deadline - loop.time(), 0.0)):
+                while not self._force.is_set():
+                    pending = {t for t in drains if not t.done()} | self._work_tasks()
+                    if not pending:
+                        break
+                    await asyncio.wait(pending | {force}, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             pass
         finally:
             force.cancel()
-        drains = pending - work
-        for task in drains:
+        unfinished = {t for t in drains if not t.done()}
+        for task in unfinished:
             task.cancel()
-        if drains:
-            await asyncio.wait(drains, timeout=0.1)
-        drained = not pending
+        if unfinished:
+            await asyncio.wait(unfinished, timeout=0.1)
+        drained = not unfinished and not self._work_tasks()
         if not drained:
             self.log.warning(
                 "drain.incomplete",

@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import queue
+import secrets
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -385,9 +386,7 @@ class DurableStore:
         self, conn: sqlite3.Connection, batch: list[_Write], size: int
     ) -> list[tuple[asyncio.Future[Any], object]]:
         try:
-            conn.execute("BEGIN IMMEDIATE")
             flags = _insert(conn, [row for w in batch for row in w.rows])
-            conn.execute("COMMIT")
         except Exception as exc:
             _rollback(conn)
             self._metrics.failures.inc()
@@ -418,33 +417,54 @@ class DurableStore:
 
 _INSERT_ROW: Final = f"INSERT OR IGNORE INTO {_TABLE} (key, kind, value) VALUES (?, ?, ?)"
 _INSERT_ROWS: Final = (
-    f"INSERT OR IGNORE INTO {_TABLE} (key, kind, value) "
+    f"INSERT OR IGNORE INTO {_TABLE} (key, kind, value, batch) "
     "SELECT json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), "
-    "json_extract(j.value, '$[2]') FROM json_each(?) AS j ORDER BY j.key"
+    "json_extract(j.value, '$[2]'), ? FROM json_each(?) AS j ORDER BY j.key"
 )
-_STORED_AMONG: Final = f"SELECT key FROM {_TABLE} WHERE key IN (SELECT value FROM json_each(?))"
+_STORED_AMONG: Final = (
+    f"SELECT json_group_array(key) FROM {_TABLE} WHERE key IN (SELECT value FROM json_each(?))"
+)
+_WRITTEN_BY: Final = (
+    f"SELECT json_group_array(key) FROM {_TABLE} "
+    "WHERE key IN (SELECT value FROM json_each(?)) AND batch = ?"
+)
 
 
 def _insert(conn: sqlite3.Connection, rows: list[Row]) -> list[bool]:
-    """Insert ``rows`` (in the open transaction); True for each key that was new.
+    """Insert ``rows`` in one transaction; True for each key that was new (first occurrence).
 
-    A whole batch goes in as one statement over a JSON array, not one statement per row: the
-    sqlite3 module releases and retakes the GIL around every statement, and with the event
-    loop busy each retake can wait a full switch interval (5 ms), which would cap group
-    commit far below what the disk allows.
+    The common case is one statement in autocommit mode, that is one transaction and one
+    fsync, over a JSON array of the whole batch. Few statements matter more than it seems: the
+    sqlite3 module releases and retakes the GIL around every statement, and while the event
+    loop is busy each retake can wait a full switch interval (5 ms).
     """
     keys = [row[0] for row in rows]
-    seen = {key for (key,) in conn.execute(_STORED_AMONG, (json.dumps(keys),))}
-    flags = []
-    for key in keys:
-        flags.append(key not in seen)
-        seen.add(key)
     if any(kind == _KIND_BYTES for _, kind, _ in rows):
-        # JSON cannot carry bytes; rare enough to go row by row.
+        # JSON cannot carry bytes: row by row, in an explicit transaction (rare).
+        conn.execute("BEGIN IMMEDIATE")
+        (stored,) = conn.execute(_STORED_AMONG, (json.dumps(keys),)).fetchone()
         for row in rows:
             conn.execute(_INSERT_ROW, row)
-    else:
-        conn.execute(_INSERT_ROWS, (json.dumps(rows),))
+        conn.execute("COMMIT")
+        old: set[str] = set(json.loads(stored))
+        return _first_new(keys, lambda key: key not in old)
+    # Tag the rows so that, if some keys were already stored, the ones this statement wrote
+    # can be told apart afterwards without a second statement in the common case.
+    tag = secrets.randbits(62)
+    inserted = conn.execute(_INSERT_ROWS, (tag, json.dumps(rows))).rowcount
+    distinct = set(keys)
+    if inserted == len(distinct):
+        return _first_new(keys, lambda key: True)
+    (written,) = conn.execute(_WRITTEN_BY, (json.dumps(keys), tag)).fetchone()
+    return _first_new(keys, set(json.loads(written)).__contains__)
+
+
+def _first_new(keys: list[str], new: Callable[[str], bool]) -> list[bool]:
+    seen: set[str] = set()
+    flags = []
+    for key in keys:
+        flags.append(key not in seen and new(key))
+        seen.add(key)
     return flags
 
 
@@ -604,7 +624,8 @@ def _setup(conn: sqlite3.Connection, path: str) -> None:
             conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
-            "key TEXT PRIMARY KEY NOT NULL, kind INTEGER NOT NULL, value BLOB)"
+            "key TEXT PRIMARY KEY NOT NULL, kind INTEGER NOT NULL, value BLOB, "
+            "batch INTEGER NOT NULL DEFAULT 0)"
         )
         conn.execute("COMMIT")
     except sqlite3.Error as exc:

@@ -14,7 +14,10 @@ import os
 
 import graceful
 
-runtime = graceful.Runtime(graceful.Config.from_env())
+try:
+    runtime = graceful.Runtime(graceful.Config.from_env())
+except graceful.ConfigError as exc:
+    raise SystemExit(f"graceful: configuration error: {exc}") from None
 
 
 @runtime.on_startup

@@ -1,0 +1,25 @@
+# graceful-lb:bookworm: HAProxy from Debian 12 for the load-balancer scenarios,
+# laid out like the official haproxy image (which users with a registry can use
+# instead: same config path, same stop signal, not root).
+#
+#   docker/base-image.sh graceful-lb-base:bookworm haproxy
+#   docker build -t graceful-lb:bookworm - < docker/lb.Dockerfile
+# (docker/build.sh does both.) The build needs no context.
+#
+# Run it with a config at /usr/local/etc/haproxy/haproxy.cfg (bind mount, or
+# COPY in a derived image); bind ports above 1024, the process is not root.
+
+ARG BASE_IMAGE=graceful-lb-base:bookworm
+FROM ${BASE_IMAGE}
+# Debian's package made the haproxy user and /var/lib/haproxy; give it a place
+# for sockets and pid files it can write to.
+RUN mkdir -p /usr/local/etc/haproxy /run/haproxy \
+    && chown haproxy:haproxy /run/haproxy /var/lib/haproxy \
+    && haproxy -v
+WORKDIR /var/lib/haproxy
+USER haproxy
+# SIGUSR1 is HAProxy's soft stop: stop listening, let sessions finish.
+STOPSIGNAL SIGUSR1
+# Master-worker mode in the foreground: the master is PID 1 and passes
+# signals on to the workers.
+CMD ["haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]

@@ -1,0 +1,5 @@
+"""``python -m graceful``."""
+
+from graceful.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""The ``graceful`` command.
+
+::
+
+    graceful run module:attr        serve an ``async def main(runtime)`` or a Runtime
+    graceful config                 show the effective settings and the stop budget
+    graceful probe livez|readyz     exit 0 when the admin endpoint answers 200 (HEALTHCHECK)
+    graceful harness run|list|clean prove on a Docker engine that an image stops correctly
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from graceful import __version__
+from graceful.budget import Budget
+from graceful.config import ENV_VARS, Config
+from graceful.exceptions import ConfigError, TargetImportError
+from graceful.runtime import ExitCode, Runtime
+
+__all__ = ["import_target", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``graceful`` command; returns the exit code.
+
+    .. versionadded:: 0.1
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(parser, args)
+    if args.command == "config":
+        return _config(args)
+    if args.command == "probe":
+        return _probe(args)
+    from graceful.harness import cli as harness_cli
+
+    return harness_cli.main(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graceful",
+        description="Containerized asyncio services that stop correctly.",
+    )
+    parser.add_argument("--version", action="version", version=f"graceful {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="serve `async def main(runtime)` (or a Runtime) from module:attr",
+        description="Import module:attr and serve it under the graceful runtime. The target "
+        "is an `async def main(runtime)` or a graceful.Runtime with its hooks registered. "
+        "Settings come from the environment (GRACEFUL_STOP_TIMEOUT, ...); options win.",
+    )
+    run.add_argument("target", metavar="module:attr")
+    run.add_argument("--stop-timeout", type=float, help="seconds between SIGTERM and SIGKILL")
+    run.add_argument("--delay", type=float, help="propagation delay after /readyz turns 503")
+    run.add_argument("--admin-port", type=int, help="port of /livez, /readyz, /metrics")
+    run.add_argument("--admin-host", help="address of the admin server")
+
+    config = sub.add_parser(
+        "config",
+        help="show the effective settings and how the stop budget splits",
+        description="Read the settings from the environment, validate them, and print them "
+        "with the phase deadlines of a stop. Exit 1 when a setting is invalid.",
+    )
+    config.add_argument("--json", action="store_true", help="print JSON")
+
+    probe = sub.add_parser(
+        "probe",
+        help="exit 0 when an admin endpoint answers 200 (for HEALTHCHECK)",
+        description="GET http://HOST:ADMIN_PORT/<endpoint>; exit 0 on 200, 1 otherwise.",
+    )
+    probe.add_argument("endpoint", choices=["livez", "readyz"])
+    probe.add_argument("--host", default="127.0.0.1")
+    probe.add_argument("--port", type=int, help="admin port (default: ADMIN_PORT or 9090)")
+    probe.add_argument("--timeout", type=float, default=2.0)
+
+    from graceful.harness import cli as harness_cli
+
+    harness = sub.add_parser(
+        "harness",
+        help="prove on a real Docker engine that an image stops correctly",
+        description="Run docker stop / docker kill scenarios under load against an image "
+        "and report verdicts a CI can act on.",
+    )
+    harness_cli.add_arguments(harness)
+    return parser
+
+
+def import_target(target: str) -> Any:
+    """Import ``module:attr`` (dots allowed in ``attr``).
+
+    Raises:
+        TargetImportError: the form is wrong, or the module or attribute is missing.
+
+    .. versionadded:: 0.1
+    """
+    module_name, _, attrs = target.partition(":")
+    if not module_name or not attrs:
+        raise TargetImportError(f'target {target!r} must be in the form "module:attribute"')
+    sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise TargetImportError(f'could not import module "{module_name}"') from None
+    for attr in attrs.split("."):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError:
+            raise TargetImportError(
+                f'attribute "{attrs}" not found in module "{module_name}"'
+            ) from None
+    return obj
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    overrides = {
+        name: value
+        for name, value in (
+            ("stop_timeout", args.stop_timeout),
+            ("delay", args.delay),
+            ("admin_port", args.admin_port),
+            ("admin_host", args.admin_host),
+        )
+        if value is not None
+    }
+    try:
+        target = import_target(args.target)
+        config = Config.from_env(**overrides)
+    except (TargetImportError, ConfigError) as exc:
+        parser.error(str(exc))
+    if isinstance(target, Runtime):
+        if overrides:
+            parser.error("options cannot change a Runtime built in code; use its Config")
+        return target.run()
+    if not callable(target):
+        parser.error(f"{args.target} is neither a Runtime nor an async main(runtime)")
+    return Runtime(config).run(target)
+
+
+def _config(args: argparse.Namespace) -> int:
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        print(f"graceful: configuration error: {exc}", file=sys.stderr)
+        return int(ExitCode.ERROR)
+    budget = Budget.plan(config, 0.0)
+    plan = {
+        "delay_until_s": round(budget.delay_end, 3),
+        "drain_until_s": round(budget.drain_end, 3),
+        "cancel_until_s": round(budget.cancel_end, 3),
+        "exit_by_s": round(budget.exit_at, 3),
+        "sigkill_at_s": config.stop_timeout,
+    }
+    warnings = config.fit_warnings()
+    if args.json:
+        settings = {name: getattr(config, name) for name in ENV_VARS}
+        print(json.dumps({"settings": settings, "plan": plan, "warnings": warnings}, indent=2))
+        return 0
+    for name, var in ENV_VARS.items():
+        print(f"{var:24} {getattr(config, name)!r}")
+    print()
+    print("after the stop signal (seconds):")
+    for key, value in plan.items():
+        print(f"  {key:16} {value:g}")
+    for warning in warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    port = args.port if args.port is not None else int(os.environ.get("ADMIN_PORT") or 9090)
+    url = f"http://{args.host}:{port}/{args.endpoint}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except OSError as exc:
+        print(f"{url}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"{url}: HTTP {status}", file=sys.stderr)
+    return 0 if status == 200 else 1

@@ -1,0 +1,303 @@
+"""``graceful harness``: run the scenarios against an image and print the verdict.
+
+::
+
+    graceful harness run --image IMAGE [--scenario NAME ...] [--stop-timeout S] [--json PATH]
+    graceful harness list
+    graceful harness clean
+
+``run`` exits 0 only when every scenario passes (1 when one fails, 2 when the harness could
+not run: no engine, no image, a failed build). The main CLI calls :func:`add_arguments` and
+:func:`main`; ``python -m graceful.harness`` runs this module alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from typing import TextIO
+
+from graceful.exceptions import GracefulError
+
+__all__ = ["add_arguments", "main"]
+
+_DEFAULT_TAG = "graceful-harness-build:latest"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``run``, ``list`` and ``clean`` subcommands to ``parser``.
+
+    .. versionadded:: 0.1
+    """
+    from graceful.harness.load import Workload
+
+    defaults = Workload()
+    sub = parser.add_subparsers(dest="harness_command", metavar="COMMAND", required=True)
+    run = sub.add_parser(
+        "run",
+        help="run scenarios against an image; exit 0 only when all pass",
+        description="Start the image, stop or kill it under load in each scenario, and judge "
+        "what clients saw, the exit code, the logs and the state left behind.",
+    )
+    run.add_argument("--image", help="image to test (built with --build when given)")
+    run.add_argument(
+        "--build",
+        metavar="PATH",
+        help=f"build the image from this context first (tagged --image, or {_DEFAULT_TAG})",
+    )
+    run.add_argument("--dockerfile", help="Dockerfile for --build, relative to the context")
+    run.add_argument(
+        "--build-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="build argument for --build (repeatable)",
+    )
+    run.add_argument(
+        "--scenario",
+        action="append",
+        metavar="NAME",
+        help="scenario to run (repeatable or comma-separated; all by default; see `list`)",
+    )
+    run.add_argument(
+        "--stop-timeout",
+        type=int,
+        default=10,
+        metavar="S",
+        help="docker stop -t, also passed as GRACEFUL_STOP_TIMEOUT (default: 10, Docker's)",
+    )
+    run.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+    run.add_argument("--port", type=int, default=defaults.port, help="HTTP port in the container")
+    run.add_argument(
+        "--admin-port",
+        type=int,
+        default=defaults.admin_port,
+        help="admin port (/readyz) in the container; 0 turns readiness checks off",
+    )
+    run.add_argument("--work-path", default=defaults.work_path, help="GET PATH?ms=N sleeps N ms")
+    run.add_argument(
+        "--items-path",
+        default=defaults.items_path,
+        help="POST/GET durable items; empty turns write checks off",
+    )
+    run.add_argument("--ready-path", default=defaults.ready_path, help="readiness path")
+    run.add_argument(
+        "--volume-path",
+        default=defaults.volume_path,
+        help="where the state volume is mounted; empty for none",
+    )
+    run.add_argument(
+        "--report-event",
+        default=defaults.report_event,
+        help="log event summarising a stop (counted: a stop must run once); empty to skip",
+    )
+    run.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the service (repeatable)",
+    )
+    run.add_argument("--startup-timeout", type=float, default=60.0, help="seconds to become ready")
+    run.add_argument(
+        "--init", action="store_true", help="run the service under docker's --init (tini)"
+    )
+    run.add_argument("--probe-image", help="image with python3 for the in-network prober")
+    sub.add_parser("list", help="name the scenarios and what each asserts")
+    sub.add_parser("clean", help="remove containers and volumes left by interrupted runs")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the subcommand chosen in ``args``; returns the process exit code.
+
+    .. versionadded:: 0.1
+    """
+    command = getattr(args, "harness_command", None)
+    if command == "list":
+        return _list(sys.stdout)
+    if command == "clean":
+        return _clean()
+    if command == "run":
+        return _run(args)
+    print("graceful harness: choose a command: run, list, clean", file=sys.stderr)
+    return 2
+
+
+def _list(out: TextIO) -> int:
+    from graceful.harness.scenarios import SCENARIOS
+
+    width = max(len(n) for n in SCENARIOS)
+    for name, cls in SCENARIOS.items():
+        print(f"{name.ljust(width)}  {cls.summary}", file=out)
+    return 0
+
+
+def _clean() -> int:
+    from graceful.harness.engine import EngineUnavailable, connect, sweep
+
+    try:
+        engine = connect()
+    except EngineUnavailable as exc:
+        print(f"graceful harness: {exc}", file=sys.stderr)
+        return 2
+    removed = sweep(engine.client)
+    print(f"removed {removed} harness containers/volumes/networks")
+    return 0
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise GracefulError(f"{what} {value!r} is not KEY=VALUE")
+        out[key] = val
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    from graceful.harness.scenarios import SCENARIOS
+
+    names: list[str] = []
+    for item in args.scenario or list(SCENARIOS):
+        names.extend(n.strip() for n in item.split(",") if n.strip())
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        print(
+            f"graceful harness: unknown scenario {', '.join(unknown)}; known: "
+            f"{', '.join(SCENARIOS)}",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.image and not args.build:
+        print("graceful harness: --image IMAGE (or --build PATH) is required", file=sys.stderr)
+        return 2
+    if args.stop_timeout < 1:
+        print("graceful harness: --stop-timeout must be at least 1 s", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_run_async(args, names))
+    except KeyboardInterrupt:
+        print("\ngraceful harness: interrupted; containers removed", file=sys.stderr)
+        return 130
+
+
+async def _run_async(args: argparse.Namespace, names: list[str]) -> int:
+    from graceful.harness.engine import ContainerError, EngineUnavailable, connect
+    from graceful.harness.load import Workload
+    from graceful.harness.scenarios import Settings, make_scenarios, run_scenarios
+
+    # SIGTERM to the harness cancels the run like Ctrl-C does, so the finally below removes
+    # every container and volume it created.
+    main_task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if main_task is not None:
+        loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
+    progress = Progress(sys.stderr)
+    try:
+        env = _pairs(args.env, "--env")
+        buildargs = _pairs(args.build_arg, "--build-arg")
+        engine = await asyncio.to_thread(connect)
+    except (EngineUnavailable, GracefulError) as exc:
+        print(f"graceful harness: {exc}", file=sys.stderr)
+        return 2
+    try:
+        try:
+            if args.build:
+                tag = args.image or _DEFAULT_TAG
+                progress.update(f"building {tag} from {args.build}")
+                image = await asyncio.to_thread(
+                    engine.build,
+                    args.build,
+                    tag=tag,
+                    dockerfile=args.dockerfile,
+                    buildargs=buildargs,
+                )
+            else:
+                image = await asyncio.to_thread(engine.image, args.image)
+        except ContainerError as exc:
+            progress.clear()
+            print(f"graceful harness: {exc}", file=sys.stderr)
+            return 2
+        settings = Settings(
+            stop_timeout=args.stop_timeout,
+            workload=Workload(
+                port=args.port,
+                admin_port=args.admin_port,
+                work_path=args.work_path,
+                items_path=args.items_path,
+                ready_path=args.ready_path,
+                volume_path=args.volume_path,
+                report_event=args.report_event,
+            ),
+            env=tuple(env.items()),
+            startup_timeout=args.startup_timeout,
+            probe_image=args.probe_image,
+            init=args.init,
+        )
+        scenarios = make_scenarios(names)
+        progress.total = len(scenarios)
+        report = await run_scenarios(
+            engine,
+            image,
+            scenarios,
+            settings,
+            progress=progress.update,
+            on_result=progress.result,
+        )
+    except asyncio.CancelledError:
+        progress.clear()
+        print("graceful harness: stopped; removing containers", file=sys.stderr)
+        raise KeyboardInterrupt from None
+    finally:
+        await asyncio.to_thread(engine.close)
+        loop.remove_signal_handler(signal.SIGTERM)
+    progress.clear()
+    sys.stdout.write(report.table())
+    if args.json:
+        report.write_json(args.json)
+        print(f"JSON report: {args.json}")
+    return 0 if report.passed else 1
+
+
+class Progress:
+    """A live status line on a terminal; plain lines elsewhere (CI logs)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.total = 0
+        self.done = 0
+        self._started = time.monotonic()
+        self._shown = False
+
+    def update(self, text: str) -> None:
+        elapsed = time.monotonic() - self._started
+        counter = f"[{self.done + 1}/{self.total}] " if self.total else ""
+        line = f"{counter}{text}  ({elapsed:.0f} s)"
+        if self.tty:
+            self.out.write("\r\033[K" + line)
+            self._shown = True
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+    def result(self, result: object) -> None:
+        from graceful.harness.report import ScenarioResult
+
+        assert isinstance(result, ScenarioResult)
+        self.done += 1
+        self.clear()
+        verdict = "PASS" if result.passed else "FAIL"
+        first = result.problems[0] if result.problems else ""
+        self.out.write(f"{verdict} {result.name}{': ' + first if first else ''}\n")
+        self.out.flush()
+
+    def clear(self) -> None:
+        if self.tty and self._shown:
+            self.out.write("\r\033[K")
+            self.out.flush()
+            self._shown = False

@@ -1,0 +1,495 @@
+"""Load client with a ledger: every request, when it was sent, what came back and when.
+
+The harness judges a stop by what a client saw, so every request goes through one
+:class:`Ledger`. A record keeps the request's kind, its send and answer times (on the
+monotonic clock), the HTTP status or the error class (refused, reset, closed, timeout) and,
+for writes, the id the client chose, so acknowledged writes can be looked for after a restart.
+
+Load is bounded in count and in time and stops by itself. It only ever talks to 127.0.0.1,
+through the ports the engine published there.
+
+This module also holds :data:`PROBE_SCRIPT`, the connection prober. It runs inside a sidecar
+container that shares the service's network namespace, so it sees the service's own listener:
+behind Docker's userland proxy a refused connection looks like one that was accepted and then
+closed, and the difference is the whole point of the check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import TracebackType
+
+import httpx
+
+__all__ = [
+    "PROBE_SCRIPT",
+    "Kind",
+    "Ledger",
+    "LoadClient",
+    "Outcome",
+    "ProbeEvent",
+    "Record",
+    "Workload",
+    "parse_probe_output",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Workload:
+    """Where the service under test answers, following the example HTTP contract.
+
+    Args:
+        port: the HTTP port inside the container.
+        admin_port: the admin port inside the container (``/readyz``); 0 when there is none,
+            which turns the readiness checks off.
+        work_path: ``GET {work_path}?ms=N`` sleeps N ms and answers 200.
+        items_path: ``POST`` stores ``{"id": ...}`` durably, ``GET`` lists ``{"ids": [...]}``;
+            empty when the service stores nothing, which turns the write checks off.
+        ready_path: readiness endpoint on the admin port.
+        volume_path: where the state volume is mounted in the container; empty for none.
+        report_event: the log event that summarises a stop (counted to check that a stop runs
+            once); empty to skip.
+
+    .. versionadded:: 0.1
+    """
+
+    port: int = 8080
+    admin_port: int = 9090
+    work_path: str = "/work"
+    items_path: str = "/items"
+    ready_path: str = "/readyz"
+    volume_path: str = "/data"
+    report_event: str = "shutdown.report"
+
+    @property
+    def has_admin(self) -> bool:
+        """Whether readiness can be polled."""
+        return self.admin_port > 0 and bool(self.ready_path)
+
+    @property
+    def has_items(self) -> bool:
+        """Whether the service stores writes the harness can check."""
+        return bool(self.items_path)
+
+
+class Kind(StrEnum):
+    """What a request was for."""
+
+    WORK = "work"  # steady short requests
+    LONG = "long"  # long requests held in flight across the stop
+    WRITE = "write"  # POST of an item with a client-chosen id
+    READ = "read"  # GET of the stored items
+
+
+class Outcome(StrEnum):
+    """How a request ended, as the client saw it."""
+
+    OK = "ok"  # answered with a 2xx status
+    HTTP_ERROR = "http_error"  # answered with another status
+    REFUSED = "refused"  # the connection was refused: nobody listened
+    RESET = "reset"  # the connection was reset (RST) before the answer was complete
+    CLOSED = "closed"  # the connection was closed (FIN) before any answer
+    TIMEOUT = "timeout"  # no answer in time
+    ERROR = "error"  # anything else (named in the record's detail)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Record:
+    """One request in the ledger.
+
+    Attributes:
+        kind: what the request was for.
+        sent: monotonic time the request was started.
+        answered: monotonic time its outcome was known (answer or error).
+        outcome: how it ended.
+        status: the HTTP status when there was an answer.
+        item_id: the id written, for writes.
+        detail: the error's text, for failures.
+
+    .. versionadded:: 0.1
+    """
+
+    kind: Kind
+    sent: float
+    answered: float
+    outcome: Outcome
+    status: int | None = None
+    item_id: str | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Answered with a 2xx status."""
+        return self.outcome is Outcome.OK
+
+    @property
+    def acked(self) -> bool:
+        """A write the service acknowledged (and so promised to keep)."""
+        return self.kind is Kind.WRITE and self.outcome is Outcome.OK
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Requests sent, answered with 2xx, and failed (everything else)."""
+
+    sent: int
+    ok: int
+    failed: int
+
+
+@dataclass(slots=True)
+class Ledger:
+    """Every request the load client made, in the order they ended.
+
+    .. versionadded:: 0.1
+    """
+
+    records: list[Record] = field(default_factory=list)
+
+    def add(self, record: Record) -> None:
+        """Append one request's record."""
+        self.records.append(record)
+
+    def select(
+        self,
+        kinds: Iterable[Kind] | None = None,
+        *,
+        sent_before: float | None = None,
+        sent_after: float | None = None,
+    ) -> list[Record]:
+        """Records of the given kinds sent in the given window (bounds exclusive)."""
+        wanted = set(kinds) if kinds is not None else set(Kind)
+        return [
+            r
+            for r in self.records
+            if r.kind in wanted
+            and (sent_before is None or r.sent < sent_before)
+            and (sent_after is None or r.sent > sent_after)
+        ]
+
+    def counts(self, kinds: Iterable[Kind] = (Kind.WORK, Kind.LONG, Kind.WRITE)) -> Counts:
+        """Sent / ok / failed over the load's requests (reads made to check state excluded)."""
+        chosen = self.select(kinds)
+        ok = sum(1 for r in chosen if r.ok)
+        return Counts(sent=len(chosen), ok=ok, failed=len(chosen) - ok)
+
+    def acked_ids(self) -> list[str]:
+        """Ids of the writes the service acknowledged, in the order they were acknowledged."""
+        return [r.item_id for r in self.records if r.acked and r.item_id is not None]
+
+
+_GONE = frozenset({Outcome.REFUSED, Outcome.RESET, Outcome.CLOSED})
+
+
+def describe_failures(records: Sequence[Record]) -> str:
+    """Plain words for a set of failed requests: ``"3 reset, 1 HTTP 503"``."""
+    counter: Counter[str] = Counter()
+    for r in records:
+        if r.outcome is Outcome.HTTP_ERROR:
+            counter[f"HTTP {r.status}"] += 1
+        elif r.outcome is Outcome.ERROR:
+            counter[r.detail or "error"] += 1
+        else:
+            counter[r.outcome.value] += 1
+    return ", ".join(f"{n} {what}" for what, n in counter.most_common())
+
+
+def classify(exc: BaseException) -> tuple[Outcome, str]:
+    """Map an httpx error to the error class the harness reports."""
+    if isinstance(exc, httpx.TimeoutException):
+        return Outcome.TIMEOUT, type(exc).__name__
+    causes = _chain(exc)
+    for cause in causes:
+        if isinstance(cause, ConnectionRefusedError):
+            return Outcome.REFUSED, str(cause)
+        if isinstance(cause, ConnectionResetError | BrokenPipeError):
+            return Outcome.RESET, str(cause)
+        if isinstance(cause, OSError) and cause.errno in (errno.ECONNRESET, errno.EPIPE):
+            return Outcome.RESET, str(cause)
+    text = str(exc)
+    if isinstance(exc, httpx.RemoteProtocolError):
+        # httpcore's words for a FIN before the status line, vs one in the middle of a body.
+        if "without sending a response" in text:
+            return Outcome.CLOSED, text
+        return Outcome.RESET, text
+    if isinstance(exc, httpx.ReadError | httpx.WriteError):
+        return Outcome.RESET, text or type(exc).__name__
+    if isinstance(exc, httpx.ConnectError) and "refused" in text.lower():
+        return Outcome.REFUSED, text
+    return Outcome.ERROR, f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+class LoadClient:
+    """Drives the HTTP contract over keep-alive connections and records every request.
+
+    Args:
+        host_port: the host port published for the service's HTTP port (on 127.0.0.1).
+        workload: paths of the contract.
+        ledger: where records go; a new one when omitted.
+        connections: size of the keep-alive pool.
+        timeout: per-request bound, a hang guard.
+        id_prefix: prefix of the item ids this client writes (unique per run).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        host_port: int,
+        *,
+        workload: Workload,
+        ledger: Ledger | None = None,
+        connections: int = 32,
+        timeout: float = 30.0,
+        id_prefix: str = "item",
+    ) -> None:
+        self.workload = workload
+        self.ledger = ledger if ledger is not None else Ledger()
+        self._base = f"http://127.0.0.1:{host_port}"
+        self._client = httpx.AsyncClient(
+            base_url=self._base,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            timeout=httpx.Timeout(timeout),
+            trust_env=False,  # never route through a proxy from the environment
+        )
+        self._ids = itertools.count(1)
+        self._prefix = id_prefix
+
+    async def __aenter__(self) -> LoadClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    def next_id(self) -> str:
+        """A fresh item id, unique within this client."""
+        return f"{self._prefix}-{next(self._ids)}"
+
+    async def work(self, ms: int, *, kind: Kind = Kind.WORK) -> Record:
+        """``GET {work_path}?ms=N``: one request that stays in flight for about ``ms``."""
+        return await self._request(kind, "GET", self.workload.work_path, params={"ms": ms})
+
+    async def write(self, item_id: str | None = None) -> Record:
+        """``POST {items_path}`` with a client-chosen id; acknowledged when answered 2xx
+        with that id."""
+        item_id = item_id if item_id is not None else self.next_id()
+        return await self._request(
+            Kind.WRITE, "POST", self.workload.items_path, json={"id": item_id}, item_id=item_id
+        )
+
+    async def stored_ids(self) -> set[str]:
+        """``GET {items_path}``: the ids the service holds.
+
+        Raises:
+            httpx.HTTPError: the service did not answer, or not with 2xx and JSON ids.
+        """
+        sent = time.monotonic()
+        response = await self._client.get(self.workload.items_path)
+        self.ledger.add(
+            Record(
+                kind=Kind.READ,
+                sent=sent,
+                answered=time.monotonic(),
+                outcome=Outcome.OK if response.is_success else Outcome.HTTP_ERROR,
+                status=response.status_code,
+            )
+        )
+        response.raise_for_status()
+        body = response.json()
+        return {str(i) for i in body["ids"]}
+
+    async def steady(
+        self,
+        *,
+        stop: asyncio.Event,
+        concurrency: int = 4,
+        ms: int = 20,
+        writes: bool = False,
+        max_requests: int = 5000,
+        max_seconds: float = 30.0,
+    ) -> None:
+        """Keep ``concurrency`` requests going until ``stop`` is set or a bound is reached.
+
+        Args:
+            stop: set it to end the load; no request is started after it is set.
+            concurrency: requests in flight at once (each worker keeps its connection alive).
+            ms: the work each request asks for (ignored for writes).
+            writes: send writes instead of work requests.
+            max_requests: the most requests this call sends in all.
+            max_seconds: the longest this call runs.
+        """
+        deadline = time.monotonic() + max_seconds
+        budget = itertools.count()
+
+        async def worker() -> None:
+            while not stop.is_set() and time.monotonic() < deadline:
+                if next(budget) >= max_requests:
+                    return
+                record = await (self.write() if writes else self.work(ms))
+                if record.outcome in _GONE:
+                    return  # the service is gone: a real client would back off, not spin
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(concurrency):
+                group.create_task(worker())
+
+    async def _request(
+        self,
+        kind: Kind,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, int] | None = None,
+        json: object = None,
+        item_id: str | None = None,
+    ) -> Record:
+        sent = time.monotonic()
+        try:
+            response = await self._client.request(method, path, params=params, json=json)
+        except httpx.HTTPError as exc:
+            outcome, detail = classify(exc)
+            record = Record(
+                kind=kind,
+                sent=sent,
+                answered=time.monotonic(),
+                outcome=outcome,
+                item_id=item_id,
+                detail=detail,
+            )
+        else:
+            ok = response.is_success
+            if ok and kind is Kind.WRITE:
+                ok = _acked_id(response) == item_id
+            record = Record(
+                kind=kind,
+                sent=sent,
+                answered=time.monotonic(),
+                outcome=Outcome.OK if ok else Outcome.HTTP_ERROR,
+                status=response.status_code,
+                item_id=item_id,
+            )
+        self.ledger.add(record)
+        return record
+
+
+def _acked_id(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if isinstance(body, dict) and "id" in body:
+        return str(body["id"])
+    return None
+
+
+# The prober runs as `python3 -c PROBE_SCRIPT PORT ADMIN_PORT WORK_PATH READY_PATH INTERVAL
+# SECONDS` in a container sharing the service's network namespace (or on the host against
+# published ports when no python3 image is at hand). Each probe is a fresh connection with one
+# request, classified the same way as the load client's, and printed as one JSON line stamped
+# with CLOCK_MONOTONIC, which containers share with the host.
+PROBE_SCRIPT = r"""
+import json, socket, sys, time
+port, admin, work, ready = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+interval, seconds = float(sys.argv[5]), float(sys.argv[6])
+
+def probe(p, path):
+    s = socket.socket()
+    s.settimeout(1.0)
+    try:
+        s.connect(("127.0.0.1", p))
+    except ConnectionRefusedError:
+        return "refused", None
+    except socket.timeout:
+        return "timeout", None
+    except OSError as e:
+        return "error", str(e)
+    try:
+        s.sendall(("GET %s HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n" % path).encode())
+        data = s.recv(64)
+    except ConnectionResetError:
+        return "reset", None
+    except socket.timeout:
+        return "timeout", None
+    except OSError as e:
+        return "error", str(e)
+    finally:
+        s.close()
+    if not data:
+        return "closed", None
+    try:
+        return "answered", int(data.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return "error", "not HTTP"
+
+end = time.monotonic() + seconds
+sep = "&" if "?" in work else "?"
+while time.monotonic() < end:
+    for kind, p, path in (("ready", admin, ready), ("main", port, work + sep + "ms=0")):
+        if p <= 0:
+            continue
+        t = time.monotonic()
+        outcome, status = probe(p, path)
+        print(json.dumps({"t": t, "kind": kind, "outcome": outcome, "status": status}), flush=True)
+    time.sleep(interval)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeEvent:
+    """One probe: a fresh connection to the service's port (``main``) or to ``/readyz``
+    (``ready``), at monotonic time ``t``; ``outcome`` is ``answered`` (with ``status``),
+    ``refused``, ``reset``, ``closed``, ``timeout`` or ``error``."""
+
+    t: float
+    kind: str
+    outcome: str
+    status: int | None
+
+
+def parse_probe_output(text: str) -> list[ProbeEvent]:
+    """Probe events from the prober's output; lines that are not probe events are skipped."""
+    events: list[ProbeEvent] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            raw = json.loads(line)
+            status = raw.get("status")
+            events.append(
+                ProbeEvent(
+                    t=float(raw["t"]),
+                    kind=str(raw["kind"]),
+                    outcome=str(raw["outcome"]),
+                    status=status if isinstance(status, int) else None,
+                )
+            )
+        except (ValueError, KeyError, TypeError):
+            continue
+    return events

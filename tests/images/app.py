@@ -1,0 +1,235 @@
+"""A stdlib-only service that follows the harness's HTTP contract, well or badly on purpose.
+
+``APP_MODE`` picks the behaviour on a stop signal:
+
+- ``good``: unready, close the listener, drain in-flight requests within the budget, cancel
+  what is left at the deadline, close the database, log one ``shutdown.report``, exit 0 (3
+  when work was cut). Writes are acknowledged after an fsynced SQLite commit.
+- ``no-handler``: installs no handler; as PID 1 the kernel drops SIGTERM (docker stop → 137).
+- ``exit-at-once``: exits 0 the moment SIGTERM arrives, dropping in-flight requests.
+- ``early-ack``: acknowledges writes from memory and writes them down every 30 s (and on a
+  graceful stop); a SIGKILL loses what was acknowledged since the last write-down.
+- ``endless-drain``: drains without a deadline, waiting for in-flight work forever.
+
+Only here to test the harness; the real examples use graceful's runtime on real servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import sys
+import time
+from urllib.parse import parse_qs, urlsplit
+
+MODE = os.environ.get("APP_MODE", "good")
+PORT = int(os.environ.get("PORT", "8080"))
+ADMIN_PORT = int(os.environ.get("ADMIN_PORT", "9090"))
+STOP_TIMEOUT = float(os.environ.get("GRACEFUL_STOP_TIMEOUT", "10"))
+STATE_PATH = os.environ.get("STATE_PATH", "/data/state.sqlite")
+EARLY_ACK_FLUSH_S = 30.0
+
+
+def log(event: str, **fields: object) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+class Store:
+    """Items by id in SQLite; ``durable`` commits every write with synchronous=FULL."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY)")
+        self.pending: list[str] = []
+
+    def put(self, item_id: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO items (id) VALUES (?)", (item_id,))
+
+    def flush(self) -> int:
+        n = len(self.pending)
+        if n:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT OR IGNORE INTO items (id) VALUES (?)", [(i,) for i in self.pending]
+            )
+            self.db.execute("COMMIT")
+            self.pending.clear()
+        return n
+
+    def ids(self) -> list[str]:
+        stored = [row[0] for row in self.db.execute("SELECT id FROM items ORDER BY rowid")]
+        return stored + [i for i in self.pending if i not in set(stored)]
+
+
+class App:
+    def __init__(self) -> None:
+        self.store = Store(STATE_PATH)
+        self.ready = False
+        self.stopping = False
+        self.signals = 0
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.idle_writers: set[asyncio.StreamWriter] = set()
+        self.drained = asyncio.Event()
+        self.stop_event = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    # --- HTTP plumbing (HTTP/1.1, keep-alive, Content-Length bodies only) -----------------
+
+    async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                self.idle_writers.add(writer)
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.idle_writers.discard(writer)
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = {}
+                for h in lines[1:]:
+                    if ":" in h:
+                        k, v = h.split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+                task = asyncio.current_task()
+                assert task is not None
+                self.inflight.add(task)
+                try:
+                    status, payload = await self.route(method, target, body)
+                finally:
+                    self.inflight.discard(task)
+                    if not self.inflight:
+                        self.drained.set()
+                close = self.stopping or headers.get("connection", "").lower() == "close"
+                data = json.dumps(payload).encode()
+                writer.write(
+                    (
+                        f"HTTP/1.1 {status} {'OK' if status < 400 else 'Error'}\r\n"
+                        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                        f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n"
+                    ).encode()
+                    + data
+                )
+                await writer.drain()
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            self.idle_writers.discard(writer)
+            writer.close()
+
+    async def route(self, method: str, target: str, body: bytes) -> tuple[int, object]:
+        url = urlsplit(target)
+        if method == "GET" and url.path == "/work":
+            ms = int(parse_qs(url.query).get("ms", ["0"])[0])
+            await asyncio.sleep(ms / 1000)
+            return 200, {"slept_ms": ms}
+        if method == "POST" and url.path == "/items":
+            try:
+                item_id = json.loads(body or b"{}")["id"]
+            except (ValueError, KeyError, TypeError):
+                return 400, {"error": "a JSON body with an id is required"}
+            if MODE == "early-ack":
+                self.store.pending.append(str(item_id))
+            else:
+                self.store.put(str(item_id))
+            return 200, {"id": item_id}
+        if method == "GET" and url.path == "/items":
+            ids = self.store.ids()
+            return 200, {"ids": ids, "count": len(ids)}
+        return 404, {"error": "not found"}
+
+    async def admin(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.decode("latin-1").split(" ", 2)[1]
+            if path == "/readyz":
+                status = 200 if self.ready and not self.stopping else 503
+            elif path in ("/livez", "/metrics"):
+                status = 200
+            else:
+                status = 404
+            text = f"inflight {len(self.inflight)}\n" if path == "/metrics" else ""
+            writer.write(
+                f"HTTP/1.1 {status} X\r\nContent-Length: {len(text)}\r\n"
+                f"Connection: close\r\n\r\n{text}".encode()
+            )
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def on_signal(self, signum: int) -> None:
+        self.signals += 1
+        if MODE == "exit-at-once":
+            os._exit(0)
+        if self.signals == 1:
+            self.stopping = True
+            self.stop_event.set()
+        elif self.signals >= 3:
+            log("shutdown.forced", signal=signal.Signals(signum).name)
+            os._exit(5)
+
+    async def flusher(self) -> None:
+        while True:
+            await asyncio.sleep(EARLY_ACK_FLUSH_S)
+            self.store.flush()
+
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        if MODE != "no-handler":
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.on_signal, sig)
+        admin = await asyncio.start_server(self.admin, "0.0.0.0", ADMIN_PORT)
+        self.server = await asyncio.start_server(self.connection, "0.0.0.0", PORT)
+        flusher = loop.create_task(self.flusher()) if MODE == "early-ack" else None
+        self.ready = True
+        log("serving", mode=MODE, port=PORT)
+        await self.stop_event.wait()
+        started = time.monotonic()
+        deadline = started + STOP_TIMEOUT - 1.0  # margin for flush, exit and a busy machine
+        # stop accepting: new connections are refused from here on
+        self.server.close()
+        for w in list(self.idle_writers):
+            w.close()
+        at_signal = len(self.inflight)
+        cut = 0
+        if self.inflight:
+            self.drained.clear()
+            if MODE == "endless-drain":
+                await self.drained.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self.drained.wait(), max(deadline - time.monotonic(), 0))
+                except TimeoutError:
+                    cut = len(self.inflight)
+                    for task in list(self.inflight):
+                        task.cancel()
+                    await asyncio.sleep(0)
+        if flusher is not None:
+            flusher.cancel()
+        flushed = self.store.flush()
+        self.store.db.close()
+        admin.close()
+        code = 3 if cut else 0
+        log(
+            "shutdown.report",
+            inflight_at_signal=at_signal,
+            cancelled=cut,
+            flushed=flushed,
+            exit_code=code,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(App().main()))

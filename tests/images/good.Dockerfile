@@ -1,0 +1,8 @@
+# Well behaved: handles SIGTERM/SIGINT as PID 1, drains within the budget, durable writes.
+ARG BASE_IMAGE=graceful-base:bookworm
+FROM ${BASE_IMAGE}
+COPY app.py /app/app.py
+ENV APP_MODE=good PORT=8080 ADMIN_PORT=9090 STATE_PATH=/data/state.sqlite PYTHONUNBUFFERED=1
+VOLUME /data
+EXPOSE 8080 9090
+CMD ["python3", "/app/app.py"]

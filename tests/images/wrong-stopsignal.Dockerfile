@@ -1,0 +1,9 @@
+# Broken: STOPSIGNAL SIGQUIT, which the app does not handle (it handles SIGTERM and SIGINT).
+ARG BASE_IMAGE=graceful-base:bookworm
+FROM ${BASE_IMAGE}
+COPY app.py /app/app.py
+ENV APP_MODE=good PORT=8080 ADMIN_PORT=9090 STATE_PATH=/data/state.sqlite PYTHONUNBUFFERED=1
+VOLUME /data
+EXPOSE 8080 9090
+STOPSIGNAL SIGQUIT
+CMD ["python3", "/app/app.py"]

@@ -1,0 +1,211 @@
+"""examples/worker.py under real SIGTERM and SIGKILL: no acknowledged job lost, none done twice.
+
+A job is acknowledged when the worker deletes its file, which it does only after the job's
+result is committed. The worker logs ``job.processed`` each time it runs a job, so the tests
+can count runs across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import ROOT, ServiceProcess
+
+WORKER = ROOT / "examples" / "worker.py"
+HANG_GUARD = 60.0
+
+pytestmark = pytest.mark.slow
+
+
+def make_jobs(jobs: Path, n: int, *, work_ms: int = 10) -> set[str]:
+    """Write jobs the way a producer must: under a temporary name, then renamed."""
+    jobs.mkdir(exist_ok=True)
+    ids = set()
+    for i in range(n):
+        job_id = f"job-{i:04d}"
+        tmp = jobs / f"{job_id}.tmp"
+        tmp.write_text(json.dumps({"id": job_id, "work_ms": work_ms, "n": i}))
+        tmp.rename(jobs / f"{job_id}.json")
+        ids.add(job_id)
+    return ids
+
+
+def remaining(jobs: Path) -> set[str]:
+    return {p.stem for p in jobs.glob("*.json")}
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + HANG_GUARD
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def records(path: Path) -> dict[str, dict[str, Any]]:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT key, value FROM graceful_items").fetchall()
+    finally:
+        conn.close()
+    return {key: json.loads(value) for key, value in rows}
+
+
+def processed(proc: ServiceProcess) -> list[str]:
+    return [e["job"] for e in proc.events() if e.get("event") == "job.processed"]
+
+
+@contextmanager
+def running_worker(tmp_path: Path) -> Iterator[ServiceProcess]:
+    proc = ServiceProcess.python(
+        WORKER,
+        env={
+            "STATE_PATH": str(tmp_path / "state.db"),
+            "JOBS_DIR": str(tmp_path / "jobs"),
+            "GRACEFUL_STOP_TIMEOUT": "10",
+            "WORKER_CONCURRENCY": "8",
+            "BATCH_MAX_ITEMS": "16",
+            "BATCH_MAX_AGE": "0.2",
+        },
+    )
+    try:
+        proc.wait_event("worker.started")
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+        if proc.proc.stdout is not None:
+            proc.proc.stdout.close()
+
+
+def finish(tmp_path: Path) -> ServiceProcess:
+    """Restart the worker, let it finish every job, stop it cleanly."""
+    jobs = tmp_path / "jobs"
+    with running_worker(tmp_path) as proc:
+        wait_until(lambda: not remaining(jobs), "every job acknowledged")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0, proc.output()
+    return proc
+
+
+def test_sigterm_mid_run_then_restart(tmp_path: Path) -> None:
+    """SIGTERM while jobs are running, then a restart.
+
+    1. 150 jobs; SIGTERM once 30 are acknowledged, with jobs in progress and results buffered.
+    2. Restart and let it finish.
+    Result: exit 0 both times; the first run recorded and acknowledged every job it ran (the
+    drain finished them, the flush wrote them); the second ran only the others; every job is
+    recorded, by the run that processed it, and none ran twice.
+    """
+    jobs = tmp_path / "jobs"
+    all_ids = make_jobs(jobs, 150)
+    with running_worker(tmp_path) as first:
+        wait_until(lambda: len(remaining(jobs)) <= 120, "30 jobs acknowledged")
+        first.signal(signal.SIGTERM)
+        assert first.wait() == 0, first.output()
+    run1 = processed(first)
+    rec1 = records(tmp_path / "state.db")
+    assert len(run1) == len(set(run1))
+    assert set(run1) == set(rec1) == all_ids - remaining(jobs)
+    assert len(rec1) < len(all_ids), "the stop came after all the work: nothing was tested"
+    report = next(e for e in first.events() if e.get("event") == "shutdown.report")
+    assert report["exit_code"] == 0
+    assert report["flushed"] == len(rec1)
+
+    second = finish(tmp_path)
+    run2 = processed(second)
+    assert len(run2) == len(set(run2))
+    assert not set(run1) & set(run2)
+    rec = records(tmp_path / "state.db")
+    assert set(rec) == all_ids
+    assert all(rec[j]["pid"] == first.pid for j in run1)
+    assert all(rec[j]["pid"] == second.pid for j in run2)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sigkill_mid_run_then_restart(tmp_path: Path, seed: int) -> None:
+    """SIGKILL at a random moment, then a restart.
+
+    1. 150 jobs; SIGKILL once a random number of them (by seed) are acknowledged.
+    2. Restart and let it finish.
+    Result: every job acknowledged before the kill was recorded; after the restart, no job
+    recorded by the first run is run again; every job is recorded exactly once, by the run
+    whose processing was committed.
+    """
+    rng = random.Random(seed)
+    jobs = tmp_path / "jobs"
+    all_ids = make_jobs(jobs, 150)
+    target = rng.randrange(1, 120)
+    with running_worker(tmp_path) as first:
+        wait_until(lambda: len(all_ids - remaining(jobs)) >= target, f"{target} acks")
+        time.sleep(rng.random() * 0.05)
+        first.signal(signal.SIGKILL)
+        assert first.wait() == -signal.SIGKILL
+    acked = all_ids - remaining(jobs)
+    rec1 = records(tmp_path / "state.db")
+    assert acked <= set(rec1), f"acknowledged, not recorded: {sorted(acked - set(rec1))[:5]}"
+    assert all(r["pid"] == first.pid for r in rec1.values())
+
+    second = finish(tmp_path)
+    run2 = processed(second)
+    assert len(run2) == len(set(run2))
+    assert not set(run2) & set(rec1), "a job recorded before the kill ran again"
+    rec = records(tmp_path / "state.db")
+    assert set(rec) == all_ids
+    assert all(rec[j]["pid"] == second.pid for j in run2)
+    assert set(rec) - set(rec1) == set(run2)
+
+
+def test_recorded_job_whose_file_survived_is_not_run_again(tmp_path: Path) -> None:
+    """The kill landed between the commit and the file's deletion.
+
+    1. The worker records 3 jobs and stops.
+    2. job-0001's file reappears (as if the deletion had not happened).
+    Result: the restarted worker deletes it without running it.
+    """
+    jobs = tmp_path / "jobs"
+    make_jobs(jobs, 3)
+    finish(tmp_path)
+    make_jobs(jobs, 2)  # job-0000 and job-0001 are back
+    second = finish(tmp_path)
+    assert processed(second) == []
+    skipped = {e["job"] for e in second.events() if e.get("event") == "job.already_done"}
+    assert skipped == {"job-0000", "job-0001"}
+    assert set(records(tmp_path / "state.db")) == {"job-0000", "job-0001", "job-0002"}
+
+
+def test_malformed_job_is_set_aside(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    make_jobs(jobs, 2)
+    (jobs / "broken.json").write_text("{not json")
+    proc = finish(tmp_path)
+    assert (jobs / "rejected" / "broken.json").read_text() == "{not json"
+    assert set(records(tmp_path / "state.db")) == {"job-0000", "job-0001"}
+    assert "job.rejected" in proc.event_names()
+
+
+def test_bad_state_path_exits_non_zero(tmp_path: Path) -> None:
+    proc = ServiceProcess.python(
+        WORKER,
+        env={"STATE_PATH": str(tmp_path / "missing" / "s.db"), "JOBS_DIR": str(tmp_path)},
+    )
+    try:
+        assert proc.wait() == 1
+    finally:
+        proc.kill()
+        if proc.proc.stdout is not None:
+            proc.proc.stdout.close()
+    assert str(tmp_path / "missing" / "s.db") in proc.output()
+    assert "does not exist" in proc.output()
+    assert not os.path.exists(tmp_path / "missing")
