@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 engine:
 	bash docker/engine.sh
+	bash docker/host-tools.sh
 
 images: engine venv
 	bash docker/build.sh

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import os
 import signal
@@ -777,6 +778,9 @@ def _run_sync(runtime: Runtime, main: MainFunc | None) -> int:
         asyncio.set_event_loop(None)
         loop.close()
     _exit_now_if_threads_block(code, runtime)
+    # The process is about to exit: spare the interpreter's final garbage collections a walk
+    # over every object (a 4-5x shorter teardown after the stop; measured in BENCHMARKS.md).
+    gc.freeze()
     return code
 
 

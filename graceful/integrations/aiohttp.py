@@ -1,0 +1,277 @@
+"""aiohttp under the runtime: an ``aiohttp.web.Application`` on aiohttp's ``AppRunner``.
+
+::
+
+    async def main(runtime: graceful.Runtime) -> None:
+        await graceful.integrations.aiohttp.serve(runtime, app, host="0.0.0.0", port=8080)
+
+aiohttp's runner is set up with ``handle_signals=False`` and is never ``cleanup()``-ed: that
+call applies ``shutdown_timeout`` twice (once to wait, once more to cancel) and knows nothing
+of the process's budget. The runtime drives the same steps instead:
+
+1. ``stop_accept``: the listener closes, so new connections are refused.
+2. ``drain``: idle keep-alive connections are closed at once; busy ones close after their
+   current response, which carries ``Connection: close`` (so does every response started once
+   the stop has begun); websockets are closed with 1001 (going away); the app's
+   ``on_shutdown`` signal runs; streaming handlers see :func:`stopping` set. Drain ends when no
+   request is in flight.
+3. ``cancel``: handlers still running at the drain deadline are cancelled.
+4. ``close``: the app's ``on_cleanup`` signal and cleanup contexts run (LIFO with the other
+   resources of the service).
+
+The app's ``on_startup`` signal and cleanup contexts run in :func:`serve`, before the listener
+opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.log import access_logger
+from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestHandler
+
+from graceful.draining import WorkTracker
+from graceful.hooks import Phase
+from graceful.integrations.streams import close_listeners
+
+if TYPE_CHECKING:
+    from graceful.runtime import Runtime
+
+__all__ = ["AiohttpServer", "serve", "stopping"]
+
+_SERVER_KEY: web.AppKey[AiohttpServer] = web.AppKey("graceful_server")
+
+
+def stopping(request: web.BaseRequest) -> asyncio.Event:
+    """The event set when the server starts draining; await it to end a stream in time.
+
+    Raises:
+        LookupError: the app is not served by :func:`serve`.
+
+    .. versionadded:: 0.1
+    """
+    if not isinstance(request, web.Request) or _SERVER_KEY not in request.config_dict:
+        raise LookupError("this app is not served by graceful.integrations.aiohttp.serve")
+    return request.config_dict[_SERVER_KEY].stopping
+
+
+class AiohttpServer:
+    """An aiohttp application served under the runtime (a ``Drainable``).
+
+    Build it with :func:`serve`.
+
+    Attributes:
+        runner: aiohttp's ``AppRunner``.
+        listener: the listening server, what ``TCPSite`` would open; owned here so that
+            closing it loses no connection (see ``streams.close_listeners``).
+        stopping: set when the drain begins.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self, app: web.Application, *, runtime: Runtime, name: str, ws_close_code: int
+    ) -> None:
+        self.name = name
+        self.app = app
+        self.tracker = WorkTracker(name)
+        self.stopping = asyncio.Event()
+        self.runner: web.AppRunner | None = None
+        self.listener: asyncio.Server | None = None
+        self._runtime = runtime
+        self._ws_close_code = ws_close_code
+        self._busy: dict[RequestHandler, int] = {}
+        self._tasks: set[asyncio.Task[object]] = set()
+        # Keyed by id(request): requests are mutable mappings, hence unhashable; each entry
+        # lives only while its handler runs.
+        self._websockets: dict[int, web.WebSocketResponse] = {}
+        self._ws_closing: set[int] = set()
+        self._closers: set[asyncio.Task[bool]] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful after binding port 0)."""
+        assert self.listener is not None, "start the server first"
+        port: int = self.listener.sockets[0].getsockname()[1]
+        return port
+
+    def _connections(self) -> list[RequestHandler]:
+        server = self.runner.server if self.runner is not None else None
+        return server.connections if server is not None else []
+
+    def connection_count(self) -> int:
+        """Open client connections."""
+        return len(self._connections())
+
+    async def _track(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        protocol = request.protocol
+        task = asyncio.current_task()
+        assert task is not None
+        self._busy[protocol] = self._busy.get(protocol, 0) + 1
+        self._tasks.add(task)
+        self.tracker.begin()
+        try:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                await self._complete(request, exc)
+                raise
+            except ConnectionError:
+                if id(request) in self._ws_closing:
+                    # The handler wrote to a websocket we closed for the stop.
+                    return self._websockets[id(request)]
+                raise
+            await self._complete(request, response)
+            return response
+        finally:
+            self.tracker.end()
+            self._tasks.discard(task)
+            self._websockets.pop(id(request), None)
+            self._ws_closing.discard(id(request))
+            left = self._busy.pop(protocol, 1) - 1
+            if left > 0:
+                self._busy[protocol] = left
+
+    async def _complete(self, request: web.Request, response: web.StreamResponse) -> None:
+        # Send the response here rather than after the middleware returns, so that "nothing
+        # in flight" means every answer has been written, not just computed.
+        if isinstance(response, web.WebSocketResponse):
+            return
+        try:
+            if not response.prepared:
+                await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client left; aiohttp sees it again and handles it as usual
+
+    async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        if isinstance(response, web.WebSocketResponse):
+            self._websockets[id(request)] = response
+            if self.stopping.is_set():
+                self._close_websocket(id(request), response)
+        elif self._runtime.stopping:
+            # The hook runs after aiohttp derived the Connection header, so set both.
+            response.force_close()
+            response.headers["Connection"] = "close"
+
+    def _close_websocket(self, key: int, ws: web.WebSocketResponse) -> None:
+        if ws.closed or key in self._ws_closing:
+            return
+        self._ws_closing.add(key)
+        closer = asyncio.create_task(
+            ws.close(code=self._ws_close_code, message=b"server shutting down"),
+            name="graceful-ws-close",
+        )
+        self._closers.add(closer)
+        closer.add_done_callback(self._closers.discard)
+
+    def inflight(self) -> int:
+        """Requests and websocket sessions in flight now."""
+        return self.tracker.count
+
+    async def stop_accepting(self) -> None:
+        """Close the listener: from now on connections are refused."""
+        if self.listener is not None:
+            await close_listeners([self.listener])
+
+    async def drain(self) -> None:
+        """Close idle connections, close websockets, run ``on_shutdown``, wait for the work."""
+        self.stopping.set()
+        # Requests whose bytes arrived before the stop are handed to a handler task over
+        # two loop iterations (the connection task wakes, then the handler task starts);
+        # yield for both so they count as busy instead of being closed unanswered.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        for conn in self._connections():
+            if conn in self._busy:
+                conn.close()  # after the current response
+            else:
+                conn.force_close()
+        for key, ws in list(self._websockets.items()):
+            self._close_websocket(key, ws)
+        await self.app.shutdown()
+        await self.tracker.wait_idle()
+
+    async def abort(self) -> int:
+        """Cancel the handlers still running and drop every connection; return the count cut."""
+        cut = self.tracker.count
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for closer in list(self._closers):
+            closer.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        for conn in self._connections():
+            conn.force_close()
+        return cut
+
+    async def _cleanup(self) -> None:
+        await self.app.cleanup()
+
+
+async def serve(
+    runtime: Runtime,
+    app: web.Application,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    name: str = "http",
+    keepalive_timeout: float = 75.0,
+    access_log: bool = False,
+    backlog: int = 128,
+    ws_close_code: int = 1001,
+) -> AiohttpServer:
+    """Serve ``app`` with aiohttp's ``AppRunner`` on a TCP listener; the runtime stops it.
+
+    Runs the app's ``on_startup`` signal and cleanup contexts, opens the listener and returns. The
+    app must not be frozen yet: a middleware and an ``on_response_prepare`` handler are
+    added to it.
+
+    Args:
+        runtime: the runtime that owns the signals and the stop.
+        app: the application.
+        host: address to bind (``0.0.0.0`` in a container).
+        port: port to bind; 0 picks a free one (see :attr:`AiohttpServer.port`).
+        name: the server's label in logs, metrics (``server=name``) and the shutdown report.
+        keepalive_timeout: seconds an idle keep-alive connection is kept while serving.
+        access_log: log each request with aiohttp's access logger.
+        backlog: listen backlog.
+        ws_close_code: close code sent to open websockets on a stop.
+
+    Returns:
+        The started server.
+
+    .. versionadded:: 0.1
+    """
+    server = AiohttpServer(app, runtime=runtime, name=name, ws_close_code=ws_close_code)
+    app[_SERVER_KEY] = server
+
+    # Outermost, so the count covers every other middleware too. A function, not the bound
+    # method: aiohttp recognises new-style middlewares by an attribute set by the decorator.
+    @web.middleware
+    async def track(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await server._track(request, handler)
+
+    app.middlewares.insert(0, track)
+    app.on_response_prepare.append(server._on_prepare)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        keepalive_timeout=keepalive_timeout,
+        access_log=access_logger if access_log else None,
+    )
+    await runner.setup()
+    server.runner = runner
+    runtime.on_shutdown(server._cleanup, phase=Phase.CLOSE, name=f"{name}.cleanup")
+    assert runner.server is not None
+    server.listener = await asyncio.get_running_loop().create_server(
+        runner.server, host, port, backlog=backlog
+    )
+    runtime.metrics.inflight.labels(server=name).set_function(lambda: server.tracker.count)
+    runtime.metrics.connections.labels(server=name).set_function(server.connection_count)
+    runtime.add_drainable(server)
+    return server

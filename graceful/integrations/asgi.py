@@ -1,0 +1,423 @@
+"""uvicorn (ASGI) under the runtime: graceful owns the signals and the budget.
+
+::
+
+    async def main(runtime: graceful.Runtime) -> None:
+        await asgi.serve(runtime, app, host="0.0.0.0", port=8080)
+
+    raise SystemExit(graceful.run(main, config=graceful.Config.from_env()))
+
+:func:`serve` starts a real :class:`uvicorn.Server` without ``Server.serve()``, so uvicorn
+installs no signal handlers and runs no poll loop of its own. The app's lifespan startup runs
+before the listener opens; its lifespan shutdown runs in the runtime's ``close`` phase. On a
+stop, driven by the runtime:
+
+1. ``stop_accept``: the listeners close, so new connections are refused.
+2. ``drain``: idle keep-alive connections are closed at once; busy ones answer with
+   ``Connection: close`` (already from the moment the stop began); websockets are closed with
+   1001 (going away, instead of uvicorn's 1012); streaming responses see
+   :func:`stopping` set and should send their last chunk. Drain ends when nothing is in flight.
+3. ``cancel``: what is still running at the drain deadline is cancelled.
+
+:class:`GracefulMiddleware` does the per-request part and puts a :class:`ServerStatus` in
+``scope["graceful"]`` for the app (``stopping(scope)``, in-flight count, lifecycle state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import uvicorn
+
+from graceful.draining import WorkTracker
+from graceful.exceptions import GracefulError
+from graceful.hooks import Phase
+from graceful.integrations.streams import close_listeners
+
+if TYPE_CHECKING:
+    from graceful.runtime import Runtime
+
+__all__ = [
+    "ASGIApp",
+    "GracefulMiddleware",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "ServerStatus",
+    "UvicornServer",
+    "serve",
+    "serve_config",
+    "status",
+    "stopping",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: The scope key under which the middleware publishes the :class:`ServerStatus`.
+SCOPE_KEY = "graceful"
+
+_CLOSE_HEADER = (b"connection", b"close")
+
+
+class ServerStatus:
+    """What the app can see of the server's lifecycle (``scope["graceful"]``).
+
+    Attributes:
+        name: the server's label.
+        stopping: set when the drain begins; streaming responses and long polls should
+            await it and end.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, runtime: Runtime, name: str, tracker: WorkTracker) -> None:
+        self.name = name
+        self.stopping = asyncio.Event()
+        self._runtime = runtime
+        self._tracker = tracker
+
+    @property
+    def inflight(self) -> int:
+        """Requests and websocket sessions in flight on this server."""
+        return self._tracker.count
+
+    @property
+    def state(self) -> str:
+        """The runtime's lifecycle state: ``starting``, ``serving``, ``stopping``, ``stopped``."""
+        return str(self._runtime.state)
+
+    @property
+    def closing(self) -> bool:
+        """A stop has begun: responses now carry ``Connection: close``."""
+        return self._runtime.stopping
+
+
+def status(scope: Scope) -> ServerStatus:
+    """The :class:`ServerStatus` of the server handling this request.
+
+    Raises:
+        LookupError: the app does not run behind :class:`GracefulMiddleware`.
+
+    .. versionadded:: 0.1
+    """
+    try:
+        found: ServerStatus = scope[SCOPE_KEY]
+    except KeyError:
+        raise LookupError("no graceful status in the scope: serve the app with graceful") from None
+    return found
+
+
+def stopping(scope: Scope) -> asyncio.Event:
+    """The event set when the server starts draining; await it to end a stream in time.
+
+    .. versionadded:: 0.1
+    """
+    return status(scope).stopping
+
+
+class _ClosedByServer(Exception):
+    """The app sent on a websocket the server had already closed for the stop."""
+
+
+class GracefulMiddleware:
+    """ASGI middleware that tracks in-flight work and carries out the drain per request.
+
+    - counts HTTP requests and websocket sessions in flight (``inflight``);
+    - adds ``Connection: close`` to responses started once a stop has begun;
+    - closes open websockets with ``ws_close_code`` when the drain begins;
+    - publishes a :class:`ServerStatus` in ``scope["graceful"]``.
+
+    :func:`serve` installs it; use it directly only to run another ASGI server.
+
+    Args:
+        app: the ASGI application.
+        runtime: the runtime that owns the stop.
+        name: the server's label.
+        ws_close_code: close code sent to websockets on a stop (1001, going away).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, runtime: Runtime, name: str = "http", ws_close_code: int = 1001
+    ) -> None:
+        self.app = app
+        self.tracker = WorkTracker(name)
+        self.status = ServerStatus(runtime, name, self.tracker)
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._runtime = runtime
+        self._ws_close_code = ws_close_code
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        scope[SCOPE_KEY] = self.status
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        self.tracker.begin()
+        try:
+            if kind == "http":
+                await self.app(scope, receive, self._http_send(send))
+            else:
+                await self._websocket(scope, receive, send)
+        finally:
+            self.tracker.end()
+            self.tasks.discard(task)
+
+    def _http_send(self, send: Send) -> Send:
+        runtime = self._runtime
+
+        async def send_with_close(message: Message) -> None:
+            # Decided when the headers leave, so a response that started before the stop
+            # keeps its keep-alive and the server closes the connection after it instead.
+            if runtime.stopping and message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if _CLOSE_HEADER not in headers:
+                    headers.append(_CLOSE_HEADER)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return send_with_close
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lock = asyncio.Lock()
+        closed = False
+        closed_by_server = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal closed
+            async with lock:
+                if closed_by_server:
+                    raise _ClosedByServer("websocket closed by the server for a stop")
+                if message["type"] == "websocket.close":
+                    closed = True
+                await send(message)
+
+        async def close_on_stop() -> None:
+            nonlocal closed, closed_by_server
+            await self.status.stopping.wait()
+            async with lock:
+                if closed:
+                    return
+                closed = closed_by_server = True
+                await send(
+                    {
+                        "type": "websocket.close",
+                        "code": self._ws_close_code,
+                        "reason": "server shutting down",
+                    }
+                )
+
+        closer = asyncio.create_task(close_on_stop(), name="graceful-ws-close")
+        try:
+            await self.app(scope, receive, guarded_send)
+        except _ClosedByServer:
+            pass
+        finally:
+            closer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await closer
+
+
+class UvicornServer:
+    """A :class:`uvicorn.Server` driven by the runtime (a ``Drainable``).
+
+    Build it with :func:`serve` or :func:`serve_config`.
+
+    Attributes:
+        server: the uvicorn server.
+        middleware: the :class:`GracefulMiddleware` around the app.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, server: uvicorn.Server, middleware: GracefulMiddleware, name: str) -> None:
+        self.name = name
+        self.server = server
+        self.middleware = middleware
+        self._ticker: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port of the first listener (useful after binding port 0)."""
+        port: int = self.server.servers[0].sockets[0].getsockname()[1]
+        return port
+
+    def connection_count(self) -> int:
+        """Open client connections (HTTP and websocket)."""
+        return len(self.server.server_state.connections)
+
+    async def _start(self) -> None:
+        config = self.server.config
+        self.server.lifespan = config.lifespan_class(config)
+        try:
+            await self.server.startup()
+        except SystemExit:
+            # uvicorn exits the process when the lifespan startup fails or the port cannot
+            # be bound; the runtime decides how the process ends.
+            raise GracefulError(
+                f"uvicorn server {self.name!r} could not start on {config.host}:{config.port}"
+                " (lifespan startup failed or the address is unavailable; see the log)"
+            ) from None
+        self._ticker = asyncio.create_task(self._tick(), name=f"graceful-{self.name}-date")
+
+    async def _tick(self) -> None:
+        # uvicorn's main loop refreshes the Date header once a second; we do not run that
+        # loop (it also polls for the exit flag), so this is all that is kept of it.
+        while True:
+            await self.server.on_tick(0)
+            await asyncio.sleep(1.0)
+
+    async def _lifespan_shutdown(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        await self.server.lifespan.shutdown()
+
+    def inflight(self) -> int:
+        """Requests and websocket sessions in flight now."""
+        return self.middleware.tracker.count
+
+    async def stop_accepting(self) -> None:
+        """Close the listeners: from now on connections are refused."""
+        await close_listeners(self.server.servers)
+
+    async def drain(self) -> None:
+        """Close idle connections, tell streams and websockets to end, wait for the work."""
+        self.middleware.status.stopping.set()
+        self._shutdown_http_connections()
+        await self.middleware.tracker.wait_idle()
+        # Connections that were busy close after their response (keep-alive is off); any
+        # that became idle meanwhile without closing are closed now.
+        self._shutdown_http_connections()
+
+    def _shutdown_http_connections(self) -> None:
+        http_class = self.server.config.http_protocol_class
+        for conn in list(self.server.server_state.connections):
+            # Websockets are closed by the middleware, with our close code; uvicorn's own
+            # ``shutdown()`` would send 1012.
+            if not isinstance(conn, http_class):
+                continue
+            conn.shutdown()
+
+    async def abort(self) -> int:
+        """Cancel the requests still running and drop every connection; return the count cut."""
+        cut = self.middleware.tracker.count
+        tasks = list(self.middleware.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        for conn in list(self.server.server_state.connections):
+            conn.shutdown()
+        return cut
+
+
+async def serve_config(
+    runtime: Runtime, config: uvicorn.Config, *, name: str = "http", ws_close_code: int = 1001
+) -> UvicornServer:
+    """Start a uvicorn server from a :class:`uvicorn.Config`; the runtime stops it.
+
+    Runs the app's lifespan startup, binds the listeners and returns; the runtime keeps the
+    server running until a stop and then drains it (see the module docs). The app's lifespan
+    shutdown runs in the ``close`` phase. The settings of ``config`` that concern stopping
+    (``timeout_graceful_shutdown``, signal handling) are not used: the runtime's budget applies.
+
+    Args:
+        runtime: the runtime that owns the signals and the stop.
+        config: uvicorn's configuration (app, host, port, protocols, ...).
+        name: the server's label in logs, metrics (``server=name``) and the shutdown report.
+        ws_close_code: close code sent to open websockets on a stop.
+
+    Returns:
+        The started server.
+
+    Raises:
+        GracefulError: the lifespan startup failed or the address could not be bound.
+
+    .. versionadded:: 0.1
+    """
+    if not config.loaded:
+        config.load()
+    middleware = GracefulMiddleware(
+        config.loaded_app, runtime=runtime, name=name, ws_close_code=ws_close_code
+    )
+    config.loaded_app = middleware
+    server = UvicornServer(uvicorn.Server(config), middleware, name)
+    await server._start()
+    runtime.metrics.inflight.labels(server=name).set_function(lambda: middleware.tracker.count)
+    runtime.metrics.connections.labels(server=name).set_function(server.connection_count)
+    runtime.add_drainable(server)
+    runtime.on_shutdown(server._lifespan_shutdown, phase=Phase.CLOSE, name=f"{name}.lifespan")
+    return server
+
+
+async def serve(
+    runtime: Runtime,
+    app: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    name: str = "http",
+    http: Literal["auto", "h11", "httptools"] = "auto",
+    ws: Literal["auto", "none", "websockets", "websockets-sansio", "wsproto"] = "auto",
+    lifespan: Literal["auto", "on", "off"] = "auto",
+    timeout_keep_alive: int = 5,
+    access_log: bool = False,
+    proxy_headers: bool = False,
+    root_path: str = "",
+    ws_close_code: int = 1001,
+) -> UvicornServer:
+    """Start ``app`` on uvicorn; the runtime stops it.
+
+    The common settings as keywords; for anything else build a :class:`uvicorn.Config` and
+    call :func:`serve_config`. uvicorn's logging configuration is left alone (``log_config``
+    is ``None``), so the service's own logging setup applies.
+
+    Args:
+        runtime: the runtime that owns the signals and the stop.
+        app: the ASGI application.
+        host: address to bind (``0.0.0.0`` in a container).
+        port: port to bind; 0 picks a free one (see :attr:`UvicornServer.port`).
+        name: the server's label in logs, metrics and the shutdown report.
+        http: uvicorn's HTTP protocol implementation.
+        ws: uvicorn's websocket implementation.
+        lifespan: whether to run the app's lifespan events.
+        timeout_keep_alive: seconds an idle keep-alive connection is kept while serving.
+        access_log: log each request through uvicorn's access logger.
+        proxy_headers: trust ``X-Forwarded-*`` headers (from loopback).
+        root_path: ASGI ``root_path`` for apps mounted below a prefix.
+        ws_close_code: close code sent to open websockets on a stop.
+
+    Returns:
+        The started server.
+
+    Raises:
+        GracefulError: the lifespan startup failed or the address could not be bound.
+
+    .. versionadded:: 0.1
+    """
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=http,
+        ws=ws,
+        lifespan=lifespan,
+        timeout_keep_alive=timeout_keep_alive,
+        access_log=access_log,
+        proxy_headers=proxy_headers,
+        root_path=root_path,
+        log_config=None,
+    )
+    return await serve_config(runtime, config, name=name, ws_close_code=ws_close_code)

@@ -1,0 +1,250 @@
+"""asyncio streams under the runtime: a drop-in for ``asyncio.start_server``.
+
+Handlers keep the ``(reader, writer)`` signature of :func:`asyncio.start_server` and wrap each
+unit of work (one request, one message) in :func:`unit`. That is all the runtime needs to
+know which connections are idle and which are busy::
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():      # b"" once the connection is closed
+            async with streams.unit():
+                writer.write(line.upper())
+                await writer.drain()
+
+    server = await streams.start_server(runtime, handle, "0.0.0.0", 7000)
+
+On a stop: the listener closes (new connections are refused); idle connections are closed at
+once, so their handlers read EOF; busy ones are closed right after their current unit; at the
+drain deadline the handlers still running are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from asyncio.selector_events import BaseSelectorEventLoop
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from graceful.draining import WorkTracker
+
+if TYPE_CHECKING:
+    from graceful.runtime import Runtime
+
+__all__ = ["StreamConnection", "StreamServer", "close_listeners", "start_server", "unit"]
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+_current: contextvars.ContextVar[StreamConnection] = contextvars.ContextVar(
+    "graceful_stream_connection"
+)
+
+
+async def close_listeners(servers: Iterable[asyncio.AbstractServer]) -> None:
+    """Close listening servers: new connections are refused and none already made is lost.
+
+    Connections whose handshake the kernel already completed wait in the listen backlog; a
+    plain ``close()`` resets them (accepted, then reset). So the loop first gets two
+    iterations (one to see the listener readable and accept, one to set the transports up),
+    and those connections are drained like the others. Then, on asyncio's own (selector)
+    loop, the accept handler is removed and the accepts under way get one more iteration:
+    Python 3.11 silently drops a connection accepted in the iteration just before
+    ``Server.close()`` (the transport setup fails an assertion in ``Server._attach``, and the
+    socket stays open, unserved, until the process exits). Only then are the listeners closed.
+
+    Not ``wait_closed()``: since Python 3.12 it also waits for every connection to end, which
+    is the drain's job, under the drain's deadline.
+
+    .. versionadded:: 0.1
+    """
+    servers = list(servers)
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    if isinstance(loop, BaseSelectorEventLoop):
+        for server in servers:
+            for sock in server.sockets if isinstance(server, asyncio.Server) else ():
+                loop.remove_reader(sock.fileno())
+        await asyncio.sleep(0)
+    for server in servers:
+        server.close()
+
+
+class StreamConnection:
+    """One client connection of a :class:`StreamServer`.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self, server: StreamServer, writer: asyncio.StreamWriter, task: asyncio.Task[None]
+    ) -> None:
+        self.server = server
+        self.writer = writer
+        self.task = task
+        self.busy = False
+        self.closing = False
+
+    def close(self) -> None:
+        """Close the connection; buffered writes are flushed first."""
+        self.closing = True
+        self.writer.close()
+
+
+@asynccontextmanager
+async def unit() -> AsyncIterator[None]:
+    """Mark one unit of work on the current connection as in flight.
+
+    Use it inside a handler passed to :func:`start_server`. Once a stop has begun the
+    connection is closed as soon as the unit ends.
+
+    Raises:
+        ConnectionAbortedError: the connection is already being closed by a stop; the
+            handler should return (the server swallows this error).
+        RuntimeError: called outside a handler of a graceful stream server.
+
+    .. versionadded:: 0.1
+    """
+    try:
+        conn = _current.get()
+    except LookupError:
+        raise RuntimeError("streams.unit() used outside a graceful stream handler") from None
+    if conn.closing:
+        raise ConnectionAbortedError("the server is stopping")
+    conn.busy = True
+    tracker = conn.server.tracker
+    tracker.begin()
+    try:
+        yield
+    finally:
+        conn.busy = False
+        tracker.end()
+        if conn.server.draining:
+            conn.close()
+
+
+class StreamServer:
+    """A stream server the runtime drains (a :class:`graceful.draining.Drainable`).
+
+    Build it with :func:`start_server`.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, handler: Handler, *, name: str) -> None:
+        self.name = name
+        self.tracker = WorkTracker(name)
+        self.draining = False
+        self.connections: set[StreamConnection] = set()
+        self._handler = handler
+        self._server: asyncio.Server | None = None
+        self._no_connections = asyncio.Event()
+        self._no_connections.set()
+
+    @property
+    def port(self) -> int:
+        """The bound port of the first listener (useful after binding port 0)."""
+        assert self._server is not None, "start the server first"
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def _start(self, host: str | None, port: int, limit: int, backlog: int) -> None:
+        self._server = await asyncio.start_server(
+            self._serve_client, host, port, limit=limit, backlog=backlog
+        )
+
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        conn = StreamConnection(self, writer, task)
+        if self.draining:
+            # Accepted in the same loop tick the listener closed: nothing was read yet.
+            conn.close()
+            return
+        self.connections.add(conn)
+        self._no_connections.clear()
+        _current.set(conn)
+        try:
+            await self._handler(reader, writer)
+        except ConnectionError:
+            # A peer that went away, or our own close during a stop: neither is an error of
+            # the service.
+            if not (conn.closing or writer.is_closing()):
+                raise
+        finally:
+            self.connections.discard(conn)
+            if not self.connections:
+                self._no_connections.set()
+            if not writer.is_closing():
+                writer.close()
+
+    def inflight(self) -> int:
+        """Units of work in flight now."""
+        return self.tracker.count
+
+    async def stop_accepting(self) -> None:
+        """Close the listener: from now on connections are refused."""
+        if self._server is not None:
+            await close_listeners([self._server])
+
+    async def drain(self) -> None:
+        """Close idle connections now and busy ones after their unit; wait for the handlers."""
+        self.draining = True
+        for conn in list(self.connections):
+            if not conn.busy:
+                conn.close()
+        await self._no_connections.wait()
+
+    async def abort(self) -> int:
+        """Cancel the handlers still running; return how many units of work were cut."""
+        self.draining = True
+        cut = self.tracker.count
+        tasks = [conn.task for conn in self.connections]
+        for conn in list(self.connections):
+            conn.writer.transport.abort()
+            conn.task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        return cut
+
+
+async def start_server(
+    runtime: Runtime,
+    handler: Handler,
+    host: str | None = None,
+    port: int = 0,
+    *,
+    name: str = "streams",
+    limit: int = 2**16,
+    backlog: int = 100,
+) -> StreamServer:
+    """Start a stream server that the runtime stops and drains.
+
+    The same call shape as :func:`asyncio.start_server`, plus the runtime. The server is
+    registered with ``runtime.add_drainable`` and its in-flight units and open connections feed
+    the ``graceful_inflight_requests`` and ``graceful_open_connections`` gauges
+    (``server=name``).
+
+    Args:
+        runtime: the runtime that owns the stop.
+        handler: ``async def handler(reader, writer)``, called once per connection; wrap each
+            unit of work in :func:`unit`.
+        host: address to bind; ``None`` binds every interface.
+        port: port to bind; 0 picks a free one (see :attr:`StreamServer.port`).
+        name: the server's label in logs, metrics and the shutdown report.
+        limit: buffer limit of each ``StreamReader``.
+        backlog: listen backlog.
+
+    Returns:
+        The started server.
+
+    .. versionadded:: 0.1
+    """
+    server = StreamServer(handler, name=name)
+    await server._start(host, port, limit, backlog)
+    runtime.metrics.inflight.labels(server=name).set_function(lambda: server.tracker.count)
+    runtime.metrics.connections.labels(server=name).set_function(lambda: len(server.connections))
+    runtime.add_drainable(server)
+    return server

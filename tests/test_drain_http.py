@@ -1,0 +1,399 @@
+"""Draining real HTTP servers: the example services on uvicorn and on aiohttp, in a child process.
+
+Every test starts ``tests/apps/drain_app.py`` (an example service plus a flush hook), talks to
+it over real sockets on 127.0.0.1, sends it a real SIGTERM and checks what clients saw, the
+exit code and the ``shutdown.report`` event. Assertions are about outcomes and ordering, never
+about how fast something was; timeouts are hang guards only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h11
+import pytest
+import websockets
+from websockets.asyncio.client import connect as ws_connect
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "tests" / "apps" / "drain_app.py"
+SERVERS = ["asgi_service", "aiohttp_service"]
+HANG_GUARD = 30.0
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Child:
+    """The service under test, with its output lines collected as they come."""
+
+    proc: asyncio.subprocess.Process
+    port: int
+    admin_port: int
+    stop_timeout: float
+    name: str = "http"
+    lines: list[str] = field(default_factory=list)
+    clients: list[Client] = field(default_factory=list)
+    _new_line: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+            self._new_line.set()
+        self._new_line.set()
+
+    async def wait_line(self, needle: str) -> str:
+        async with asyncio.timeout(HANG_GUARD):
+            seen = 0
+            while True:
+                for line in self.lines[seen:]:
+                    if needle in line:
+                        return line
+                seen = len(self.lines)
+                if self.proc.returncode is not None:
+                    raise AssertionError(f"exited before {needle!r}:\n" + "\n".join(self.lines))
+                self._new_line.clear()
+                await self._new_line.wait()
+
+    async def connect(self) -> Client:
+        """A new connection to the service's HTTP port, closed when the test ends."""
+        client = await Client.open(self.port)
+        self.clients.append(client)
+        return client
+
+    def terminate(self) -> None:
+        os.kill(self.proc.pid, signal.SIGTERM)
+
+    async def exit_code(self) -> int:
+        async with asyncio.timeout(HANG_GUARD):
+            return await self.proc.wait()
+
+    def events(self) -> list[dict[str, Any]]:
+        found = []
+        for line in self.lines:
+            with contextlib.suppress(ValueError):
+                if line.startswith("{"):
+                    found.append(json.loads(line))
+        return found
+
+    def report(self) -> dict[str, Any]:
+        reports = [e for e in self.events() if e.get("event") == "shutdown.report"]
+        assert len(reports) == 1, "\n".join(self.lines)
+        return reports[0]
+
+
+@contextlib.asynccontextmanager
+async def service(
+    server: str,
+    tmp_path: Path,
+    *,
+    stop_timeout: float = 10.0,
+    loop: str = "asyncio",
+    env: dict[str, str] | None = None,
+    name: str = "http",
+) -> AsyncIterator[Child]:
+    port, admin_port = free_port(), free_port()
+    full_env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "GRACEFUL_LOG_FORMAT": "json",
+        "GRACEFUL_LOOP": loop,
+        "GRACEFUL_STOP_TIMEOUT": str(stop_timeout),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "ADMIN_HOST": "127.0.0.1",
+        "ADMIN_PORT": str(admin_port),
+        "STATE_PATH": str(tmp_path / "state.sqlite"),
+        **(env or {}),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-u",
+        str(APP),
+        server,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=full_env,
+        cwd=ROOT,
+    )
+    child = Child(proc, port, admin_port, stop_timeout, name)
+    reader = asyncio.create_task(child._read())
+    try:
+        await child.wait_line("APP serving")
+        yield child
+    finally:
+        for client in child.clients:
+            client.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await reader
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class Client:
+    """One HTTP/1.1 connection, spoken with h11 so every byte and every close is visible."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    async def open(cls, port: int) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def get(self, target: str) -> Response:
+        if self.conn.our_state is h11.DONE:
+            self.conn.start_next_cycle()
+        request = h11.Request(method="GET", target=target, headers=[("Host", "127.0.0.1")])
+        self.writer.write(self.conn.send(request) + self.conn.send(h11.EndOfMessage()))
+        await self.writer.drain()
+        status, headers, body = 0, {}, b""
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(await self.reader.read(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+                headers = {k.decode().lower(): v.decode() for k, v in event.headers}
+            elif isinstance(event, h11.Data):
+                body += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return Response(status, headers, body)
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ConnectionAbortedError("closed before the response ended")
+
+    async def eof(self) -> None:
+        """Return when the server closes the connection cleanly (FIN); raise on a reset."""
+        data = await self.reader.read(1)
+        assert data == b"", f"unexpected bytes on an idle connection: {data!r}"
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def admin_get(child: Child, path: str) -> Response:
+    client = await Client.open(child.admin_port)
+    try:
+        return await client.get(path)
+    finally:
+        client.close()
+
+
+async def inflight_metric(child: Child) -> float:
+    body = (await admin_get(child, "/metrics")).body.decode()
+    for line in body.splitlines():
+        if line.startswith(f'graceful_inflight_requests{{server="{child.name}"}}'):
+            return float(line.split()[-1])
+    raise AssertionError("no graceful_inflight_requests metric:\n" + body)
+
+
+async def wait_inflight(child: Child, count: int) -> None:
+    """Bounded wait until the server reports ``count`` requests in flight."""
+    async with asyncio.timeout(HANG_GUARD):
+        while await inflight_metric(child) != count:
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"], ids=["child-asyncio", "child-uvloop"])
+@pytest.mark.parametrize("server", SERVERS)
+async def test_every_accepted_request_is_answered(server: str, loop: str, tmp_path: Path) -> None:
+    """50 requests of 1 s are in flight when SIGTERM arrives.
+
+    Result: all 50 get 200 with ``Connection: close``; exit 0, nothing cut, inside the budget.
+    """
+    async with service(server, tmp_path, loop=loop) as child:
+        clients = [await child.connect() for _ in range(50)]
+        requests = [asyncio.create_task(c.get("/work?ms=1000")) for c in clients]
+        await wait_inflight(child, 50)
+        child.terminate()
+        responses = await asyncio.gather(*requests)
+        assert [r.status for r in responses] == [200] * 50
+        assert all(r.headers.get("connection") == "close" for r in responses)
+        assert await child.exit_code() == 0
+    report = child.report()
+    assert report["inflight_at_signal"] == 50
+    assert report["drained"] is True
+    assert report["cancelled"] == 0
+    assert report["seconds"] < child.stop_timeout
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"], ids=["child-asyncio", "child-uvloop"])
+@pytest.mark.parametrize("server", SERVERS)
+async def test_idle_keepalive_connections_close_before_the_inflight_answer(
+    server: str, loop: str, tmp_path: Path
+) -> None:
+    """20 idle keep-alive connections and one request in flight when SIGTERM arrives.
+
+    Result: every idle connection gets a clean FIN before the in-flight answer is complete
+    (so the exit follows the work, not the keep-alive timeout); that answer is a 200.
+    """
+    async with service(server, tmp_path, loop=loop) as child:
+        idle = [await child.connect() for _ in range(20)]
+        for client in idle:
+            assert (await client.get("/work?ms=0")).status == 200
+        busy = await child.connect()
+        order: list[str] = []
+
+        async def watch_idle(client: Client) -> None:
+            await client.eof()
+            order.append("idle-closed")
+
+        async def watch_busy() -> Response:
+            response = await busy.get("/work?ms=1500")
+            order.append("inflight-answered")
+            return response
+
+        watchers = [asyncio.create_task(watch_idle(c)) for c in idle]
+        answer = asyncio.create_task(watch_busy())
+        await wait_inflight(child, 1)
+        child.terminate()
+        await asyncio.gather(*watchers)
+        assert (await answer).status == 200
+        assert order == ["idle-closed"] * 20 + ["inflight-answered"]
+        assert await child.exit_code() == 0
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_connections_after_stop_are_refused_not_reset(server: str, tmp_path: Path) -> None:
+    """While one request keeps the drain going, clients keep connecting.
+
+    Result: each attempt is either answered (it came before the stop) or refused by the
+    kernel; none is accepted and then reset; refusals start before the drain ends.
+    """
+    async with service(server, tmp_path) as child:
+        busy = await child.connect()
+        answer = asyncio.create_task(busy.get("/work?ms=2000"))
+        await wait_inflight(child, 1)
+        child.terminate()
+        outcomes: list[str] = []
+        async with asyncio.timeout(HANG_GUARD):
+            while not outcomes or outcomes[-1] != "refused":
+                try:
+                    client = await child.connect()
+                except ConnectionRefusedError:
+                    outcomes.append("refused")
+                    continue
+                try:
+                    outcomes.append(f"answered {(await client.get('/work?ms=0')).status}")
+                except ConnectionResetError:
+                    outcomes.append("reset")
+                except ConnectionAbortedError:
+                    outcomes.append("closed unanswered")
+        assert not answer.done(), "the drain ended before the listener was closed"
+        assert set(outcomes) <= {"answered 200", "refused"}, outcomes
+        assert (await answer).status == 200
+        assert await child.exit_code() == 0
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_work_longer_than_the_budget_is_cut_and_flush_still_runs(
+    server: str, tmp_path: Path
+) -> None:
+    """A 60 s request is in flight when SIGTERM arrives with a 2 s budget.
+
+    Result: the request is cut at the drain deadline (no 200), the flush hook runs, the
+    process exits with 3 (WORK_CUT) inside the budget.
+    """
+    marker = tmp_path / "flushed"
+    async with service(
+        server, tmp_path, stop_timeout=2.0, env={"FLUSH_MARKER": str(marker)}
+    ) as child:
+        busy = await child.connect()
+        answer = asyncio.create_task(busy.get("/work?ms=60000"))
+        await wait_inflight(child, 1)
+        child.terminate()
+        assert await child.exit_code() == 3
+        try:
+            cut = await answer
+        except (ConnectionError, h11.RemoteProtocolError):
+            pass  # closed without an answer
+        else:
+            assert cut.status != 200
+    assert marker.read_text() == "flush"
+    report = child.report()
+    assert report["cancelled"] >= 1
+    assert report["drained"] is False
+    assert report["seconds"] < child.stop_timeout
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_endless_stream_and_websocket_end_within_the_drain(
+    server: str, tmp_path: Path
+) -> None:
+    """An endless streaming response and an open websocket when SIGTERM arrives.
+
+    Result: the stream ends with its last chunk (a complete response, not a cut); the
+    websocket client receives close code 1001 (going away); exit 0 with nothing cut.
+    """
+    async with service(server, tmp_path) as child:
+        streamer = await child.connect()
+        stream = asyncio.create_task(streamer.get("/stream"))
+        async with ws_connect(f"ws://127.0.0.1:{child.port}/ws") as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            await wait_inflight(child, 2)
+            child.terminate()
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                async with asyncio.timeout(HANG_GUARD):
+                    await ws.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1001
+        body = (await stream).body
+        assert body.startswith(b"tick 0\n")
+        assert body.endswith(b"bye\n")
+        assert await child.exit_code() == 0
+    assert child.report()["cancelled"] == 0
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_readyz_is_503_while_draining_and_inflight_returns_to_zero(
+    server: str, tmp_path: Path
+) -> None:
+    """One request in flight when SIGTERM arrives; the flush hook holds the exit a while.
+
+    Result: ``/readyz`` answers 503 during the drain while ``/livez`` stays 200 and the
+    in-flight gauge shows the request; after the answer the gauge is back to 0; exit 0.
+    """
+    async with service(server, tmp_path, env={"FLUSH_HOLD_S": "3"}) as child:
+        assert (await admin_get(child, "/readyz")).status == 200
+        busy = await child.connect()
+        answer = asyncio.create_task(busy.get("/work?ms=1500"))
+        await wait_inflight(child, 1)
+        child.terminate()
+        async with asyncio.timeout(HANG_GUARD):
+            while (await admin_get(child, "/readyz")).status != 503:
+                await asyncio.sleep(0.02)
+        assert (await admin_get(child, "/livez")).status == 200
+        assert await inflight_metric(child) == 1
+        assert not answer.done()
+        assert (await answer).status == 200
+        await wait_inflight(child, 0)
+        assert await child.exit_code() == 0
