@@ -777,6 +777,9 @@ def _run_sync(runtime: Runtime, main: MainFunc | None) -> int:
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+    # The process is exiting: a late signal of a storm must not turn a clean exit into 143.
+    for name in config.signals if config.handle_signals else ():
+        signal.signal(signal.Signals[name], signal.SIG_IGN)
     _exit_now_if_threads_block(code, runtime)
     # The process is about to exit: spare the interpreter's final garbage collections a walk
     # over every object (a 4-5x shorter teardown after the stop; measured in BENCHMARKS.md).

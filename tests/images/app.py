@@ -220,6 +220,11 @@ class App:
         self.store.db.close()
         admin.close()
         code = 3 if cut else 0
+        if MODE != "no-handler":
+            # Late signals of a storm must not reach a closed loop's wakeup fd, nor kill us.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
         log(
             "shutdown.report",
             inflight_at_signal=at_signal,
