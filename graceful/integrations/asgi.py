@@ -123,6 +123,18 @@ def stopping(scope: Scope) -> asyncio.Event:
     return status(scope).stopping
 
 
+async def _send_cut_response(send: Send) -> None:
+    body = b"request cut: the server is shutting down and its budget ran out\n"
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        _CLOSE_HEADER,
+    ]
+    with contextlib.suppress(Exception):  # the client may be gone already
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 class _ClosedByServer(Exception):
     """The app sent on a websocket the server had already closed for the stop."""
 
@@ -155,6 +167,7 @@ class GracefulMiddleware:
         self.tasks: set[asyncio.Task[Any]] = set()
         self._runtime = runtime
         self._ws_close_code = ws_close_code
+        self.aborting = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -166,26 +179,36 @@ class GracefulMiddleware:
         assert task is not None
         self.tasks.add(task)
         self.tracker.begin()
+        started: list[bool] = []
         try:
             if kind == "http":
-                await self.app(scope, receive, self._http_send(send))
+                await self.app(scope, receive, self._http_send(send, started))
             else:
                 await self._websocket(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self.aborting:
+                raise
+            # Cut at the drain deadline by abort(): an answer the client can act on instead of
+            # uvicorn's 500 and a traceback for a cancellation we caused ourselves.
+            if kind == "http" and not started:
+                await _send_cut_response(send)
         finally:
             self.tracker.end()
             self.tasks.discard(task)
 
-    def _http_send(self, send: Send) -> Send:
+    def _http_send(self, send: Send, started: list[bool]) -> Send:
         runtime = self._runtime
 
         async def send_with_close(message: Message) -> None:
             # Decided when the headers leave, so a response that started before the stop
             # keeps its keep-alive and the server closes the connection after it instead.
-            if runtime.stopping and message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                if _CLOSE_HEADER not in headers:
-                    headers.append(_CLOSE_HEADER)
-                message = {**message, "headers": headers}
+            if message["type"] == "http.response.start":
+                started.append(True)
+                if runtime.stopping:
+                    headers = list(message.get("headers", ()))
+                    if _CLOSE_HEADER not in headers:
+                        headers.append(_CLOSE_HEADER)
+                    message = {**message, "headers": headers}
             await send(message)
 
         return send_with_close
@@ -314,6 +337,7 @@ class UvicornServer:
         """Cancel the requests still running and drop every connection; return the count cut."""
         cut = self.middleware.tracker.count
         tasks = list(self.middleware.tasks)
+        self.middleware.aborting = True
         for task in tasks:
             task.cancel()
         if tasks:
