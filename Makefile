@@ -36,6 +36,8 @@ test: check engine images
 demo: images
 	$(BIN)/graceful harness run --image graceful-example-asgi --json build/demo-asgi.json
 	$(BIN)/graceful harness run --image graceful-example-aiohttp --json build/demo-aiohttp.json
+	$(BIN)/graceful harness run --image graceful-example-asgi --scenario rolling-restart \
+		--json build/demo-rolling.json
 
 bench: venv
 	$(BIN)/python bench/run.py

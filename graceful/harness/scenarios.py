@@ -1180,20 +1180,32 @@ def _exception_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def scenario_names() -> list[str]:
-    """Every scenario's name, in run order."""
-    return list(SCENARIOS)
+def opt_in_scenarios() -> dict[str, type[Scenario]]:
+    """Scenarios that run only when named: they need more than the image (a load balancer).
+
+    .. versionadded:: 0.1
+    """
+    # Imported here: graceful.harness.rolling builds on this module.
+    from graceful.harness.rolling import RollingRestart
+
+    return {RollingRestart.name: RollingRestart}
+
+
+def scenario_names(*, opt_in: bool = False) -> list[str]:
+    """Every default scenario's name, in run order; with ``opt_in``, then the opt-in ones."""
+    return list(SCENARIOS) + (list(opt_in_scenarios()) if opt_in else [])
 
 
 def make_scenarios(names: Iterable[str]) -> list[Scenario]:
-    """Default-configured scenarios by name.
+    """Default-configured scenarios by name (opt-in ones included).
 
     Raises:
         KeyError: an unknown name (the message lists the known ones).
     """
+    known = {**SCENARIOS, **opt_in_scenarios()}
     out: list[Scenario] = []
     for name in names:
-        if name not in SCENARIOS:
-            raise KeyError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
-        out.append(SCENARIOS[name]())
+        if name not in known:
+            raise KeyError(f"unknown scenario {name!r}; known: {', '.join(known)}")
+        out.append(known[name]())
     return out
