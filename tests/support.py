@@ -110,6 +110,14 @@ class ServiceProcess:
                     continue
         return found
 
+    def wait_count(self, event: str, count: int, timeout: float = 20.0) -> None:
+        """Wait until ``event`` has been logged ``count`` times."""
+        deadline = time.monotonic() + timeout
+        while self.event_names().count(event) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{event} not logged {count} times:\n" + self.output())
+            time.sleep(0.05)
+
     def event_names(self) -> list[str]:
         return [e.get("event", "") for e in self.events()]
 
@@ -121,7 +129,9 @@ class ServiceProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._reader.join(5)
-        if self.proc.stdout is not None:
+        # Closing the pipe under a reader thread still blocked on it would deadlock; that
+        # happens when a grandchild (a namespace's PID 1) outlives the child and holds it.
+        if self.proc.stdout is not None and not self._reader.is_alive():
             self.proc.stdout.close()
 
     def __enter__(self) -> ServiceProcess:

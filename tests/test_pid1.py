@@ -6,6 +6,7 @@ as for a container's main process; orphans are re-parented to PID 1.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -40,18 +41,21 @@ def namespace_pid1(unshare_pid: int, timeout: float = 10.0) -> int:
 def test_sigterm_stops_pid1_cleanly_and_orphans_are_reaped() -> None:
     argv = [*UNSHARE, sys.executable, "-u", str(APPS / "lifecycle_app.py")]
     with ServiceProcess(argv, env={"APP_ZOMBIES": "3"}) as service:
-        service.wait_for("APP serving")
-        starting = service.wait_event("service.starting")
-        assert starting["pid1"] is True
-        for _ in range(3):
-            service.wait_event("zombie.reaped", timeout=15)
-        assert service.event_names().count("zombie.reaped") == 3
         pid1 = namespace_pid1(service.pid)
-        os.kill(pid1, signal.SIGTERM)
-        assert service.wait() == 0
-        report = service.wait_event("shutdown.report")
-        assert report["zombies_reaped"] == 3
-        assert report["exit_code"] == 0
+        try:
+            service.wait_for("APP serving")
+            starting = service.wait_event("service.starting")
+            assert starting["pid1"] is True
+            service.wait_count("zombie.reaped", 3, timeout=15)
+            os.kill(pid1, signal.SIGTERM)
+            assert service.wait() == 0
+            report = service.wait_event("shutdown.report")
+            assert report["zombies_reaped"] == 3
+            assert report["exit_code"] == 0
+        finally:
+            # unshare does not take its child down with it: never leave PID 1 behind.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid1, signal.SIGKILL)
 
 
 def test_without_a_handler_pid1_ignores_sigterm() -> None:
