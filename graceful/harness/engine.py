@@ -430,7 +430,7 @@ def sweep(
     for cid in ids:
         # A stop that is still waiting in another thread returns once the container is gone.
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-            client.api.remove_container(cid, force=True, v=False)
+            client.api.remove_container(cid, force=True, v=True)  # anonymous volumes too
             removed += 1
     with contextlib.suppress(docker.errors.APIError):
         for volume in client.volumes.list(filters={"label": selector}):
