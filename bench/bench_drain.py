@@ -310,9 +310,9 @@ async def main_async(rounds: int, seconds: float) -> str:
     lines += ratios
     lines += [
         "",
-        "Exit times include the interpreter's own finalization after the stop is done (module",
-        "teardown, about 100-200 ms with uvicorn/aiohttp/structlog/prometheus loaded), which",
-        "the shutdown.report row excludes.",
+        "Exit times include the interpreter's own finalization after the stop is done, which",
+        "the shutdown.report row excludes; graceful.run freezes the garbage collector first, so",
+        "that teardown no longer walks every object (it took 100-200 ms before).",
         "",
         "The load client shares the machine's CPUs with the server, so throughput is a",
         "relative figure: compare columns, not absolute numbers.",
