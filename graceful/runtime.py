@@ -35,7 +35,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from graceful.budget import Budget
 from graceful.config import Config
 from graceful.draining import Drainable
-from graceful.exceptions import ConfigError
+from graceful.exceptions import ConfigError, HookError
 from graceful.health import AdminServer
 from graceful.hooks import (
     HOOK_PHASES,
@@ -189,7 +189,12 @@ class Runtime:
         """Register ``async def func() -> None`` to run at startup, in registration order.
 
         Usable as a decorator.
+
+        Raises:
+            HookError: startup has already run (register before ``run``/``serve``; from
+                ``main``, set the resource up directly and add a ``close`` hook).
         """
+        self._check_startup_open(func)
         self._startup_steps.append((self._next_seq(), func, False))
         return func
 
@@ -198,9 +203,23 @@ class Runtime:
 
         Contexts close in reverse order of startup, interleaved with ``close`` hooks.
         Usable as a decorator.
+
+        Raises:
+            HookError: startup has already run (see ``on_startup``).
         """
+        self._check_startup_open(func)
         self._startup_steps.append((self._next_seq(), func, True))
         return func
+
+    def _check_startup_open(self, func: object) -> None:
+        # A startup step registered after startup would silently never run.
+        if self.state is not State.STARTING:
+            raise HookError(
+                f"{hook_name(func)} was registered as a startup step after startup finished "
+                f"(state {self.state}): register it before run()/serve(), or from main set the "
+                "resource up directly and register its teardown with "
+                "on_shutdown(..., phase='close')"
+            )
 
     @overload
     def on_shutdown(

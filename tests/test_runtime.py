@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from graceful import Config, ExitCode, Phase, Runtime, State
+from graceful import Config, ExitCode, HookError, Phase, Runtime, State
 from graceful.draining import WorkTracker
 from graceful.testing import run_runtime
 
@@ -386,3 +386,10 @@ async def _flush(runtime: Runtime, count: int) -> None:
 
 async def _noop() -> None:
     pass
+
+
+async def test_startup_step_registered_after_startup_is_a_clear_error() -> None:
+    async with run_runtime(Config(handle_signals=False)) as runtime:
+        with pytest.raises(HookError, match="after startup finished"):
+            runtime.on_startup(_noop)
+        runtime.on_shutdown(_noop, phase="close")  # shutdown hooks are fine at any time
