@@ -13,6 +13,7 @@ import gc
 import io
 import os
 import re
+import signal
 import tarfile
 import time
 import warnings
@@ -98,6 +99,19 @@ def _exec(container: Any, *argv: str) -> str:
     text: str = output.decode()
     assert code == 0, f"{argv} failed with {code}: {text}"
     return text
+
+
+def _wait_caught(container: Any, sig: signal.Signals) -> None:
+    """Wait until PID 1 of the container has a handler for ``sig`` (SigCgt in /proc)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        status = _exec(container, "cat", "/proc/1/status")
+        caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt"))
+        if int(caught, 16) & (1 << (sig - 1)):
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"PID 1 never caught {sig.name}: SigCgt={caught}")
+        time.sleep(0.05)
 
 
 def _wait_running(container: Any) -> None:
@@ -253,6 +267,8 @@ def test_lb_image_runs_haproxy_as_pid_1_and_soft_stops(client: Any) -> None:
             if container.status != "running" or time.monotonic() > deadline:
                 pytest.fail(f"haproxy did not start: {container.logs().decode(errors='replace')}")
             time.sleep(0.1)
+        # The kernel drops a signal PID 1 has no handler for: stop only once SIGUSR1 is caught.
+        _wait_caught(container, signal.SIGUSR1)
         container.stop(timeout=STOP_TIMEOUT_S)
         result = container.wait(timeout=STOP_TIMEOUT_S)
         assert result["StatusCode"] == 0, container.logs().decode(errors="replace")
