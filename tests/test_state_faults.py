@@ -43,14 +43,7 @@ def finished(proc: ServiceProcess) -> int:
     try:
         return proc.wait(HANG_GUARD)
     finally:
-        release(proc)
-
-
-def release(proc: ServiceProcess) -> None:
-    proc.kill()
-    proc.wait(10)
-    if proc.proc.stdout is not None:
-        proc.proc.stdout.close()
+        proc.kill()  # also reaps it and closes its pipe
 
 
 def assert_refused(proc: ServiceProcess, path: Path, reason: str) -> None:
@@ -168,7 +161,7 @@ def serving(prefix: Sequence[str], state_path: Path) -> Iterator[tuple[ServicePr
     try:
         yield proc, int(proc.wait_event("writer.listening")["port"])
     finally:
-        release(proc)
+        proc.kill()  # also reaps it and closes its pipe
 
 
 async def write_some(prefix: Sequence[str], state_path: Path, keys: Sequence[str]) -> None:

@@ -36,14 +36,7 @@ def running_writer(path: Path, **env: str) -> Iterator[tuple[ServiceProcess, int
     try:
         yield proc, int(proc.wait_event("writer.listening")["port"])
     finally:
-        release(proc)
-
-
-def release(proc: ServiceProcess) -> None:
-    proc.kill()
-    proc.wait(10)
-    if proc.proc.stdout is not None:
-        proc.proc.stdout.close()
+        proc.kill()  # also reaps it and closes its pipe
 
 
 async def request(port: int, line: str) -> str:
