@@ -11,7 +11,7 @@ from graceful.exceptions import (
     TargetImportError,
 )
 from graceful.logs import configure_logging, get_logger
-from graceful.runtime import ExitCode, Phase, Runtime, State, run
+from graceful.runtime import ExitCode, Phase, Runtime, State, current_runtime, run
 from graceful.state import Batcher, DurableStore
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "TargetImportError",
     "WorkTracker",
     "configure_logging",
+    "current_runtime",
     "get_logger",
     "run",
 ]

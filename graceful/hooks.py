@@ -8,6 +8,7 @@ can stop the rest of the shutdown.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -18,11 +19,14 @@ from graceful.exceptions import HookError
 
 __all__ = ["CleanupContexts", "Hook", "HookOutcome", "Outcome", "Phase", "run_hook"]
 
-HookFunc = Callable[[], Awaitable[Any]]
+HookFunc = Callable[[], object]
 CleanupFunc = Callable[[], AsyncIterator[Any]]
 
 #: How long a cancelled hook may take to unwind before it is abandoned.
 _ABANDON_GRACE = 0.05
+#: A hook that returns this much after its deadline blocked the loop (asyncio.wait would
+#: otherwise have cut it); below it, the lateness is scheduling noise.
+_LATE_TOLERANCE = 0.05
 
 
 class Phase(StrEnum):
@@ -50,6 +54,8 @@ class Outcome(StrEnum):
     OK = "ok"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+    """Never ran: a second signal cut its phase short."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +83,26 @@ class HookOutcome:
 
 
 async def run_hook(
-    func: HookFunc, *, name: str, phase: Phase, deadline: float | None
+    func: Callable[[], object], *, name: str, phase: Phase, deadline: float | None
 ) -> HookOutcome:
     """Run one hook until it finishes or the loop-time ``deadline`` passes.
+
+    ``func`` may be ``async def`` or a plain function (``executor.shutdown``, ``server.close``):
+    a plain one runs on the loop thread, and if it returns an awaitable that is awaited too.
+    A hook that blocks the loop past its deadline is reported as timed out even though it
+    finished, because the stop's other deadlines were lost while it ran.
 
     Never raises (except when the caller itself is cancelled): the outcome says what happened.
     """
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
-    task = asyncio.ensure_future(func())
+    try:
+        result = func()
+    except (Exception, SystemExit) as exc:
+        return _ended(name, phase, started, deadline, error=_describe(exc))
+    if not inspect.isawaitable(result):
+        return _ended(name, phase, started, deadline)
+    task = asyncio.ensure_future(_guarded(result))
     timeout = None if deadline is None else max(deadline - loop.time(), 0.0)
     try:
         done, _ = await asyncio.wait({task}, timeout=timeout)
@@ -97,14 +114,43 @@ async def run_hook(
         await asyncio.wait({task}, timeout=_ABANDON_GRACE)
         if not task.done():
             task.add_done_callback(_consume_result)
-        return HookOutcome(name, phase, Outcome.TIMED_OUT, time.perf_counter() - started)
-    seconds = time.perf_counter() - started
+        return HookOutcome(
+            name, phase, Outcome.TIMED_OUT, time.perf_counter() - started, "cut at its deadline"
+        )
     if task.cancelled():
-        return HookOutcome(name, phase, Outcome.FAILED, seconds, "cancelled")
+        return _ended(name, phase, started, deadline, error="cancelled")
     error = task.exception()
+    return _ended(name, phase, started, deadline, error=None if error is None else _describe(error))
+
+
+async def _guarded(awaitable: Awaitable[object]) -> object:
+    try:
+        return await awaitable
+    except SystemExit as exc:
+        # A task that raises SystemExit takes the whole event loop down with it.
+        raise HookError(f"the hook called sys.exit({exc.code!r})") from None
+
+
+def _ended(
+    name: str, phase: Phase, started: float, deadline: float | None, *, error: str | None = None
+) -> HookOutcome:
+    seconds = time.perf_counter() - started
     if error is not None:
-        return HookOutcome(name, phase, Outcome.FAILED, seconds, f"{type(error).__name__}: {error}")
+        return HookOutcome(name, phase, Outcome.FAILED, seconds, error)
+    late = 0.0 if deadline is None else asyncio.get_running_loop().time() - deadline
+    if late > _LATE_TOLERANCE:
+        return HookOutcome(
+            name,
+            phase,
+            Outcome.TIMED_OUT,
+            seconds,
+            f"blocked the event loop until {late:.3f} s past its deadline",
+        )
     return HookOutcome(name, phase, Outcome.OK, seconds)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _consume_result(task: asyncio.Future[Any]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import io
 import os
@@ -52,9 +53,10 @@ from graceful.logs import configure_logging, get_logger
 from graceful.loops import loop_factory
 from graceful.metrics import Metrics
 from graceful.reaper import ZombieReaper
-from graceful.signals import StopSignals, shell_pid1_warning
+from graceful.signals import Escalation, StopSignals, shell_pid1_warning
+from graceful.watchdog import Watchdog
 
-__all__ = ["ExitCode", "Phase", "Runtime", "State", "run"]
+__all__ = ["ExitCode", "Phase", "Runtime", "State", "current_runtime", "run"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -90,6 +92,38 @@ class ExitCode(IntEnum):
     """A shutdown hook raised or was cut at its deadline: state may not have been flushed."""
     FORCED = 5
     """A third stop signal: the process exited at once."""
+    OVERRAN = 6
+    """The stop ran past its exit deadline (a blocked event loop, a hook or thread that would
+    not end): the watchdog ended the process before SIGKILL could."""
+
+
+class _Start(StrEnum):
+    STARTED = "started"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+_current: contextvars.ContextVar[Runtime] = contextvars.ContextVar("graceful_runtime")
+
+
+def current_runtime() -> Runtime:
+    """The runtime serving the current task: how a request handler reaches it.
+
+    Tasks inherit it from the runtime (``main``, the servers it starts and their request
+    handlers), so a handler can start tracked background work with
+    ``current_runtime().create_task(...)``.
+
+    Raises:
+        RuntimeError: called outside a runtime's ``serve``.
+
+    .. versionadded:: 0.1
+    """
+    try:
+        return _current.get()
+    except LookupError:
+        raise RuntimeError(
+            "current_runtime() was called outside a running graceful runtime"
+        ) from None
 
 
 class Runtime:
@@ -136,6 +170,11 @@ class Runtime:
         self._signal_names: list[str] = []
         self._ownership_checks = 0
         self._main_ready = False
+        self._owns_loop = False
+        self._watchdog: Watchdog | None = None
+        self._signal_at: float | None = None
+        self._leftovers: list[str] = []
+        self._running_hooks: list[str] = []
 
     # -- state -------------------------------------------------------------------------------
 
@@ -283,8 +322,27 @@ class Runtime:
         return register if func is None else register(func)
 
     def add_drainable(self, drainable: Drainable) -> None:
-        """Have the runtime stop, drain and abort a server or worker during the stop."""
+        """Have the runtime stop, drain and abort a server or worker during the stop.
+
+        A drainable added after the listeners were closed (``main`` still starting servers
+        when the stop began) stops accepting at once and is drained with the rest.
+        """
         self._drainables.append(drainable)
+        if self.phase is not None and self.phase is not Phase.UNREADY:
+            self.log.warning("drainable.added_during_stop", server=drainable.name)
+            _ = self.create_task(
+                self._stop_late_drainable(drainable), name=f"stop {drainable.name}"
+            )
+
+    async def _stop_late_drainable(self, drainable: Drainable) -> None:
+        assert self.budget is not None
+        outcome = await run_hook(
+            drainable.stop_accepting,
+            name=f"{drainable.name}.stop_accepting",
+            phase=Phase.STOP_ACCEPT,
+            deadline=self.budget.drain_end,
+        )
+        self._record(outcome)
 
     def create_task(
         self, coro: Coroutine[Any, Any, T], *, name: str | None = None
@@ -320,12 +378,17 @@ class Runtime:
                 ``runtime.stopping``. If it raises, the service stops with exit code 1.
         """
         self._loop = asyncio.get_running_loop()
+        if not structlog.is_configured():
+            # Left to the application (log_format "off") and not configured by it: structlog's
+            # default prints every level, so keep graceful's own events at our level at least.
+            self.log = get_logger(level=self.config.log_level)
+        token = _current.set(self)
         reaper = self._start_reaper()
         self._install_signals()
         try:
             self._log_start()
             started = await self._start()
-            if started:
+            if started is _Start.STARTED:
                 self._set_state(State.SERVING)
                 self._serving.set()
                 self._watch_signal_ownership()
@@ -334,18 +397,30 @@ class Runtime:
                 else:
                     self._main_task = self._loop.create_task(self._run_main(main), name="main")
                 await self._stop_requested.wait()
-            else:
+            elif started is _Start.FAILED:
                 self._crashed = True
                 self.request_stop("startup failed")
             await self._shutdown(reaper)
         finally:
-            if self._signals is not None:
-                self._signals.restore()
+            _current.reset(token)
+            if not self._owns_loop:
+                self.release()
             self._stopped.set()
         assert self.exit_code is not None
         return self.exit_code
 
-    async def _start(self) -> bool:
+    def release(self) -> None:
+        """Give back the process: previous signal handlers, watchdog off. Idempotent.
+
+        ``serve`` calls it when it returns; ``run`` only once the loop is closed, so that a late
+        stop signal still finds our handler (not the default, which would end us with 143).
+        """
+        if self._signals is not None:
+            self._signals.restore()
+        if self._watchdog is not None:
+            self._watchdog.disarm()
+
+    async def _start(self) -> _Start:
         """Start the admin server and run the startup steps; a stop signal aborts startup."""
         if self.config.admin_port is not None:
             self.admin = AdminServer(
@@ -360,7 +435,7 @@ class Runtime:
             except ConfigError as exc:
                 self.log.error("startup.failed", error=str(exc))
                 self.admin = None
-                return False
+                return _Start.FAILED
             self.log.info("admin.listening", host=self.config.admin_host, port=self.admin.port)
         startup = asyncio.get_running_loop().create_task(self._run_startup_steps())
         stop = asyncio.get_running_loop().create_task(self._stop_requested.wait())
@@ -371,13 +446,14 @@ class Runtime:
             startup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await startup
-            return True  # the stop was requested: run the shutdown of what started
+            # Stop what did start; main never runs against half-made resources.
+            return _Start.ABORTED
         try:
             startup.result()
         except Exception as exc:
             self.log.error("startup.failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-            return False
-        return True
+            return _Start.FAILED
+        return _Start.STARTED
 
     async def _run_startup_steps(self) -> None:
         for seq, func, is_context in self._startup_steps:
@@ -416,22 +492,28 @@ class Runtime:
             self.log.warning("signals.not_installed", reason="not on the main thread")
             self._signals = None
 
-    def _on_signal(self, sig: signal.Signals, level: int) -> None:
-        # Signal-handler context: record and wake the loop, nothing else.
+    def _on_signal(self, sig: signal.Signals, level: Escalation, at: float) -> None:
+        # Signal-handler context: record and wake the loop, nothing else. The budget counts
+        # from now, not from when a possibly blocked loop gets to it, and the watchdog is armed
+        # here for the same reason.
+        if level is Escalation.STOP and self._signal_at is None:
+            self._signal_at = at
+            if self._watchdog is not None:
+                self._watchdog.arm(at + self.config.stop_timeout - self.config.effective_margin)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._signal_arrived, sig, level)
 
-    def _signal_arrived(self, sig: signal.Signals, level: int) -> None:
+    def _signal_arrived(self, sig: signal.Signals, level: Escalation) -> None:
         self.metrics.signals.labels(sig.name).inc()
         self._signal_names.append(sig.name)
-        if level == 0:
+        if level is Escalation.REPEAT:
             self.log.debug("signal.repeated", signal=sig.name)
             return
-        self.log.info("signal.received", signal=sig.name, level=level, phase=self.phase)
-        if level == 1:
+        self.log.info("signal.received", signal=sig.name, level=int(level), phase=self.phase)
+        if level is Escalation.STOP:
             self.request_stop(f"signal {sig.name}")
-        elif level == 2 and not self._force.is_set():
+        elif level is Escalation.SKIP_TO_FLUSH and not self._force.is_set():
             self._force.set()
             self.log.warning(
                 "shutdown.escalated",
@@ -466,7 +548,12 @@ class Runtime:
     async def _shutdown(self, reaper: ZombieReaper | None) -> None:
         loop = asyncio.get_running_loop()
         self._check_signal_ownership()
-        budget = self.budget = Budget.plan(self.config, loop.time())
+        now = loop.time()
+        start = now if self._signal_at is None else min(self._signal_at, now)
+        budget = self.budget = Budget.plan(self.config, start)
+        if self._watchdog is not None:
+            self._watchdog.arm(time.monotonic() + budget.exit_at - now)
+            self._watchdog.arm_backstop()
         self._set_state(State.STOPPING)
         inflight_at_signal = self._inflight()
         self.log.info(
@@ -488,11 +575,12 @@ class Runtime:
         with self._phase(Phase.STOP_ACCEPT):
             await self._stop_accepting(budget.drain_end)
         with self._phase(Phase.DRAIN):
+            # Drain hooks (telling websockets and streams to go away) run beside the drain and
+            # are awaited to the end, unless a second signal cuts the drain short.
             drain_hooks = loop.create_task(self._run_hooks(Phase.DRAIN, budget.drain_end))
             drained = await self._drain(budget.drain_end)
             if self._force.is_set():
                 budget = self.budget = budget.skip_to_flush(loop.time())
-            if not drain_hooks.done():
                 drain_hooks.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await drain_hooks
@@ -502,6 +590,8 @@ class Runtime:
             await self._run_hooks(Phase.FLUSH, budget.exit_at)
         with self._phase(Phase.CLOSE):
             await self._close(budget.exit_at, reaper)
+            if self._owns_loop:
+                cut += await self._cancel_leftovers(budget.exit_at)
         self._finish(budget, inflight_at_signal, drained, cut, reaper)
 
     @contextlib.contextmanager
@@ -618,8 +708,52 @@ class Runtime:
             await self.admin.close()
 
     async def _run_hooks(self, phase: Phase, deadline: float) -> None:
-        for _, hook in self._hooks[phase]:
-            await self._run_one(hook.func, hook.name, phase, hook.timeout, deadline)
+        hooks = [hook for _, hook in self._hooks[phase]]
+        for i, hook in enumerate(hooks):
+            try:
+                await self._run_one(hook.func, hook.name, phase, hook.timeout, deadline)
+            except asyncio.CancelledError:
+                # Only a second signal cancels a phase's hooks: say which ones it cut.
+                for skipped in hooks[i:]:
+                    self._record(
+                        HookOutcome(skipped.name, phase, Outcome.SKIPPED, 0.0, "second signal")
+                    )
+                raise
+
+    async def _cancel_leftovers(self, deadline: float) -> int:
+        """Cancel tasks nobody tracked (``asyncio.create_task`` in a handler), naming each.
+
+        Only when the runtime owns the loop: they would be cancelled silently when it closes.
+        Async generators left suspended are closed here too, bounded by the deadline.
+        """
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        await asyncio.sleep(0)  # let cancellations requested earlier finish first
+        # A task already being cancelled (cancelling() > 0) was cut by its owner, not left over.
+        tasks = [
+            t for t in asyncio.all_tasks() if t is not me and not t.done() and not t.cancelling()
+        ]
+        for task in tasks:
+            self._leftovers.append(_task_label(task))
+            task.cancel()
+        if tasks:
+            self.log.warning(
+                "tasks.leftover_cancelled",
+                count=len(tasks),
+                tasks=self._leftovers,
+                hint="start background work with runtime.create_task (from a handler: "
+                "graceful.current_runtime().create_task) so the drain waits for it",
+            )
+            _, stuck = await asyncio.wait(tasks, timeout=max(deadline - loop.time(), 0.0))
+            for task in stuck:
+                self.log.error("task.refused_to_exit", task=task.get_name(), stack=_stack(task))
+        try:
+            async with asyncio.timeout_at(deadline):
+                await loop.shutdown_asyncgens()
+        except TimeoutError:
+            self.log.error("shutdown.asyncgens_abandoned", reason="exit deadline")
+            return len(tasks) + 1
+        return len(tasks)
 
     async def _run_one(
         self, func: HookFunc, name: str, phase: Phase, timeout: float | None, deadline: float
@@ -628,12 +762,20 @@ class Runtime:
         timeout = timeout if timeout is not None else self.config.hook_timeout
         if timeout is not None:
             deadline = min(deadline, loop.time() + timeout)
-        self._record(await run_hook(func, name=name, phase=phase, deadline=deadline))
+        self._running_hooks.append(name)
+        try:
+            outcome = await run_hook(func, name=name, phase=phase, deadline=deadline)
+        finally:
+            self._running_hooks.remove(name)
+        self._record(outcome)
 
     def _record(self, outcome: HookOutcome) -> None:
         self._outcomes.append(outcome)
         if outcome.outcome is Outcome.OK:
             self.log.info("hook.finished", hook=outcome.name, seconds=_rounded(outcome.seconds))
+            return
+        if outcome.outcome is Outcome.SKIPPED:
+            self.log.warning("hook.skipped", hook=outcome.name, reason=outcome.error)
             return
         self.metrics.hooks_failed.labels(str(outcome.phase), str(outcome.outcome)).inc()
         self.log.error(
@@ -652,7 +794,9 @@ class Runtime:
         reaper: ZombieReaper | None,
     ) -> None:
         loop = asyncio.get_running_loop()
-        failed = [o.name for o in self._outcomes if o.outcome is not Outcome.OK]
+        failed = [
+            o.name for o in self._outcomes if o.outcome in (Outcome.FAILED, Outcome.TIMED_OUT)
+        ]
         if self._crashed:
             code = ExitCode.ERROR
         elif failed:
@@ -685,7 +829,9 @@ class Runtime:
                 "ok": sum(o.outcome is Outcome.OK for o in self._outcomes),
                 "failed": sum(o.outcome is Outcome.FAILED for o in self._outcomes),
                 "timed_out": sum(o.outcome is Outcome.TIMED_OUT for o in self._outcomes),
+                "skipped": sum(o.outcome is Outcome.SKIPPED for o in self._outcomes),
             },
+            leftover_tasks=self._leftovers,
             failed_hooks=failed,
             signals=self._signal_names,
             zombies_reaped=reaper.reaped if reaper is not None else 0,
@@ -728,6 +874,21 @@ class Runtime:
         reaper.start()
         return reaper
 
+    def _describe_overrun(self) -> dict[str, Any]:
+        # Runs on the watchdog thread while the loop may be blocked: read, never wait.
+        running = list(self._running_hooks)
+        tasks: list[str] = []
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                tasks = [_task_label(t) for t in asyncio.all_tasks(self._loop) if not t.done()]
+        return {
+            "phase": str(self.phase) if self.phase is not None else None,
+            "state": str(self.state),
+            "running_hook": running,
+            "pending_tasks": tasks[:20],
+            "reason": self.stop_reason,
+        }
+
     def _log_start(self) -> None:
         loop = asyncio.get_running_loop()
         self.log.info(
@@ -737,8 +898,8 @@ class Runtime:
             loop=f"{type(loop).__module__}.{type(loop).__name__}",
             stop_timeout=self.config.stop_timeout,
             delay=self.config.delay,
-            margin=self.config.effective_margin,
-            reserve=self.config.effective_reserve,
+            margin=_rounded(self.config.effective_margin),
+            reserve=_rounded(self.config.effective_reserve),
             signals=list(self.config.signals) if self._signals is not None else [],
         )
         for warning in self.config.fit_warnings():
@@ -785,34 +946,31 @@ def _run_sync(runtime: Runtime, main: MainFunc | None) -> int:
     except ConfigError as exc:
         print(f"graceful: configuration error: {exc}", file=sys.stderr, flush=True)
         return int(ExitCode.ERROR)
-    if config.log_format != "off" and not structlog.is_configured():
+    if not structlog.is_configured() and config.log_format != "off":
         configure_logging(format=config.log_format, level=config.log_level)
+    # Not asyncio.Runner: its close() waits for the default executor's threads without a
+    # bound (Python 3.11), so one stuck thread would hold the exit until SIGKILL. The runtime
+    # does Runner's other steps itself, bounded and reported (leftover tasks, async generators).
+    runtime._owns_loop = True
+    watchdog = runtime._watchdog = Watchdog(
+        exit_code=int(ExitCode.OVERRAN),
+        describe=runtime._describe_overrun,
+        grace=min(config.effective_margin / 2, 0.25),
+    )
+    watchdog.start()
     loop = factory()
     asyncio.set_event_loop(loop)
     try:
         code = loop.run_until_complete(runtime.serve(main))
-        _cancel_leftovers(loop, runtime.time_left())
-        loop.run_until_complete(loop.shutdown_asyncgens())
     finally:
         asyncio.set_event_loop(None)
         loop.close()
-    # The process is exiting: a late signal of a storm must not turn a clean exit into 143.
-    for name in config.signals if config.handle_signals else ():
-        signal.signal(signal.Signals[name], signal.SIG_IGN)
     _exit_now_if_threads_block(code, runtime)
+    runtime.release()
     # The process is about to exit: spare the interpreter's final garbage collections a walk
     # over every object (a 4-5x shorter teardown after the stop; measured in BENCHMARKS.md).
     gc.freeze()
     return code
-
-
-def _cancel_leftovers(loop: asyncio.AbstractEventLoop, time_left: float | None) -> None:
-    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    if not tasks:
-        return
-    for task in tasks:
-        task.cancel()
-    loop.run_until_complete(asyncio.wait(tasks, timeout=min(time_left or 0.1, 0.5)))
 
 
 def _exit_now_if_threads_block(code: int, runtime: Runtime) -> None:
@@ -829,6 +987,12 @@ def _exit_now_if_threads_block(code: int, runtime: Runtime) -> None:
             with contextlib.suppress(Exception):
                 stream.flush()
         os._exit(code)
+
+
+def _task_label(task: asyncio.Task[Any]) -> str:
+    coro = task.get_coro()
+    where = getattr(coro, "__qualname__", None) or type(coro).__name__
+    return f"{task.get_name()} ({where})"
 
 
 def _stack(task: asyncio.Task[Any]) -> str:

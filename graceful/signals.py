@@ -18,21 +18,38 @@ are one request (a ``kill`` loop or a supervisor's storm) and do not escalate.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
+from enum import IntEnum
 from types import FrameType
 from typing import Any
 
-__all__ = ["HANDLED_SIGNALS", "StopSignals", "shell_pid1_warning"]
+from graceful.logs import last_line
+
+__all__ = ["HANDLED_SIGNALS", "Escalation", "StopSignals", "shell_pid1_warning"]
 
 HANDLED_SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGINT")
 
 _Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+class Escalation(IntEnum):
+    """What a stop signal asks for, by how many came before it.
+
+    .. versionadded:: 0.1
+    """
+
+    REPEAT = 0
+    """Within the repeat window of the previous one: part of the same request."""
+    STOP = 1
+    """The first: start the stop."""
+    SKIP_TO_FLUSH = 2
+    """The second: skip the rest of the drain, go to flush."""
+    EXIT_NOW = 3
+    """The third: exit at once."""
 
 
 class StopSignals:
@@ -40,9 +57,8 @@ class StopSignals:
 
     Args:
         names: signal names, for example ``("SIGTERM", "SIGINT")``.
-        on_signal: called in signal-handler context with the signal and the escalation level
-            (1 stop, 2 skip to flush, 0 a repeat within the window); must only record and wake
-            the loop.
+        on_signal: called in signal-handler context with the signal, its escalation and its
+            ``time.monotonic()`` arrival time; must only record and wake the loop.
         hard_exit_code: exit status of the process on the third signal.
         repeat_window: seconds within which repeated signals count as one.
 
@@ -52,7 +68,7 @@ class StopSignals:
     def __init__(
         self,
         names: tuple[str, ...],
-        on_signal: Callable[[signal.Signals, int], None],
+        on_signal: Callable[[signal.Signals, Escalation, float], None],
         *,
         hard_exit_code: int,
         repeat_window: float = 0.5,
@@ -63,7 +79,7 @@ class StopSignals:
         self._repeat_window = repeat_window
         self._previous: dict[signal.Signals, _Handler] = {}
         self._last_counted = -float("inf")
-        self.level = 0
+        self.level = Escalation.REPEAT
         self.received = 0
         self.installed = False
 
@@ -106,40 +122,18 @@ class StopSignals:
         self.received += 1
         now = time.monotonic()
         if now - self._last_counted < self._repeat_window:
-            self._on_signal(sig, 0)
+            self._on_signal(sig, Escalation.REPEAT, now)
             return
         self._last_counted = now
-        self.level += 1
-        if self.level >= 3:
+        self.level = Escalation(min(self.level + 1, Escalation.EXIT_NOW))
+        if self.level is Escalation.EXIT_NOW:
             hard_exit(self._hard_exit_code, sig)
-        self._on_signal(sig, self.level)
+        self._on_signal(sig, Escalation(self.level), now)
 
 
 def hard_exit(code: int, sig: signal.Signals) -> None:
-    """Exit at once, after one last log line and flushed stdio.
-
-    Runs in signal-handler context, possibly while the main thread is inside a write to stdout;
-    so the last line goes straight to the file descriptor instead of through buffered streams.
-    """
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # a reentrant flush from the signal handler may fail; go on
-            pass
-    line = json.dumps(
-        {
-            "event": "shutdown.forced",
-            "signal": sig.name,
-            "exit_code": code,
-            "level": "error",
-            "logger": "graceful",
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-    )
-    try:
-        os.write(sys.stdout.fileno(), (line + "\n").encode())
-    except Exception:  # stdout closed or not a file: nothing more to do
-        pass
+    """Exit at once, after one last log line written straight to the file descriptor."""
+    last_line("shutdown.forced", signal=sig.name, exit_code=code)
     os._exit(code)
 
 

@@ -129,3 +129,12 @@ def _get(url: str) -> str:
 
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.read().decode()  # type: ignore[no-any-return]
+
+
+def test_log_format_off_leaves_the_format_alone_but_keeps_the_level() -> None:
+    """With GRACEFUL_LOG_FORMAT=off and structlog left unconfigured, no DEBUG lines appear."""
+    with start(GRACEFUL_LOG_FORMAT="off") as service:
+        service.signal(signal.SIGTERM)
+        assert service.wait() == 0
+        assert any("shutdown.report" in line for line in service.lines)
+        assert not any("phase.started" in line for line in service.lines), service.output()

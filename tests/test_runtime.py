@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from graceful import Config, ExitCode, HookError, Phase, Runtime, State
+from graceful import Config, ExitCode, HookError, Phase, Runtime, State, current_runtime
 from graceful.draining import WorkTracker
 from graceful.testing import run_runtime
 
@@ -393,3 +393,141 @@ async def test_startup_step_registered_after_startup_is_a_clear_error() -> None:
         with pytest.raises(HookError, match="after startup finished"):
             runtime.on_startup(_noop)
         runtime.on_shutdown(_noop, phase="close")  # shutdown hooks are fine at any time
+
+
+async def test_drain_hooks_are_awaited_and_reported_even_when_nothing_is_in_flight() -> None:
+    """1. a drain hook that takes a while (closing websockets, say); 2. stop with no work.
+
+    Result: the hook finished and its outcome is in the report (it used to be cancelled at
+    once, with hooks ok 0, failed 0, exit 0); a drain hook that raises gives exit code 4.
+    """
+    runtime = make_runtime()
+    finished = asyncio.Event()
+
+    @runtime.on_shutdown(phase="drain")
+    async def say_goodbye() -> None:
+        await asyncio.sleep(0.2)
+        finished.set()
+
+    @runtime.on_shutdown(phase="drain")
+    async def broken() -> None:
+        raise RuntimeError("websocket close failed")
+
+    with capture_logs() as logs:
+        async with run_runtime(runtime=runtime):
+            pass
+    assert finished.is_set()
+    report = next(e for e in logs if e["event"] == "shutdown.report")
+    assert report["hooks"]["ok"] == 1
+    assert report["hooks"]["failed"] == 1
+    assert [name.rsplit(".", 1)[-1] for name in report["failed_hooks"]] == ["broken"]
+    assert runtime.exit_code == ExitCode.HOOK_FAILED
+
+
+async def test_a_second_signal_reports_the_drain_hooks_it_cut() -> None:
+    runtime = make_runtime(handle_signals=True, stop_timeout=30.0)
+    hanging = asyncio.Event()
+
+    @runtime.on_shutdown(phase="drain")
+    async def slow_goodbye() -> None:
+        hanging.set()
+        await asyncio.sleep(3600)
+
+    @runtime.on_shutdown(phase="drain")
+    async def after() -> None:
+        pass
+
+    with capture_logs() as logs:
+        async with asyncio.timeout(HANG_GUARD), run_runtime(runtime=runtime):
+            runtime.create_task(asyncio.sleep(3600))
+            signal.raise_signal(signal.SIGTERM)
+            await hanging.wait()
+            await asyncio.sleep(0.6)  # past the repeat window: this one escalates
+            signal.raise_signal(signal.SIGTERM)
+            await runtime.wait_stopped()
+    report = next(e for e in logs if e["event"] == "shutdown.report")
+    assert report["hooks"]["skipped"] == 2
+    skipped = [e["hook"].rsplit(".", 1)[-1] for e in logs if e["event"] == "hook.skipped"]
+    assert skipped == ["slow_goodbye", "after"]
+
+
+async def test_plain_functions_are_hooks_too_and_a_non_callable_result_never_raises() -> None:
+    """A careless user passes ``executor.shutdown`` or a lambda: it runs, the stop goes on."""
+    runtime = make_runtime()
+    calls: list[str] = []
+    runtime.on_shutdown(lambda: calls.append("plain"), name="plain")
+    runtime.on_shutdown(lambda: 1 / 0, name="divides")
+    runtime.on_shutdown(lambda: _append(calls, "returned coroutine"), name="returns_coroutine")
+    runtime.on_shutdown(lambda: calls.append("close"), phase="close", name="close")
+    async with run_runtime(runtime=runtime):
+        pass
+    assert calls == ["plain", "returned coroutine", "close"]
+    assert runtime.exit_code == ExitCode.HOOK_FAILED  # the division by zero, nothing else
+
+
+async def test_a_hook_calling_sys_exit_does_not_end_the_stop() -> None:
+    runtime = make_runtime()
+    calls: list[str] = []
+
+    @runtime.on_shutdown
+    async def exits() -> None:
+        raise SystemExit(3)
+
+    runtime.on_shutdown(lambda: calls.append("close"), phase="close", name="close")
+    async with run_runtime(runtime=runtime):
+        pass
+    assert calls == ["close"]
+    assert runtime.exit_code == ExitCode.HOOK_FAILED
+
+
+async def test_a_stop_during_startup_never_starts_main() -> None:
+    """1. startup hangs; 2. stop. Result: startup is cut, main never runs, close hooks do."""
+    runtime = make_runtime()
+    started = asyncio.Event()
+    calls: list[str] = []
+
+    @runtime.on_startup
+    async def connect() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    async def main(rt: Runtime) -> None:
+        calls.append("main")
+
+    runtime.on_shutdown(lambda: calls.append("close"), phase="close", name="close")
+    serving = asyncio.ensure_future(runtime.serve(main))
+    await started.wait()
+    runtime.request_stop("signal SIGTERM")
+    assert await asyncio.wait_for(serving, HANG_GUARD) == ExitCode.OK
+    assert calls == ["close"]
+
+
+async def test_a_server_added_by_main_after_the_stop_began_is_stopped_and_drained() -> None:
+    calls: list[str] = []
+    runtime = make_runtime()
+
+    async def main(rt: Runtime) -> None:
+        await rt.wait_stopping()
+        await asyncio.sleep(0.05)  # past stop_accept: the listeners were closed already
+        rt.add_drainable(TrackedServer(calls))
+
+    async with run_runtime(runtime=runtime, main=main):
+        runtime.request_stop()
+    assert "stop_accepting" in calls
+    assert runtime.exit_code == ExitCode.OK
+
+
+async def test_handlers_reach_their_runtime_through_current_runtime() -> None:
+    seen: list[Runtime] = []
+
+    async def main(rt: Runtime) -> None:
+        async def handler() -> None:
+            seen.append(current_runtime())
+
+        await asyncio.create_task(handler())
+
+    async with run_runtime(Config(handle_signals=False), main=main) as runtime:
+        pass
+    assert seen == [runtime]
+    with pytest.raises(RuntimeError, match="outside a running graceful runtime"):
+        current_runtime()
