@@ -1,4 +1,4 @@
-"""What the runtime drains: the `Drainable` protocol and a counter of in-flight work.
+"""What the runtime drains, and the parts every server integration shares.
 
 Every server integration (asyncio streams, uvicorn, aiohttp) is a `Drainable`. The runtime
 drives all of them through the same three steps of the shutdown sequence:
@@ -10,16 +10,40 @@ drives all of them through the same three steps of the shutdown sequence:
    nothing is in flight; the runtime cancels it at the drain deadline.
 3. ``abort()`` in the ``cancel`` phase: whatever is still running is cut; returns how many units
    of work were cut, which decides the exit code.
+
+The pieces an integration is built from live here, so that each server module holds only what
+is particular to its server: :class:`WorkTracker` (work in flight), :class:`TaskSet` (the tasks
+to cancel at the deadline, without waiting forever for one that will not stop),
+:func:`close_listeners` (refuse new connections, lose none already made) and :func:`register`
+(hand the server to the runtime and feed its gauges).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import io
+from asyncio.selector_events import BaseSelectorEventLoop
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-__all__ = ["Drainable", "WorkTracker"]
+from graceful.logs import get_logger
+
+if TYPE_CHECKING:
+    from graceful.runtime import Runtime
+
+__all__ = [
+    "Drainable",
+    "DrainableServer",
+    "TaskSet",
+    "WorkTracker",
+    "abort_deadline",
+    "close_listeners",
+    "register",
+]
+
+# How long tasks cut by an abort outside a stop (no budget to follow) may take to exit.
+_ABORT_GRACE = 0.5
 
 
 @runtime_checkable
@@ -45,6 +69,18 @@ class Drainable(Protocol):
 
     async def abort(self) -> int:
         """Cut what is still in flight; return how many units of work were cut."""
+        ...
+
+
+@runtime_checkable
+class DrainableServer(Drainable, Protocol):
+    """A :class:`Drainable` with client connections: what :func:`register` needs for the gauges.
+
+    .. versionadded:: 0.1
+    """
+
+    def connection_count(self) -> int:
+        """Client connections open right now."""
         ...
 
 
@@ -102,3 +138,147 @@ class WorkTracker:
     async def wait_idle(self) -> None:
         """Return once nothing is in flight (at once when nothing is)."""
         await self._idle.wait()
+
+
+class TaskSet:
+    """The tasks doing a server's work, so that an abort can cancel them.
+
+    Cancelling is bounded: :meth:`cancel_all` waits for the cancelled tasks only until a
+    deadline, and logs the ones that refuse to exit (a handler that swallows
+    ``CancelledError``) with their stacks instead of waiting for them forever.
+
+    Args:
+        name: the server's label, in the log events.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __iter__(self) -> Iterator[asyncio.Task[Any]]:
+        return iter(list(self._tasks))
+
+    @contextmanager
+    def track(self) -> Iterator[asyncio.Task[Any]]:
+        """Hold the current task in the set while the block runs; yields the task.
+
+        Raises:
+            RuntimeError: called outside a task.
+        """
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("TaskSet.track() must be used inside a task")
+        self._tasks.add(task)
+        try:
+            yield task
+        finally:
+            self._tasks.discard(task)
+
+    async def cancel_all(self, deadline: float) -> set[asyncio.Task[Any]]:
+        """Cancel every task in the set and wait for them until ``deadline``.
+
+        Args:
+            deadline: event-loop time after which tasks still running are given up.
+
+        Returns:
+            The tasks that had not exited by the deadline (each logged as
+            ``task.refused_to_exit`` with its stack).
+        """
+        tasks = [task for task in self._tasks if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if not tasks:
+            return set()
+        timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
+        _, stuck = await asyncio.wait(tasks, timeout=timeout)
+        log = get_logger()
+        for task in stuck:
+            log.error(
+                "task.refused_to_exit", server=self.name, task=task.get_name(), stack=_stack(task)
+            )
+        return stuck
+
+
+def abort_deadline(runtime: Runtime | None) -> float:
+    """When the tasks an ``abort()`` cancels must have exited (event-loop time).
+
+    Half of what is left of the runtime's ``cancel`` phase. The runtime bounds each
+    ``abort()`` by the end of that phase, so a task that refuses to exit has to be given up
+    before then: otherwise the abort itself is cut, without logging the task, closing the
+    connections or reporting what it cut. The other half is left for that, for the other
+    servers and for the runtime's own tasks. Outside a stop (no budget yet) it is 0.5 s.
+
+    Args:
+        runtime: the runtime whose stop is under way, if any.
+
+    .. versionadded:: 0.1
+    """
+    now = asyncio.get_running_loop().time()
+    budget = runtime.budget if runtime is not None else None
+    if budget is None:
+        return now + _ABORT_GRACE
+    return now + max(budget.cancel_end - now, 0.0) / 2
+
+
+async def close_listeners(servers: Iterable[asyncio.AbstractServer | None]) -> None:
+    """Close listening servers: new connections are refused and none already made is lost.
+
+    Connections whose handshake the kernel already completed wait in the listen backlog; a
+    plain ``close()`` resets them (accepted, then reset). So the loop first gets two
+    iterations (one to see the listener readable and accept, one to set the transports up),
+    and those connections are drained like the others. Then, on asyncio's own (selector)
+    loop, the accept handler is removed and the accepts under way get one more iteration:
+    Python 3.11 silently drops a connection accepted in the iteration just before
+    ``Server.close()`` (the transport setup fails an assertion in ``Server._attach``, and the
+    socket stays open, unserved, until the process exits). Only then are the listeners closed.
+
+    Not ``wait_closed()``: since Python 3.12 it also waits for every connection to end, which
+    is the drain's job, under the drain's deadline.
+
+    Args:
+        servers: the listeners; ``None`` entries (a server never started) are skipped.
+
+    .. versionadded:: 0.1
+    """
+    listeners = [server for server in servers if server is not None]
+    if not listeners:
+        return
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    if isinstance(loop, BaseSelectorEventLoop):
+        for server in listeners:
+            for sock in server.sockets if isinstance(server, asyncio.Server) else ():
+                loop.remove_reader(sock.fileno())
+        await asyncio.sleep(0)
+    for server in listeners:
+        server.close()
+
+
+def register(runtime: Runtime, server: DrainableServer) -> None:
+    """Have the runtime drain ``server`` and feed its gauges.
+
+    ``graceful_inflight_requests`` and ``graceful_open_connections`` (label
+    ``server=server.name``) read ``server.inflight()`` and ``server.connection_count()``
+    whenever they are scraped.
+
+    Args:
+        runtime: the runtime that owns the stop.
+        server: the started server.
+
+    .. versionadded:: 0.1
+    """
+    runtime.metrics.inflight.labels(server=server.name).set_function(server.inflight)
+    runtime.metrics.connections.labels(server=server.name).set_function(server.connection_count)
+    runtime.add_drainable(server)
+
+
+def _stack(task: asyncio.Task[Any]) -> str:
+    out = io.StringIO()
+    task.print_stack(limit=8, file=out)
+    return out.getvalue()

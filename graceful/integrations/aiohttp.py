@@ -13,7 +13,7 @@ of the process's budget. The runtime drives the same steps instead:
 2. ``drain``: idle keep-alive connections are closed at once; busy ones close after their
    current response, which carries ``Connection: close`` (so does every response started once
    the stop has begun); websockets are closed with 1001 (going away); the app's
-   ``on_shutdown`` signal runs; streaming handlers see :func:`stopping` set. Drain ends when no
+   ``on_shutdown`` signal runs; streaming handlers see :func:`draining` set. Drain ends when no
    request is in flight.
 3. ``cancel``: handlers still running at the drain deadline are cancelled.
 4. ``close``: the app's ``on_cleanup`` signal and cleanup contexts run (LIFO with the other
@@ -33,19 +33,19 @@ from aiohttp.log import access_logger
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
-from graceful.draining import WorkTracker
+from graceful.draining import TaskSet, WorkTracker, abort_deadline, close_listeners, register
 from graceful.hooks import Phase
-from graceful.integrations.streams import close_listeners
+from graceful.integrations._deprecation import renamed
 
 if TYPE_CHECKING:
     from graceful.runtime import Runtime
 
-__all__ = ["AiohttpServer", "serve", "stopping"]
+__all__ = ["AiohttpServer", "draining", "serve", "stopping"]
 
 _SERVER_KEY: web.AppKey[AiohttpServer] = web.AppKey("graceful_server")
 
 
-def stopping(request: web.BaseRequest) -> asyncio.Event:
+def draining(request: web.BaseRequest) -> asyncio.Event:
     """The event set when the server starts draining; await it to end a stream in time.
 
     Raises:
@@ -55,7 +55,11 @@ def stopping(request: web.BaseRequest) -> asyncio.Event:
     """
     if not isinstance(request, web.Request) or _SERVER_KEY not in request.config_dict:
         raise LookupError("this app is not served by graceful.integrations.aiohttp.serve")
-    return request.config_dict[_SERVER_KEY].stopping
+    return request.config_dict[_SERVER_KEY].draining
+
+
+#: Deprecated name of :func:`draining` (``runtime.stopping`` is the bool set at the signal).
+stopping = renamed(draining, "graceful.integrations.aiohttp.stopping")
 
 
 class AiohttpServer:
@@ -66,8 +70,8 @@ class AiohttpServer:
     Attributes:
         runner: aiohttp's ``AppRunner``.
         listener: the listening server, what ``TCPSite`` would open; owned here so that
-            closing it loses no connection (see ``streams.close_listeners``).
-        stopping: set when the drain begins.
+            closing it loses no connection (see ``draining.close_listeners``).
+        draining: set when the drain begins.
 
     .. versionadded:: 0.1
     """
@@ -78,13 +82,13 @@ class AiohttpServer:
         self.name = name
         self.app = app
         self.tracker = WorkTracker(name)
-        self.stopping = asyncio.Event()
+        self.tasks = TaskSet(name)
+        self.draining = asyncio.Event()
         self.runner: web.AppRunner | None = None
         self.listener: asyncio.Server | None = None
         self._runtime = runtime
         self._ws_close_code = ws_close_code
         self._busy: dict[RequestHandler, int] = {}
-        self._tasks: set[asyncio.Task[object]] = set()
         # Keyed by id(request): requests are mutable mappings, hence unhashable; each entry
         # lives only while its handler runs.
         self._websockets: dict[int, web.WebSocketResponse] = {}
@@ -108,27 +112,22 @@ class AiohttpServer:
 
     async def _track(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         protocol = request.protocol
-        task = asyncio.current_task()
-        assert task is not None
         self._busy[protocol] = self._busy.get(protocol, 0) + 1
-        self._tasks.add(task)
-        self.tracker.begin()
         try:
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                await self._complete(request, exc)
-                raise
-            except ConnectionError:
-                if id(request) in self._ws_closing:
-                    # The handler wrote to a websocket we closed for the stop.
-                    return self._websockets[id(request)]
-                raise
-            await self._complete(request, response)
-            return response
+            with self.tasks.track(), self.tracker.track():
+                try:
+                    response = await handler(request)
+                except web.HTTPException as exc:
+                    await self._complete(request, exc)
+                    raise
+                except ConnectionError:
+                    if id(request) in self._ws_closing:
+                        # The handler wrote to a websocket we closed for the stop.
+                        return self._websockets[id(request)]
+                    raise
+                await self._complete(request, response)
+                return response
         finally:
-            self.tracker.end()
-            self._tasks.discard(task)
             self._websockets.pop(id(request), None)
             self._ws_closing.discard(id(request))
             left = self._busy.pop(protocol, 1) - 1
@@ -150,7 +149,7 @@ class AiohttpServer:
     async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         if isinstance(response, web.WebSocketResponse):
             self._websockets[id(request)] = response
-            if self.stopping.is_set():
+            if self.draining.is_set():
                 self._close_websocket(id(request), response)
         elif self._runtime.stopping:
             # The hook runs after aiohttp derived the Connection header, so set both.
@@ -174,12 +173,11 @@ class AiohttpServer:
 
     async def stop_accepting(self) -> None:
         """Close the listener: from now on connections are refused."""
-        if self.listener is not None:
-            await close_listeners([self.listener])
+        await close_listeners([self.listener])
 
     async def drain(self) -> None:
         """Close idle connections, close websockets, run ``on_shutdown``, wait for the work."""
-        self.stopping.set()
+        self.draining.set()
         # Requests whose bytes arrived before the stop are handed to a handler task over
         # two loop iterations (the connection task wakes, then the handler task starts);
         # yield for both so they count as busy instead of being closed unanswered.
@@ -198,13 +196,9 @@ class AiohttpServer:
     async def abort(self) -> int:
         """Cancel the handlers still running and drop every connection; return the count cut."""
         cut = self.tracker.count
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
         for closer in list(self._closers):
             closer.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await self.tasks.cancel_all(abort_deadline(self._runtime))
         for conn in self._connections():
             conn.force_close()
         return cut
@@ -271,7 +265,5 @@ async def serve(
     server.listener = await asyncio.get_running_loop().create_server(
         runner.server, host, port, backlog=backlog
     )
-    runtime.metrics.inflight.labels(server=name).set_function(lambda: server.tracker.count)
-    runtime.metrics.connections.labels(server=name).set_function(server.connection_count)
-    runtime.add_drainable(server)
+    register(runtime, server)
     return server

@@ -16,11 +16,11 @@ stop, driven by the runtime:
 2. ``drain``: idle keep-alive connections are closed at once; busy ones answer with
    ``Connection: close`` (already from the moment the stop began); websockets are closed with
    1001 (going away, instead of uvicorn's 1012); streaming responses see
-   :func:`stopping` set and should send their last chunk. Drain ends when nothing is in flight.
+   :func:`draining` set and should send their last chunk. Drain ends when nothing is in flight.
 3. ``cancel``: what is still running at the drain deadline is cancelled.
 
 :class:`GracefulMiddleware` does the per-request part and puts a :class:`ServerStatus` in
-``scope["graceful"]`` for the app (``stopping(scope)``, in-flight count, lifecycle state).
+``scope["graceful"]`` for the app (``draining(scope)``, in-flight count, lifecycle state).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import uvicorn
 
-from graceful.draining import WorkTracker
+from graceful.draining import TaskSet, WorkTracker, abort_deadline, close_listeners, register
 from graceful.exceptions import GracefulError
 from graceful.hooks import Phase
-from graceful.integrations.streams import close_listeners
+from graceful.integrations._deprecation import renamed
 
 if TYPE_CHECKING:
     from graceful.runtime import Runtime
@@ -49,6 +49,7 @@ __all__ = [
     "Send",
     "ServerStatus",
     "UvicornServer",
+    "draining",
     "serve",
     "serve_config",
     "status",
@@ -72,7 +73,7 @@ class ServerStatus:
 
     Attributes:
         name: the server's label.
-        stopping: set when the drain begins; streaming responses and long polls should
+        draining: set when the drain begins; streaming responses and long polls should
             await it and end.
 
     .. versionadded:: 0.1
@@ -80,7 +81,7 @@ class ServerStatus:
 
     def __init__(self, runtime: Runtime, name: str, tracker: WorkTracker) -> None:
         self.name = name
-        self.stopping = asyncio.Event()
+        self.draining = asyncio.Event()
         self._runtime = runtime
         self._tracker = tracker
 
@@ -96,7 +97,10 @@ class ServerStatus:
 
     @property
     def closing(self) -> bool:
-        """A stop has begun: responses now carry ``Connection: close``."""
+        """A stop has begun (``runtime.stopping``): responses now carry ``Connection: close``.
+
+        True from the signal on, before :attr:`draining` is set.
+        """
         return self._runtime.stopping
 
 
@@ -115,12 +119,19 @@ def status(scope: Scope) -> ServerStatus:
     return found
 
 
-def stopping(scope: Scope) -> asyncio.Event:
+def draining(scope: Scope) -> asyncio.Event:
     """The event set when the server starts draining; await it to end a stream in time.
+
+    Raises:
+        LookupError: the app does not run behind :class:`GracefulMiddleware`.
 
     .. versionadded:: 0.1
     """
-    return status(scope).stopping
+    return status(scope).draining
+
+
+#: Deprecated name of :func:`draining` (``runtime.stopping`` is the bool set at the signal).
+stopping = renamed(draining, "graceful.integrations.asgi.stopping")
 
 
 async def _send_cut_response(send: Send) -> None:
@@ -164,8 +175,8 @@ class GracefulMiddleware:
         self.app = app
         self.tracker = WorkTracker(name)
         self.status = ServerStatus(runtime, name, self.tracker)
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self._runtime = runtime
+        self.tasks = TaskSet(name)
+        self.runtime = runtime
         self._ws_close_code = ws_close_code
         self.aborting = False
 
@@ -175,29 +186,23 @@ class GracefulMiddleware:
             await self.app(scope, receive, send)
             return
         scope[SCOPE_KEY] = self.status
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks.add(task)
-        self.tracker.begin()
         started: list[bool] = []
-        try:
-            if kind == "http":
-                await self.app(scope, receive, self._http_send(send, started))
-            else:
-                await self._websocket(scope, receive, send)
-        except asyncio.CancelledError:
-            if not self.aborting:
-                raise
-            # Cut at the drain deadline by abort(): an answer the client can act on instead of
-            # uvicorn's 500 and a traceback for a cancellation we caused ourselves.
-            if kind == "http" and not started:
-                await _send_cut_response(send)
-        finally:
-            self.tracker.end()
-            self.tasks.discard(task)
+        with self.tasks.track(), self.tracker.track():
+            try:
+                if kind == "http":
+                    await self.app(scope, receive, self._http_send(send, started))
+                else:
+                    await self._websocket(scope, receive, send)
+            except asyncio.CancelledError:
+                if not self.aborting:
+                    raise
+                # Cut at the drain deadline by abort(): an answer the client can act on
+                # instead of uvicorn's 500 and a traceback for a cancellation we caused.
+                if kind == "http" and not started:
+                    await _send_cut_response(send)
 
     def _http_send(self, send: Send, started: list[bool]) -> Send:
-        runtime = self._runtime
+        runtime = self.runtime
 
         async def send_with_close(message: Message) -> None:
             # Decided when the headers leave, so a response that started before the stop
@@ -229,7 +234,7 @@ class GracefulMiddleware:
 
         async def close_on_stop() -> None:
             nonlocal closed, closed_by_server
-            await self.status.stopping.wait()
+            await self.status.draining.wait()
             async with lock:
                 if closed:
                     return
@@ -317,7 +322,7 @@ class UvicornServer:
 
     async def drain(self) -> None:
         """Close idle connections, tell streams and websockets to end, wait for the work."""
-        self.middleware.status.stopping.set()
+        self.middleware.status.draining.set()
         self._shutdown_http_connections()
         await self.middleware.tracker.wait_idle()
         # Connections that were busy close after their response (keep-alive is off); any
@@ -336,12 +341,8 @@ class UvicornServer:
     async def abort(self) -> int:
         """Cancel the requests still running and drop every connection; return the count cut."""
         cut = self.middleware.tracker.count
-        tasks = list(self.middleware.tasks)
         self.middleware.aborting = True
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await self.middleware.tasks.cancel_all(abort_deadline(self.middleware.runtime))
         for conn in list(self.server.server_state.connections):
             conn.shutdown()
         return cut
@@ -379,9 +380,7 @@ async def serve_config(
     config.loaded_app = middleware
     server = UvicornServer(uvicorn.Server(config), middleware, name)
     await server._start()
-    runtime.metrics.inflight.labels(server=name).set_function(lambda: middleware.tracker.count)
-    runtime.metrics.connections.labels(server=name).set_function(server.connection_count)
-    runtime.add_drainable(server)
+    register(runtime, server)
     runtime.on_shutdown(server._lifespan_shutdown, phase=Phase.CLOSE, name=f"{name}.lifespan")
     return server
 
@@ -423,11 +422,7 @@ async def serve(
         root_path: ASGI ``root_path`` for apps mounted below a prefix.
         ws_close_code: close code sent to open websockets on a stop.
 
-    Returns:
-        The started server.
-
-    Raises:
-        GracefulError: the lifespan startup failed or the address could not be bound.
+    Returns and raises as :func:`serve_config`.
 
     .. versionadded:: 0.1
     """

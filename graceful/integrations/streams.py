@@ -21,53 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from asyncio.selector_events import BaseSelectorEventLoop
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from graceful.draining import WorkTracker
+from graceful.draining import TaskSet, WorkTracker, abort_deadline, close_listeners, register
 
 if TYPE_CHECKING:
     from graceful.runtime import Runtime
 
-__all__ = ["StreamConnection", "StreamServer", "close_listeners", "start_server", "unit"]
+__all__ = ["StreamConnection", "StreamServer", "start_server", "unit"]
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 _current: contextvars.ContextVar[StreamConnection] = contextvars.ContextVar(
     "graceful_stream_connection"
 )
-
-
-async def close_listeners(servers: Iterable[asyncio.AbstractServer]) -> None:
-    """Close listening servers: new connections are refused and none already made is lost.
-
-    Connections whose handshake the kernel already completed wait in the listen backlog; a
-    plain ``close()`` resets them (accepted, then reset). So the loop first gets two
-    iterations (one to see the listener readable and accept, one to set the transports up),
-    and those connections are drained like the others. Then, on asyncio's own (selector)
-    loop, the accept handler is removed and the accepts under way get one more iteration:
-    Python 3.11 silently drops a connection accepted in the iteration just before
-    ``Server.close()`` (the transport setup fails an assertion in ``Server._attach``, and the
-    socket stays open, unserved, until the process exits). Only then are the listeners closed.
-
-    Not ``wait_closed()``: since Python 3.12 it also waits for every connection to end, which
-    is the drain's job, under the drain's deadline.
-
-    .. versionadded:: 0.1
-    """
-    servers = list(servers)
-    loop = asyncio.get_running_loop()
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    if isinstance(loop, BaseSelectorEventLoop):
-        for server in servers:
-            for sock in server.sockets if isinstance(server, asyncio.Server) else ():
-                loop.remove_reader(sock.fileno())
-        await asyncio.sleep(0)
-    for server in servers:
-        server.close()
 
 
 class StreamConnection:
@@ -131,11 +100,13 @@ class StreamServer:
     .. versionadded:: 0.1
     """
 
-    def __init__(self, handler: Handler, *, name: str) -> None:
+    def __init__(self, handler: Handler, *, name: str, runtime: Runtime | None = None) -> None:
         self.name = name
         self.tracker = WorkTracker(name)
+        self.tasks = TaskSet(name)
         self.draining = False
         self.connections: set[StreamConnection] = set()
+        self._runtime = runtime
         self._handler = handler
         self._server: asyncio.Server | None = None
         self._no_connections = asyncio.Event()
@@ -156,38 +127,40 @@ class StreamServer:
     async def _serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        conn = StreamConnection(self, writer, task)
-        if self.draining:
-            # Accepted in the same loop tick the listener closed: nothing was read yet.
-            conn.close()
-            return
-        self.connections.add(conn)
-        self._no_connections.clear()
-        _current.set(conn)
-        try:
-            await self._handler(reader, writer)
-        except ConnectionError:
-            # A peer that went away, or our own close during a stop: neither is an error of
-            # the service.
-            if not (conn.closing or writer.is_closing()):
-                raise
-        finally:
-            self.connections.discard(conn)
-            if not self.connections:
-                self._no_connections.set()
-            if not writer.is_closing():
-                writer.close()
+        with self.tasks.track() as task:
+            conn = StreamConnection(self, writer, task)
+            if self.draining:
+                # Accepted in the same loop tick the listener closed: nothing was read yet.
+                conn.close()
+                return
+            self.connections.add(conn)
+            self._no_connections.clear()
+            _current.set(conn)
+            try:
+                await self._handler(reader, writer)
+            except ConnectionError:
+                # A peer that went away, or our own close during a stop: neither is an error
+                # of the service.
+                if not (conn.closing or writer.is_closing()):
+                    raise
+            finally:
+                self.connections.discard(conn)
+                if not self.connections:
+                    self._no_connections.set()
+                if not writer.is_closing():
+                    writer.close()
 
     def inflight(self) -> int:
         """Units of work in flight now."""
         return self.tracker.count
 
+    def connection_count(self) -> int:
+        """Open client connections."""
+        return len(self.connections)
+
     async def stop_accepting(self) -> None:
         """Close the listener: from now on connections are refused."""
-        if self._server is not None:
-            await close_listeners([self._server])
+        await close_listeners([self._server])
 
     async def drain(self) -> None:
         """Close idle connections now and busy ones after their unit; wait for the handlers."""
@@ -201,12 +174,9 @@ class StreamServer:
         """Cancel the handlers still running; return how many units of work were cut."""
         self.draining = True
         cut = self.tracker.count
-        tasks = [conn.task for conn in self.connections]
         for conn in list(self.connections):
             conn.writer.transport.abort()
-            conn.task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await self.tasks.cancel_all(abort_deadline(self._runtime))
         return cut
 
 
@@ -242,9 +212,7 @@ async def start_server(
 
     .. versionadded:: 0.1
     """
-    server = StreamServer(handler, name=name)
+    server = StreamServer(handler, name=name, runtime=runtime)
     await server._start(host, port, limit, backlog)
-    runtime.metrics.inflight.labels(server=name).set_function(lambda: server.tracker.count)
-    runtime.metrics.connections.labels(server=name).set_function(lambda: len(server.connections))
-    runtime.add_drainable(server)
+    register(runtime, server)
     return server
