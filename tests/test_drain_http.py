@@ -9,12 +9,10 @@ about how fast something was; timeouts are hang guards only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,55 +22,25 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = ROOT / "tests" / "apps" / "drain_app.py"
+from tests.support import APPS, ServiceProcess, free_port
+
+APP = APPS / "drain_app.py"
 SERVERS = ["asgi_service", "aiohttp_service"]
 HANG_GUARD = 30.0
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @dataclass
 class Child:
-    """The service under test, with its output lines collected as they come."""
+    """The service under test (its process and output) and the connections the test opened."""
 
-    proc: asyncio.subprocess.Process
+    process: ServiceProcess
     port: int
     admin_port: int
     stop_timeout: float
     name: str = "http"
-    lines: list[str] = field(default_factory=list)
     clients: list[Client] = field(default_factory=list)
-    _new_line: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-            self._new_line.set()
-        self._new_line.set()
-
-    async def wait_line(self, needle: str) -> str:
-        async with asyncio.timeout(HANG_GUARD):
-            seen = 0
-            while True:
-                for line in self.lines[seen:]:
-                    if needle in line:
-                        return line
-                seen = len(self.lines)
-                if self.proc.returncode is not None:
-                    raise AssertionError(f"exited before {needle!r}:\n" + "\n".join(self.lines))
-                self._new_line.clear()
-                await self._new_line.wait()
 
     async def connect(self) -> Client:
         """A new connection to the service's HTTP port, closed when the test ends."""
@@ -81,27 +49,19 @@ class Child:
         return client
 
     def terminate(self) -> None:
-        os.kill(self.proc.pid, signal.SIGTERM)
+        self.process.signal(signal.SIGTERM)
 
     async def exit_code(self) -> int:
-        async with asyncio.timeout(HANG_GUARD):
-            return await self.proc.wait()
-
-    def events(self) -> list[dict[str, Any]]:
-        found = []
-        for line in self.lines:
-            with contextlib.suppress(ValueError):
-                if line.startswith("{"):
-                    found.append(json.loads(line))
-        return found
+        # In a thread: the test's own clients keep running on the loop meanwhile.
+        return await asyncio.to_thread(self.process.wait, HANG_GUARD)
 
     def report(self) -> dict[str, Any]:
-        reports = [e for e in self.events() if e.get("event") == "shutdown.report"]
-        assert len(reports) == 1, "\n".join(self.lines)
+        reports = [e for e in self.process.events() if e.get("event") == "shutdown.report"]
+        assert len(reports) == 1, self.process.output()
         return reports[0]
 
 
-@contextlib.asynccontextmanager
+@asynccontextmanager
 async def service(
     server: str,
     tmp_path: Path,
@@ -112,10 +72,7 @@ async def service(
     name: str = "http",
 ) -> AsyncIterator[Child]:
     port, admin_port = free_port(), free_port()
-    full_env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "GRACEFUL_LOG_FORMAT": "json",
+    settings = {
         "GRACEFUL_LOOP": loop,
         "GRACEFUL_STOP_TIMEOUT": str(stop_timeout),
         "HOST": "127.0.0.1",
@@ -125,28 +82,14 @@ async def service(
         "STATE_PATH": str(tmp_path / "state.sqlite"),
         **(env or {}),
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-u",
-        str(APP),
-        server,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=full_env,
-        cwd=ROOT,
-    )
-    child = Child(proc, port, admin_port, stop_timeout, name)
-    reader = asyncio.create_task(child._read())
-    try:
-        await child.wait_line("APP serving")
-        yield child
-    finally:
-        for client in child.clients:
-            client.close()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await reader
+    with ServiceProcess([sys.executable, "-u", str(APP), server], env=settings) as process:
+        child = Child(process, port, admin_port, stop_timeout, name)
+        try:
+            await asyncio.to_thread(process.wait_for, "APP serving", HANG_GUARD)
+            yield child
+        finally:
+            for client in child.clients:
+                client.close()
 
 
 @dataclass
@@ -338,7 +281,7 @@ async def test_work_longer_than_the_budget_is_cut_and_flush_still_runs(
         else:
             assert cut.status == 503  # told why, not a 500
     assert marker.read_text() == "flush"
-    assert "Exception in ASGI application" not in "\n".join(child.lines)
+    assert "Exception in ASGI application" not in child.process.output()
     report = child.report()
     assert report["cancelled"] >= 1
     assert report["drained"] is False
