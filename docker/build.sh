@@ -76,8 +76,8 @@ done
 
 if [[ ${SKIP_LB:-0} != 1 ]]; then
     BASE_PACKAGES=ca-certificates bash docker/base-image.sh graceful-lb-base:bookworm haproxy
-    # No build context: the image needs no file from the tree.
-    quiet_build -t graceful-lb:bookworm - <docker/lb.Dockerfile ||
+    # The repository is the context for one file: graceful/harness/haproxy.cfg.
+    quiet_build -f docker/lb.Dockerfile -t graceful-lb:bookworm . ||
         { log "building graceful-lb:bookworm failed"; exit 1; }
     log "graceful-lb:bookworm: $(docker image inspect -f '{{.Id}}' graceful-lb:bookworm | cut -c8-19)"
 fi

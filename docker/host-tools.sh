@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Host tools the tests use besides the Docker engine: haproxy (to check docker/haproxy.cfg with
-# `haproxy -c`). Installs Debian's package when missing and we are root; quiet when present.
+# Host tools the tests use besides the Docker engine: haproxy (to check
+# graceful/harness/haproxy.cfg with `haproxy -c`). Installs Debian's package when missing
+# and we are root; quiet when present.
 set -euo pipefail
 if command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; then
   exit 0

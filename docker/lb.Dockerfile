@@ -3,11 +3,12 @@
 # instead: same config path, same stop signal, not root).
 #
 #   docker/base-image.sh graceful-lb-base:bookworm haproxy
-#   docker build -t graceful-lb:bookworm - < docker/lb.Dockerfile
-# (docker/build.sh does both.) The build needs no context.
-#
-# Run it with a config at /usr/local/etc/haproxy/haproxy.cfg (bind mount, or
-# COPY in a derived image); bind ports above 1024, the process is not root.
+#   docker build -f docker/lb.Dockerfile -t graceful-lb:bookworm .
+# (docker/build.sh does both.) The context is the repository root, for the one
+# file the image takes from it: graceful/harness/haproxy.cfg, the config the
+# harness ships, as the default config. The harness bind-mounts the same file
+# over it; mount (or COPY, in a derived image) another one to change it. Bind
+# ports above 1024, the process is not root.
 
 ARG BASE_IMAGE=graceful-lb-base:bookworm
 FROM ${BASE_IMAGE}
@@ -16,6 +17,7 @@ FROM ${BASE_IMAGE}
 RUN mkdir -p /usr/local/etc/haproxy /run/haproxy \
     && chown haproxy:haproxy /run/haproxy /var/lib/haproxy \
     && haproxy -v
+COPY graceful/harness/haproxy.cfg /usr/local/etc/haproxy/haproxy.cfg
 WORKDIR /var/lib/haproxy
 USER haproxy
 # SIGUSR1 is HAProxy's soft stop: stop listening, let sessions finish.

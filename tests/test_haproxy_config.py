@@ -1,4 +1,5 @@
-"""docker/haproxy.cfg: the load balancer of the rolling-restart scenario.
+"""graceful/harness/haproxy.cfg: the load balancer of the rolling-restart scenario (the one
+copy: the harness ships and mounts it, docker/lb.Dockerfile copies it into the image).
 
 1. HAProxy itself accepts the file (``haproxy -c``), with its defaults and with the harness's
    environment overrides, and rejects broken variants, so the check can fail.
@@ -30,7 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
-CONFIG = Path(__file__).resolve().parent.parent / "docker" / "haproxy.cfg"
+CONFIG = Path(__file__).resolve().parent.parent / "graceful" / "harness" / "haproxy.cfg"
 LB_IMAGE = "graceful-lb:bookworm"
 REPLICA_IMAGE = "graceful-base:bookworm"
 LB_CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"

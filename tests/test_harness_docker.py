@@ -23,7 +23,8 @@ import pytest
 from graceful.harness.pytest_plugin import in_ci
 
 if TYPE_CHECKING:
-    from graceful.harness.engine import Engine, ImageInfo
+    from graceful.harness.container import Container, ImageInfo
+    from graceful.harness.engine import Engine
     from graceful.harness.report import Report, ScenarioResult
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -58,7 +59,8 @@ def test_images(graceful_engine: Engine) -> dict[str, ImageInfo]:
 
 
 def run(engine: Engine, image: ImageInfo, *names: str) -> Report:
-    from graceful.harness.scenarios import Settings, make_scenarios, run_scenarios
+    from graceful.harness.context import Settings
+    from graceful.harness.scenarios import make_scenarios, run_scenarios
 
     settings = Settings(stop_timeout=STOP_TIMEOUT, startup_timeout=60)
     return asyncio.run(run_scenarios(engine, image, make_scenarios(names), settings))
@@ -166,6 +168,48 @@ def test_unhandled_stopsignal_is_reported(
     assert "SIGQUIT (STOPSIGNAL)" in text
     assert "installs no SIGQUIT handler" in text
     assert "SIGINT" not in text  # SIGINT itself is handled fine
+
+
+def test_clean_up_removes_anonymous_volumes(
+    graceful_engine: Engine, test_images: dict[str, ImageInfo]
+) -> None:
+    """An image with ``VOLUME /data`` gives every container mounted without a named volume
+    there an anonymous one (the prober's sidecar is such a container). A scenario's clean-up
+    removes it with the container.
+
+    Control: removing the container without its volumes (what one of the three removal paths
+    did before there was one) leaves the volume behind.
+    """
+    import docker.errors
+
+    from graceful.harness.context import Context, Settings
+
+    client = graceful_engine.client
+    ref = test_images["good"].ref
+
+    def anonymous_volume(container: Container) -> str:
+        container.reload()
+        (mount,) = [m for m in container.attrs["Mounts"] if m["Destination"] == "/data"]
+        assert mount["Type"] == "volume"
+        return str(mount["Name"])
+
+    leaky = graceful_engine.run(ref, entrypoint=["sleep", "60"], healthcheck=False)
+    left = anonymous_volume(leaky)
+    client.api.remove_container(leaky.id, force=True)
+    try:
+        assert client.volumes.get(left) is not None
+    finally:
+        client.api.remove_volume(left, force=True)
+
+    ctx = Context(graceful_engine, test_images["good"], Settings(), scenario="clean-up")
+    sidecar = graceful_engine.run(ref, entrypoint=["sleep", "60"], healthcheck=False)
+    ctx.track(sidecar)
+    volume = anonymous_volume(sidecar)
+    ctx.remove_now()
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get(sidecar.id)
+    with pytest.raises(docker.errors.NotFound):
+        client.volumes.get(volume)
 
 
 def test_cli_exit_status_and_json_report(

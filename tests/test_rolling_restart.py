@@ -1,8 +1,9 @@
 """The rolling-restart scenario: replicas replaced one at a time behind HAProxy, under load.
 
-1. Without an engine: the load balancer's configuration ships with the package and is the one
-   ``docker/haproxy.cfg`` documents; the scenario reads its detection time from it; it is
-   opt-in (not in the default set); the load balancer's log lines are parsed.
+1. Without an engine: the load balancer's configuration ships with the package and is the only
+   copy (``docker/lb.Dockerfile`` copies it into the image); the scenario reads its detection
+   time from it; it is opt-in (not in the default set); the load balancer's log lines are
+   parsed.
 2. On Docker (real HAProxy, real ``docker stop``, real replicas of the example services):
    three full rolls of each example service lose no request and every replica exits 0; the
    control roll with ``GRACEFUL_DELAY=0`` reports the requests it lost as a note; with the
@@ -16,27 +17,31 @@ once per event loop here, and a container scenario gains nothing from running tw
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from graceful.harness.pytest_plugin import in_ci
-from graceful.harness.rolling import (
+from graceful.harness.cluster import (
+    LB_CONFIG_PATH,
     LB_IMAGE,
-    RollingRestart,
-    _httplog,
     lb_config,
     lb_detection,
+    parse_httplog,
 )
+from graceful.harness.pytest_plugin import in_ci
+from graceful.harness.rolling import RollingRestart
 from graceful.harness.scenarios import make_scenarios, scenario_names
 
 if TYPE_CHECKING:
-    from graceful.harness.engine import Engine, ImageInfo
+    from graceful.harness.container import ImageInfo
+    from graceful.harness.engine import Engine
     from graceful.harness.report import ScenarioResult
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,9 +51,16 @@ EXAMPLES = ["graceful-example-asgi", "graceful-example-aiohttp"]
 # -- 1. without an engine ---------------------------------------------------------------------
 
 
-def test_the_packaged_config_is_the_documented_one() -> None:
-    """Users who pip-installed graceful get the same file tests/test_haproxy_config.py checks."""
-    assert lb_config() == (ROOT / "docker" / "haproxy.cfg").read_text()
+def test_the_packaged_config_is_the_one_source() -> None:
+    """Users who pip-installed graceful get the file tests/test_haproxy_config.py checks, the
+    image build copies that same file, and the tree holds no second copy to drift apart."""
+    packaged = ROOT / "graceful" / "harness" / "haproxy.cfg"
+    assert lb_config() == packaged.read_text()
+    dockerfile = (ROOT / "docker" / "lb.Dockerfile").read_text()
+    assert f"COPY graceful/harness/haproxy.cfg {LB_CONFIG_PATH}\n" in dockerfile
+    tops = ("graceful", "docker", "docs", "examples", "tests", "bench")
+    copies = [p for top in tops if (ROOT / top).is_dir() for p in (ROOT / top).rglob("*.cfg")]
+    assert copies == [packaged]
 
 
 def test_detection_time_comes_from_the_config() -> None:
@@ -90,11 +102,11 @@ def test_load_balancer_log_lines_are_read() -> None:
         '- - LR-- 1/1/0/0/0 0/0 "GET /stats;csv HTTP/1.1"\n'
         "[WARNING]  (8) : Server replicas/replica1 is UP/READY (resolves again).\n"
     )
-    assert [(status, state) for _, status, state in _httplog(log)] == [
+    assert [(status, state) for _, status, state in parse_httplog(log)] == [
         ("503", "SC--"),
         ("200", "----"),
     ]
-    first = next(_httplog(log))[0]
+    first = next(parse_httplog(log))[0]
     assert first == pytest.approx(1795804927.193)
 
 
@@ -119,6 +131,21 @@ def lb_image(graceful_engine: Engine) -> str:
     return LB_IMAGE
 
 
+@pytest.mark.docker
+def test_the_lb_image_carries_the_packaged_config(graceful_engine: Engine, lb_image: str) -> None:
+    """docker/lb.Dockerfile copies the one source in as the image's default config."""
+    container = graceful_engine.client.containers.create(lb_image, labels=graceful_engine.labels)
+    try:  # never started: the file is read from the image's layers
+        chunks, _ = container.get_archive(LB_CONFIG_PATH)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+            member = tar.extractfile("haproxy.cfg")
+            assert member is not None
+            text = member.read().decode()
+    finally:
+        container.remove(force=True)
+    assert text == lb_config()
+
+
 def image(engine: Engine, ref: str) -> ImageInfo:
     import docker.errors
 
@@ -132,7 +159,8 @@ def image(engine: Engine, ref: str) -> ImageInfo:
 
 
 def roll(engine: Engine, ref: str, scenario: RollingRestart) -> ScenarioResult:
-    from graceful.harness.scenarios import Settings, run_scenarios
+    from graceful.harness.context import Settings
+    from graceful.harness.scenarios import run_scenarios
 
     report = asyncio.run(run_scenarios(engine, image(engine, ref), [scenario], Settings()))
     (result,) = report.scenarios

@@ -189,9 +189,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _run_async(args: argparse.Namespace, names: list[str]) -> int:
+    from graceful.harness.context import Settings
     from graceful.harness.engine import ContainerError, EngineUnavailable, connect
     from graceful.harness.load import Workload
-    from graceful.harness.scenarios import Settings, make_scenarios, run_scenarios
+    from graceful.harness.scenarios import make_scenarios, run_scenarios
 
     # SIGTERM to the harness cancels the run like Ctrl-C does, so the finally below removes
     # every container and volume it created.

@@ -2,11 +2,10 @@
 
 Every object the harness creates carries the label ``graceful.harness=<run id>`` and is
 removed when the :class:`Engine` closes, also when a scenario fails or the harness is
-interrupted. Containers publish their ports on 127.0.0.1 only and never run privileged.
-
-``stop`` is the real ``docker stop``: the engine sends the container's stop signal, waits
-the timeout, then SIGKILLs; the call is timed from the client's side. ``kill`` is the real
-``docker kill``.
+interrupted; :func:`remove` is the one way objects are removed, by a scenario as by the final
+sweep. Containers publish their ports on 127.0.0.1 only and never run privileged. What one
+container does (``docker stop``, ``docker kill``, logs, PID 1) is
+:mod:`graceful.harness.container`.
 
 The ``docker`` package is imported when an engine is first connected, so importing this
 module (as the pytest plugin does in every run) stays cheap.
@@ -17,36 +16,29 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import re
-import signal
 import socket
-import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from graceful.exceptions import GracefulError
+from graceful.harness.container import Container, ContainerError, ImageInfo, signal_name
 
 if TYPE_CHECKING:
     # The SDK ships no type information (and the repository's docker/ scripts directory
     # shadows the package name for mypy): its objects are typed as Any.
     DockerClient = Any
-    DockerContainer = Any
 
 __all__ = [
     "LABEL",
-    "Container",
     "ContainerError",
     "Engine",
     "EngineUnavailable",
-    "ImageInfo",
-    "Pid1",
-    "StopResult",
     "connect",
+    "remove",
+    "sweep",
 ]
 
 LABEL = "graceful.harness"
@@ -56,129 +48,12 @@ HOW_TO_GET_AN_ENGINE = (
     "Desktop, or point DOCKER_HOST at one"
 )
 
-_SHELLS = {"sh", "bash", "dash", "ash", "zsh", "ksh", "busybox"}
-
 
 class EngineUnavailable(GracefulError, ConnectionError):
     """No Docker engine answered.
 
     .. versionadded:: 0.1
     """
-
-
-class ContainerError(GracefulError, RuntimeError):
-    """A container did not start, or did not become ready; the message carries its last logs.
-
-    .. versionadded:: 0.1
-    """
-
-
-@dataclass(frozen=True, slots=True)
-class ImageInfo:
-    """What the harness needs from ``docker image inspect``.
-
-    Attributes:
-        ref: the name the image was asked by.
-        id: the image id.
-        entrypoint: the configured ``ENTRYPOINT`` (empty when none).
-        cmd: the configured ``CMD`` (empty when none).
-        stop_signal: ``STOPSIGNAL`` as a name (``SIGTERM`` when the image sets none).
-
-    .. versionadded:: 0.1
-    """
-
-    ref: str
-    id: str
-    entrypoint: tuple[str, ...]
-    cmd: tuple[str, ...]
-    stop_signal: str
-
-    @property
-    def argv(self) -> tuple[str, ...]:
-        """What the container runs: entrypoint followed by cmd."""
-        return self.entrypoint + self.cmd
-
-    @property
-    def shell_form(self) -> bool:
-        """Whether the image starts its process through ``/bin/sh -c`` (a shell-form
-        ``CMD``/``ENTRYPOINT``), which leaves the shell as PID 1."""
-        argv = self.argv
-        return len(argv) >= 2 and _is_shell(argv[0]) and argv[1] == "-c"
-
-
-@dataclass(frozen=True, slots=True)
-class Pid1:
-    """The container's PID 1, seen while it runs.
-
-    Attributes:
-        cmdline: its command line, as ``docker top`` shows it.
-        caught: signal numbers it has handlers for (None when unknown: a remote engine).
-        ignored: signal numbers it ignores (None when unknown).
-
-    .. versionadded:: 0.1
-    """
-
-    cmdline: str
-    caught: frozenset[int] | None = None
-    ignored: frozenset[int] | None = None
-
-    @property
-    def is_shell(self) -> bool:
-        """PID 1 is a shell (which does not forward signals to its children)."""
-        first = self.cmdline.split(" ", 1)[0]
-        return _is_shell(first)
-
-    def handles(self, sig: int) -> bool | None:
-        """Whether PID 1 installed a handler for ``sig``; None when unknown."""
-        if self.caught is None:
-            return None
-        return sig in self.caught
-
-
-@dataclass(frozen=True, slots=True)
-class StopResult:
-    """How a container ended.
-
-    Attributes:
-        exit_code: the container's exit code (137 after SIGKILL).
-        seconds: from the stop/kill request to the container's exit, client side.
-        oom_killed: the kernel's OOM killer ended it.
-        finished_at: when the process ended, as the engine recorded it (Unix time; None when
-            unknown). Finer than ``seconds``, which includes the engine's clean-up.
-
-    .. versionadded:: 0.1
-    """
-
-    exit_code: int
-    seconds: float
-    oom_killed: bool = False
-    finished_at: float | None = None
-
-
-def _is_shell(arg: str) -> bool:
-    return os.path.basename(arg) in _SHELLS
-
-
-def signal_number(name: str) -> int:
-    """``"SIGTERM"``, ``"TERM"`` or ``"15"`` → 15.
-
-    Raises:
-        ValueError: not a signal name or number.
-    """
-    text = name.strip().upper()
-    if text.isdigit():
-        return int(text)
-    if not text.startswith("SIG"):
-        text = "SIG" + text
-    return int(signal.Signals[text])
-
-
-def signal_name(sig: int | str) -> str:
-    """15 or ``"15"`` or ``"TERM"`` → ``"SIGTERM"`` (unknown numbers as ``"signal N"``)."""
-    try:
-        return signal.Signals(signal_number(str(sig))).name
-    except (ValueError, KeyError):
-        return f"signal {sig}"
 
 
 def connect(*, timeout: float = 30.0) -> Engine:
@@ -343,6 +218,9 @@ class Engine:
         command: Sequence[str] | None = None,
         entrypoint: Sequence[str] | None = None,
         network_mode: str | None = None,
+        network: str | None = None,
+        binds: Mapping[str, str] | None = None,
+        hardened: bool = False,
         init: bool = False,
         healthcheck: bool = True,
         name: str | None = None,
@@ -358,6 +236,11 @@ class Engine:
             command: overrides the image's ``CMD``.
             entrypoint: overrides the image's ``ENTRYPOINT``.
             network_mode: e.g. ``container:<id>`` to share another container's network.
+            network: a user-defined network to attach the container to.
+            binds: host path → path in the container, mounted read-only.
+            hardened: read-only root file system, every capability dropped,
+                ``no-new-privileges`` (for the harness's own helpers, such as the load
+                balancer).
             init: run under Docker's init (``--init``, tini) instead of as PID 1.
             healthcheck: keep the image's ``HEALTHCHECK`` (False: ``--no-healthcheck``).
             name: container name; generated from the run id when omitted.
@@ -373,19 +256,25 @@ class Engine:
         }
         if ports:
             kwargs["ports"] = {f"{p}/tcp": ("127.0.0.1", None) for p in ports}
-        if volumes:
-            kwargs["volumes"] = {v: {"bind": path, "mode": "rw"} for v, path in volumes.items()}
+        mounts = {v: {"bind": path, "mode": "rw"} for v, path in (volumes or {}).items()}
+        mounts.update({host: {"bind": path, "mode": "ro"} for host, path in (binds or {}).items()})
+        if mounts:
+            kwargs["volumes"] = mounts
         if command is not None:
             kwargs["command"] = list(command)
         if entrypoint is not None:
             kwargs["entrypoint"] = list(entrypoint)
         if network_mode is not None:
             kwargs["network_mode"] = network_mode
+        if network is not None:
+            kwargs["network"] = network
+        if hardened:
+            kwargs.update(read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"])
         if not healthcheck:
             kwargs["healthcheck"] = {"test": ["NONE"]}
         raw = self.client.containers.run(image, **kwargs)
         self._containers.append(str(raw.id))
-        container = Container(self, raw)
+        container = Container(raw)
         container.reload()
         return container
 
@@ -422,228 +311,57 @@ def sweep(
     """
     import docker.errors
 
-    selector = f"{LABEL}={run_id}" if run_id else LABEL
-    removed = 0
+    selector = {"label": f"{LABEL}={run_id}" if run_id else LABEL}
     ids = set(extra_containers)
+    volumes: list[str] = []
+    networks: list[str] = []
     with contextlib.suppress(docker.errors.APIError):
-        ids.update(str(c.id) for c in client.containers.list(all=True, filters={"label": selector}))
-    for cid in ids:
-        # A stop that is still waiting in another thread returns once the container is gone.
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-            client.api.remove_container(cid, force=True, v=True)  # anonymous volumes too
-            removed += 1
+        ids.update(str(c.id) for c in client.containers.list(all=True, filters=selector))
     with contextlib.suppress(docker.errors.APIError):
-        for volume in client.volumes.list(filters={"label": selector}):
-            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-                volume.remove(force=True)
-                removed += 1
+        volumes = [str(v.name) for v in client.volumes.list(filters=selector)]
     with contextlib.suppress(docker.errors.APIError):
-        for network in client.networks.list(filters={"label": selector}):
-            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-                network.remove()
-                removed += 1
-    return removed
+        networks = [str(n.id) for n in client.networks.list(filters=selector)]
+    return remove(client, containers=ids, volumes=volumes, networks=networks)
 
 
-class Container:
-    """A running (or exited) container started by an :class:`Engine`.
+def remove(
+    client: DockerClient,
+    *,
+    containers: Iterable[str] = (),
+    volumes: Iterable[str] = (),
+    networks: Iterable[str] = (),
+) -> int:
+    """Force-remove containers (with their anonymous volumes), then volumes, then networks.
+
+    The one removal every part of the harness uses: a scenario's clean-up, the load
+    balancer's network, the end of a run and ``graceful harness clean``. Objects already gone
+    (or that the engine refuses to remove) are skipped.
+
+    Args:
+        client: a connected ``docker.DockerClient``.
+        containers: container ids or names.
+        volumes: volume names.
+        networks: network ids or names (removed last: containers must have left them).
+
+    Returns:
+        How many objects were removed.
 
     .. versionadded:: 0.1
     """
+    import docker.errors
 
-    def __init__(self, engine: Engine, raw: DockerContainer) -> None:
-        self.engine = engine
-        self.raw = raw
-        self.id: str = str(raw.id)
-        self.name: str = str(raw.name)
-
-    def reload(self) -> None:
-        """Refresh the container's state from the engine."""
-        self.raw.reload()
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        """``docker inspect`` output as of the last :meth:`reload`."""
-        return dict(self.raw.attrs)
-
-    @property
-    def running(self) -> bool:
-        """Whether the container runs (refreshes its state)."""
-        import docker.errors
-
-        try:
-            self.reload()
-        except docker.errors.NotFound:
-            return False
-        return bool(self.attrs["State"].get("Running"))
-
-    @property
-    def exit_code(self) -> int | None:
-        """The exit code once it exited (refreshes its state), else None."""
-        self.reload()
-        state = self.attrs["State"]
-        return None if state.get("Running") else int(state.get("ExitCode", -1))
-
-    def host_port(self, port: int) -> int:
-        """The 127.0.0.1 host port published for container port ``port``.
-
-        Raises:
-            ContainerError: the port is not published (or the container has exited).
-        """
-        bindings = (self.attrs.get("NetworkSettings") or {}).get("Ports") or {}
-        for binding in bindings.get(f"{port}/tcp") or ():
-            if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
-                return int(binding["HostPort"])
-        raise ContainerError(f"port {port}/tcp of {self.name} is not published on 127.0.0.1")
-
-    def stop(self, timeout: int) -> StopResult:
-        """``docker stop -t timeout``: the stop signal, then SIGKILL after ``timeout`` s.
-
-        Returns:
-            The exit code and how long the stop took, client side.
-        """
-        started = time.monotonic()
-        self.raw.stop(timeout=timeout)
-        seconds = time.monotonic() - started
-        return self._ended(seconds)
-
-    def kill(self, sig: str = "SIGKILL") -> bool:
-        """``docker kill --signal sig``.
-
-        Returns:
-            False when the container was no longer running, so nothing was sent.
-        """
-        import docker.errors
-
-        try:
-            self.raw.kill(signal=sig)
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # "is not running"
-                return False
-            raise
-        return True
-
-    def wait(self, timeout: float) -> int | None:
-        """Wait up to ``timeout`` s for the container to exit; its exit code, or None."""
-        import requests.exceptions
-
-        try:
-            result = self.raw.wait(timeout=timeout)
-        except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
-            return None
-        return int(result.get("StatusCode", -1))
-
-    def wait_exit(self, started: float, timeout: float) -> StopResult | None:
-        """Wait for the exit and time it from ``started`` (a monotonic time)."""
-        code = self.wait(timeout)
-        if code is None:
-            return None
-        return self._ended(time.monotonic() - started)
-
-    def _ended(self, seconds: float) -> StopResult:
-        self.reload()
-        state = self.attrs["State"]
-        return StopResult(
-            exit_code=int(state.get("ExitCode", -1)),
-            seconds=seconds,
-            oom_killed=bool(state.get("OOMKilled")),
-            finished_at=_parse_time(str(state.get("FinishedAt") or "")),
-        )
-
-    def logs(self) -> str:
-        """Everything the container wrote to stdout and stderr."""
-        data: bytes = self.raw.logs(stdout=True, stderr=True)
-        return data.decode("utf-8", errors="replace")
-
-    def pid1(self) -> Pid1 | None:
-        """PID 1's command line and, on a local engine, which signals it handles or ignores.
-
-        The command line comes from ``docker top`` (works with any engine); the signal masks
-        from ``/proc/<pid>/status`` on this host, used only when that process's command line
-        is the same one the engine reports (so a remote engine is never misread).
-        """
-        import docker.errors
-
-        self.reload()
-        host_pid = int(self.attrs["State"].get("Pid") or 0)
-        if not host_pid:
-            return None
-        cmdline = ""
-        try:
-            top = self.raw.top(ps_args="-o pid,args")
-            titles = [t.upper() for t in top.get("Titles", [])]
-            pid_col, args_col = titles.index("PID"), len(titles) - 1
-            for row in top.get("Processes") or ():
-                if int(row[pid_col]) == host_pid:
-                    cmdline = str(row[args_col])
-                    break
-        except (docker.errors.APIError, ValueError, IndexError):
-            pass
-        proc = Path("/proc") / str(host_pid)
-        try:
-            local = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-            status = (proc / "status").read_text()
-        except OSError:
-            return Pid1(cmdline) if cmdline else None
-        if cmdline and local != cmdline.strip():
-            return Pid1(cmdline)
-        return Pid1(
-            cmdline or local,
-            caught=_mask(status, "SigCgt"),
-            ignored=_mask(status, "SigIgn"),
-        )
-
-    def wait_handler(self, sig: int, timeout: float) -> Pid1 | None:
-        """Wait until PID 1 handles ``sig`` (local engines only: PID 1's signal mask is read
-        from ``/proc`` every few milliseconds).
-
-        Returns:
-            PID 1 as last seen; None when it cannot be seen. Returns at once when the masks
-            are unknown (a remote engine), since waiting could not end sooner.
-        """
-        first = self.pid1()
-        if first is None or first.caught is None or sig in first.caught:
-            return first
-        status = Path("/proc") / str(self.attrs["State"].get("Pid") or 0) / "status"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                caught = _mask(status.read_text(), "SigCgt")
-            except OSError:  # PID 1 exited
-                break
-            # exec() (a wrapper that execs the server) changes the mask; re-read it all then.
-            if caught is not None and sig in caught:
-                break
-            time.sleep(0.002)
-        try:
-            return self.pid1()
-        except Exception:  # the container may have exited meanwhile
-            return first
-
-
-def _parse_time(text: str) -> float | None:
-    """Docker's RFC 3339 timestamps (nanoseconds, ``Z``) as Unix time."""
-    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z$", text)
-    if match is None or text.startswith("0001-"):
-        return None
-    whole = datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-    return whole.timestamp() + float(match.group(2) or 0.0)
-
-
-def _mask(status: str, field: str) -> frozenset[int] | None:
-    match = re.search(rf"^{field}:\s*([0-9a-fA-F]+)$", status, re.MULTILINE)
-    if match is None:
-        return None
-    bits = int(match.group(1), 16)
-    return frozenset(n for n in range(1, 65) if bits & (1 << (n - 1)))
-
-
-def stop_signal_of(container: Container, image: ImageInfo) -> str:
-    """The signal ``docker stop`` sends this container (its config, else the image's)."""
-    configured = (container.attrs.get("Config") or {}).get("StopSignal")
-    return signal_name(configured) if configured else image.stop_signal
-
-
-def log_lines(text: str, contains: str) -> Iterator[str]:
-    """Lines of ``text`` that mention ``contains``."""
-    return (line for line in text.splitlines() if contains in line)
+    api = client.api
+    steps = (
+        # A stop that is still waiting in another thread returns once the container is gone.
+        # v=True: an image's VOLUME gives every container an anonymous volume; drop it too.
+        (containers, lambda name: api.remove_container(name, force=True, v=True)),
+        (volumes, lambda name: api.remove_volume(name, force=True)),
+        (networks, api.remove_network),
+    )
+    removed = 0
+    for names, remove_one in steps:
+        for name in dict.fromkeys(names):
+            with contextlib.suppress(docker.errors.APIError):
+                remove_one(name)
+                removed += 1
+    return removed

@@ -8,10 +8,8 @@ for writes, the id the client chose, so acknowledged writes can be looked for af
 Load is bounded in count and in time and stops by itself. It only ever talks to 127.0.0.1,
 through the ports the engine published there.
 
-This module also holds :data:`PROBE_SCRIPT`, the connection prober. It runs inside a sidecar
-container that shares the service's network namespace, so it sees the service's own listener:
-behind Docker's userland proxy a refused connection looks like one that was accepted and then
-closed, and the difference is the whole point of the check.
+New connections during a stop are not this module's business: :mod:`graceful.harness.prober`
+opens them, from inside the service's network namespace.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import itertools
-import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -30,15 +27,15 @@ from types import TracebackType
 import httpx
 
 __all__ = [
-    "PROBE_SCRIPT",
+    "Counts",
     "Kind",
     "Ledger",
     "LoadClient",
-    "Outcome",
-    "ProbeEvent",
     "Record",
+    "RequestOutcome",
     "Workload",
-    "parse_probe_output",
+    "classify",
+    "describe_failures",
 ]
 
 
@@ -89,7 +86,7 @@ class Kind(StrEnum):
     READ = "read"  # GET of the stored items
 
 
-class Outcome(StrEnum):
+class RequestOutcome(StrEnum):
     """How a request ended, as the client saw it."""
 
     OK = "ok"  # answered with a 2xx status
@@ -120,7 +117,7 @@ class Record:
     kind: Kind
     sent: float
     answered: float
-    outcome: Outcome
+    outcome: RequestOutcome
     status: int | None = None
     item_id: str | None = None
     detail: str = ""
@@ -128,12 +125,12 @@ class Record:
     @property
     def ok(self) -> bool:
         """Answered with a 2xx status."""
-        return self.outcome is Outcome.OK
+        return self.outcome is RequestOutcome.OK
 
     @property
     def acked(self) -> bool:
         """A write the service acknowledged (and so promised to keep)."""
-        return self.kind is Kind.WRITE and self.outcome is Outcome.OK
+        return self.kind is Kind.WRITE and self.outcome is RequestOutcome.OK
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,45 +183,45 @@ class Ledger:
         return [r.item_id for r in self.records if r.acked and r.item_id is not None]
 
 
-_GONE = frozenset({Outcome.REFUSED, Outcome.RESET, Outcome.CLOSED})
+_GONE = frozenset({RequestOutcome.REFUSED, RequestOutcome.RESET, RequestOutcome.CLOSED})
 
 
 def describe_failures(records: Sequence[Record]) -> str:
     """Plain words for a set of failed requests: ``"3 reset, 1 HTTP 503"``."""
     counter: Counter[str] = Counter()
     for r in records:
-        if r.outcome is Outcome.HTTP_ERROR:
+        if r.outcome is RequestOutcome.HTTP_ERROR:
             counter[f"HTTP {r.status}"] += 1
-        elif r.outcome is Outcome.ERROR:
+        elif r.outcome is RequestOutcome.ERROR:
             counter[r.detail or "error"] += 1
         else:
             counter[r.outcome.value] += 1
     return ", ".join(f"{n} {what}" for what, n in counter.most_common())
 
 
-def classify(exc: BaseException) -> tuple[Outcome, str]:
+def classify(exc: BaseException) -> tuple[RequestOutcome, str]:
     """Map an httpx error to the error class the harness reports."""
     if isinstance(exc, httpx.TimeoutException):
-        return Outcome.TIMEOUT, type(exc).__name__
+        return RequestOutcome.TIMEOUT, type(exc).__name__
     causes = _chain(exc)
     for cause in causes:
         if isinstance(cause, ConnectionRefusedError):
-            return Outcome.REFUSED, str(cause)
+            return RequestOutcome.REFUSED, str(cause)
         if isinstance(cause, ConnectionResetError | BrokenPipeError):
-            return Outcome.RESET, str(cause)
+            return RequestOutcome.RESET, str(cause)
         if isinstance(cause, OSError) and cause.errno in (errno.ECONNRESET, errno.EPIPE):
-            return Outcome.RESET, str(cause)
+            return RequestOutcome.RESET, str(cause)
     text = str(exc)
     if isinstance(exc, httpx.RemoteProtocolError):
         # httpcore's words for a FIN before the status line, vs one in the middle of a body.
         if "without sending a response" in text:
-            return Outcome.CLOSED, text
-        return Outcome.RESET, text
+            return RequestOutcome.CLOSED, text
+        return RequestOutcome.RESET, text
     if isinstance(exc, httpx.ReadError | httpx.WriteError):
-        return Outcome.RESET, text or type(exc).__name__
+        return RequestOutcome.RESET, text or type(exc).__name__
     if isinstance(exc, httpx.ConnectError) and "refused" in text.lower():
-        return Outcome.REFUSED, text
-    return Outcome.ERROR, f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return RequestOutcome.REFUSED, text
+    return RequestOutcome.ERROR, f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -316,7 +313,7 @@ class LoadClient:
                 kind=Kind.READ,
                 sent=sent,
                 answered=time.monotonic(),
-                outcome=Outcome.OK if response.is_success else Outcome.HTTP_ERROR,
+                outcome=RequestOutcome.OK if response.is_success else RequestOutcome.HTTP_ERROR,
                 status=response.status_code,
             )
         )
@@ -333,6 +330,7 @@ class LoadClient:
         writes: bool = False,
         max_requests: int = 5000,
         max_seconds: float = 30.0,
+        retry_after: float | None = None,
     ) -> None:
         """Keep ``concurrency`` requests going until ``stop`` is set or a bound is reached.
 
@@ -343,6 +341,10 @@ class LoadClient:
             writes: send writes instead of work requests.
             max_requests: the most requests this call sends in all.
             max_seconds: the longest this call runs.
+            retry_after: None: a worker stops once the service is gone (refused, reset,
+                closed), as a client of one container would. Seconds: after any failed
+                request a worker waits this long and goes on, as a client of a load balancer
+                would (the balancer stays up; a failed request is what is counted).
         """
         deadline = time.monotonic() + max_seconds
         budget = itertools.count()
@@ -352,12 +354,22 @@ class LoadClient:
                 if next(budget) >= max_requests:
                     return
                 record = await (self.write() if writes else self.work(ms))
-                if record.outcome in _GONE:
+                if retry_after is None and record.outcome in _GONE:
                     return  # the service is gone: a real client would back off, not spin
+                if retry_after is not None and not record.ok:
+                    await asyncio.sleep(retry_after)  # back off a little, do not spin
 
         async with asyncio.TaskGroup() as group:
             for _ in range(concurrency):
                 group.create_task(worker())
+
+    async def settle(self) -> None:
+        """Give requests just sent time to reach the server: a short request sent after them
+        must come back (the listener accepts in order), then a little more for them to be
+        read."""
+        await asyncio.sleep(0.1)
+        await self.work(0)
+        await asyncio.sleep(0.1)
 
     async def _request(
         self,
@@ -390,7 +402,7 @@ class LoadClient:
                 kind=kind,
                 sent=sent,
                 answered=time.monotonic(),
-                outcome=Outcome.OK if ok else Outcome.HTTP_ERROR,
+                outcome=RequestOutcome.OK if ok else RequestOutcome.HTTP_ERROR,
                 status=response.status_code,
                 item_id=item_id,
             )
@@ -406,90 +418,3 @@ def _acked_id(response: httpx.Response) -> str | None:
     if isinstance(body, dict) and "id" in body:
         return str(body["id"])
     return None
-
-
-# The prober runs as `python3 -c PROBE_SCRIPT PORT ADMIN_PORT WORK_PATH READY_PATH INTERVAL
-# SECONDS` in a container sharing the service's network namespace (or on the host against
-# published ports when no python3 image is at hand). Each probe is a fresh connection with one
-# request, classified the same way as the load client's, and printed as one JSON line stamped
-# with CLOCK_MONOTONIC, which containers share with the host.
-PROBE_SCRIPT = r"""
-import json, socket, sys, time
-port, admin, work, ready = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-interval, seconds = float(sys.argv[5]), float(sys.argv[6])
-
-def probe(p, path):
-    s = socket.socket()
-    s.settimeout(1.0)
-    try:
-        s.connect(("127.0.0.1", p))
-    except ConnectionRefusedError:
-        return "refused", None
-    except socket.timeout:
-        return "timeout", None
-    except OSError as e:
-        return "error", str(e)
-    try:
-        s.sendall(("GET %s HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n" % path).encode())
-        data = s.recv(64)
-    except ConnectionResetError:
-        return "reset", None
-    except socket.timeout:
-        return "timeout", None
-    except OSError as e:
-        return "error", str(e)
-    finally:
-        s.close()
-    if not data:
-        return "closed", None
-    try:
-        return "answered", int(data.split(b" ", 2)[1])
-    except (IndexError, ValueError):
-        return "error", "not HTTP"
-
-end = time.monotonic() + seconds
-sep = "&" if "?" in work else "?"
-while time.monotonic() < end:
-    for kind, p, path in (("ready", admin, ready), ("main", port, work + sep + "ms=0")):
-        if p <= 0:
-            continue
-        t = time.monotonic()
-        outcome, status = probe(p, path)
-        print(json.dumps({"t": t, "kind": kind, "outcome": outcome, "status": status}), flush=True)
-    time.sleep(interval)
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeEvent:
-    """One probe: a fresh connection to the service's port (``main``) or to ``/readyz``
-    (``ready``), at monotonic time ``t``; ``outcome`` is ``answered`` (with ``status``),
-    ``refused``, ``reset``, ``closed``, ``timeout`` or ``error``."""
-
-    t: float
-    kind: str
-    outcome: str
-    status: int | None
-
-
-def parse_probe_output(text: str) -> list[ProbeEvent]:
-    """Probe events from the prober's output; lines that are not probe events are skipped."""
-    events: list[ProbeEvent] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            raw = json.loads(line)
-            status = raw.get("status")
-            events.append(
-                ProbeEvent(
-                    t=float(raw["t"]),
-                    kind=str(raw["kind"]),
-                    outcome=str(raw["outcome"]),
-                    status=status if isinstance(status, int) else None,
-                )
-            )
-        except (ValueError, KeyError, TypeError):
-            continue
-    return events

@@ -10,11 +10,11 @@ Fixtures:
   get one, but when ``CI=true`` it fails instead.
 - ``graceful_image`` (session): the image under test, from ``--graceful-image`` or
   ``GRACEFUL_IMAGE``; override the fixture to build one.
-- ``graceful_settings``: the :class:`~graceful.harness.scenarios.Settings` (stop timeout from
+- ``graceful_settings``: the :class:`~graceful.harness.context.Settings` (stop timeout from
   ``--graceful-stop-timeout``, the contract's ports and paths); override to change them.
 - ``graceful_harness``: a :class:`GracefulHarness` to run scenarios and drive containers.
 - ``graceful_container``: shortcut, an async factory that starts the image and returns a
-  ready :class:`~graceful.harness.scenarios.Service`.
+  ready :class:`~graceful.harness.context.Service`.
 
 Marker ``graceful_chaos``: the test needs a Docker engine (skipped without one, a failure when
 ``CI=true``), whether or not it uses the fixtures.
@@ -29,10 +29,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from graceful.harness.engine import Engine, ImageInfo, StopResult
+    from graceful.harness.container import ImageInfo, StopResult
+    from graceful.harness.context import Context, Service, Settings
+    from graceful.harness.engine import Engine
     from graceful.harness.load import Ledger, LoadClient
     from graceful.harness.report import ScenarioResult
-    from graceful.harness.scenarios import Context, Scenario, Service, Settings
+    from graceful.harness.scenarios import Scenario
 
 __all__ = ["GracefulHarness"]
 
@@ -115,7 +117,7 @@ def graceful_image(request: pytest.FixtureRequest, graceful_engine: Engine) -> s
 @pytest.fixture
 def graceful_settings(request: pytest.FixtureRequest) -> Settings:
     """Stop timeout and the workload's ports/paths; override the fixture to change them."""
-    from graceful.harness.scenarios import Settings
+    from graceful.harness.context import Settings
 
     timeout = request.config.getoption("--graceful-stop-timeout")
     return Settings(stop_timeout=timeout) if timeout else Settings()
@@ -171,9 +173,9 @@ class GracefulHarness:
         return self._image
 
     def context(self, name: str = "test") -> Context:
-        """A scenario context (see :class:`~graceful.harness.scenarios.Context`) whose
+        """A scenario context (see :class:`~graceful.harness.context.Context`) whose
         containers are removed when the test ends."""
-        from graceful.harness.scenarios import Context
+        from graceful.harness.context import Context
 
         ctx = Context(self.engine, self.image, self.settings, scenario=name)
         self._contexts.append(ctx)

@@ -1,0 +1,350 @@
+"""What one scenario runs with: the shared settings, the containers it started, its findings.
+
+A :class:`Context` is a scenario's only way to the engine: it starts the image under test
+(:meth:`Context.start`, also for the replicas of ``rolling-restart``), stops, kills and reads
+it, makes load clients for it, and removes every container, volume and network it started
+when the scenario ends, through :func:`graceful.harness.engine.remove` like every other
+clean-up. :class:`Findings` collects what a scenario found and turns it into its
+:class:`~graceful.harness.report.ScenarioResult`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from graceful.harness.container import Container, ContainerError, ImageInfo, Pid1, StopResult
+from graceful.harness.engine import Engine, remove
+from graceful.harness.load import Ledger, LoadClient, Workload
+from graceful.harness.report import NOTE, ScenarioResult
+
+__all__ = [
+    "HANG_GUARD_S",
+    "Context",
+    "Findings",
+    "Progress",
+    "Service",
+    "Settings",
+    "gather_bounded",
+]
+
+Progress = Callable[[str], None]
+
+# Every wait of a scenario is bounded by this much beyond what it expects: a hang guard, not a
+# timing claim.
+HANG_GUARD_S = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """What every scenario of a run shares.
+
+    Args:
+        stop_timeout: seconds ``docker stop`` waits before SIGKILL (``-t``); also passed to
+            the service as ``GRACEFUL_STOP_TIMEOUT``.
+        workload: ports and paths of the service's HTTP contract.
+        env: extra environment for the service's containers.
+        startup_timeout: how long a container may take to become ready.
+        probe_image: image (with ``python3``) for the connection prober that shares the
+            service's network namespace; by default the image under test, then
+            ``graceful-base:bookworm``, then a prober on the host.
+        init: run the service under Docker's init (``--init``) instead of as PID 1.
+
+    .. versionadded:: 0.1
+    """
+
+    stop_timeout: int = 10
+    workload: Workload = field(default_factory=Workload)
+    env: tuple[tuple[str, str], ...] = ()
+    startup_timeout: float = 60.0
+    probe_image: str | None = None
+    init: bool = False
+
+
+@dataclass(slots=True)
+class Service:
+    """A started container of the image under test, with its host ports and volume.
+
+    Attributes:
+        container: the container.
+        volume: the named volume mounted at the workload's volume path ("" for none).
+        main_port: the host port (on 127.0.0.1) published for the HTTP port.
+        admin_port: the host port published for the admin port, None without one.
+        pid1: PID 1 as seen once the service was ready (None until then, or unknown).
+
+    .. versionadded:: 0.1
+    """
+
+    container: Container
+    volume: str
+    main_port: int
+    admin_port: int | None
+    pid1: Pid1 | None = None
+
+
+class Findings:
+    """Collects problems (which fail a scenario) and notes (which do not).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+
+    def problem(self, text: str) -> None:
+        """Add a finding that fails the scenario."""
+        self.problems.append(text)
+
+    def note(self, text: str) -> None:
+        """Add an observation that does not fail the scenario."""
+        self.notes.append(NOTE + text)
+
+    def result(
+        self,
+        name: str,
+        *,
+        stop: StopResult | None = None,
+        ledger: Ledger | None = None,
+        lost: int = 0,
+    ) -> ScenarioResult:
+        """The scenario's verdict: passed when no problem was found."""
+        counts = ledger.counts() if ledger is not None else None
+        return ScenarioResult(
+            name=name,
+            passed=not self.problems,
+            exit_code=stop.exit_code if stop is not None else None,
+            stop_seconds=stop.seconds if stop is not None else None,
+            sent=counts.sent if counts else 0,
+            ok=counts.ok if counts else 0,
+            failed=counts.failed if counts else 0,
+            acked=len(ledger.acked_ids()) if ledger is not None else 0,
+            lost=lost,
+            findings=tuple(self.problems + self.notes),
+        )
+
+
+class Context:
+    """One scenario's access to the engine; removes its containers and volumes at the end.
+
+    Args:
+        engine: the connected engine.
+        image: the image under test.
+        settings: what the run's scenarios share.
+        scenario: the scenario's name (in progress lines and item ids).
+        progress: called with a short status text as the scenario advances.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        image: ImageInfo,
+        settings: Settings,
+        *,
+        scenario: str,
+        progress: Progress | None = None,
+    ) -> None:
+        self.engine = engine
+        self.image = image
+        self.settings = settings
+        self.workload = settings.workload
+        self.scenario = scenario
+        self._progress = progress
+        self._containers: list[str] = []
+        self._volumes: list[str] = []
+        self._networks: list[str] = []
+
+    @property
+    def stop_timeout(self) -> int:
+        """``docker stop -t``, in seconds."""
+        return self.settings.stop_timeout
+
+    def step(self, text: str) -> None:
+        """Report progress."""
+        if self._progress is not None:
+            self._progress(f"{self.scenario}: {text}")
+
+    async def start(
+        self,
+        volume: str | None = None,
+        *,
+        ready: bool = True,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+        what: str = "a container",
+    ) -> Service:
+        """Start the image on a (new or given) volume; wait until it is ready.
+
+        Args:
+            volume: the named volume to mount; a new one when None (none at all when the
+                workload mounts no volume).
+            ready: wait until the service is ready, then read its PID 1.
+            env: environment set after the settings' (what a scenario varies).
+            name: the container's name; generated when None.
+            what: how progress names the container.
+
+        Raises:
+            ContainerError: the container exited, or was not ready in time.
+        """
+        w = self.workload
+        if volume is None:
+            volume = ""
+            if w.volume_path:
+                volume = await asyncio.to_thread(self.engine.volume)
+                self._volumes.append(volume)
+        environment = {"GRACEFUL_STOP_TIMEOUT": str(self.stop_timeout), "PORT": str(w.port)}
+        if w.admin_port:
+            environment["ADMIN_PORT"] = str(w.admin_port)
+            # Reached through its published port (and by a load balancer over a private
+            # network), never on the container's loopback.
+            environment["ADMIN_HOST"] = "0.0.0.0"
+            environment["ADMIN_HOST"] = "0.0.0.0"  # reached through its published port
+        environment.update(self.settings.env)
+        environment.update(env or {})
+        ports = [w.port] + ([w.admin_port] if w.admin_port else [])
+        self.step(f"starting {what}")
+        container = await asyncio.to_thread(
+            self.engine.run,
+            self.image.ref,
+            ports=ports,
+            env=environment,
+            volumes={volume: w.volume_path} if volume and w.volume_path else None,
+            init=self.settings.init,
+            name=name,
+        )
+        self.track(container)
+        service = Service(
+            container=container,
+            volume=volume,
+            main_port=container.host_port(w.port),
+            admin_port=container.host_port(w.admin_port) if w.admin_port else None,
+        )
+        if ready:
+            await self.wait_ready(service)
+            service.pid1 = await asyncio.to_thread(container.pid1)
+        return service
+
+    async def wait_ready(self, service: Service) -> None:
+        """Poll readiness (``/readyz``, or the work path without an admin port) until 200.
+
+        Raises:
+            ContainerError: the container exited, or was not ready in time.
+        """
+        w = self.workload
+        if w.has_admin and service.admin_port is not None:
+            url = f"http://127.0.0.1:{service.admin_port}{w.ready_path}"
+        else:
+            url = f"http://127.0.0.1:{service.main_port}{w.work_path}?ms=0"
+        self.step("waiting until ready")
+        deadline = time.monotonic() + self.settings.startup_timeout
+        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+            while True:
+                try:
+                    if (await client.get(url)).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if not await asyncio.to_thread(lambda: service.container.running):
+                    logs = await asyncio.to_thread(service.container.logs)
+                    raise ContainerError(
+                        f"the container exited with code {service.container.exit_code} before "
+                        f"it was ready; its last log lines:\n{_tail(logs)}"
+                    )
+                if time.monotonic() > deadline:
+                    logs = await asyncio.to_thread(service.container.logs)
+                    raise ContainerError(
+                        f"the container was not ready within {self.settings.startup_timeout} s "
+                        f"({url} never answered 200); its last log lines:\n{_tail(logs)}"
+                    )
+                await asyncio.sleep(0.05)
+
+    async def stop(self, service: Service) -> StopResult:
+        """``docker stop -t stop_timeout``, timed."""
+        self.step(f"docker stop -t {self.stop_timeout}")
+        return await asyncio.to_thread(service.container.stop, self.stop_timeout)
+
+    async def kill(self, service: Service, sig: str) -> bool:
+        """``docker kill --signal sig``; False when the container had already exited."""
+        return await asyncio.to_thread(service.container.kill, sig)
+
+    async def wait_exit(
+        self, service: Service, started: float, timeout: float
+    ) -> StopResult | None:
+        """Wait for the container to exit, timed from ``started``; None when it did not."""
+        return await asyncio.to_thread(service.container.wait_exit, started, timeout)
+
+    async def logs(self, service: Service) -> str:
+        """The container's output."""
+        return await asyncio.to_thread(service.container.logs)
+
+    def client(self, service: Service, ledger: Ledger, *, timeout: float = 30.0) -> LoadClient:
+        """A load client for the service's published HTTP port."""
+        return self.load_client(service.main_port, ledger, timeout=timeout)
+
+    def load_client(
+        self, port: int, ledger: Ledger, *, timeout: float = 30.0, connections: int = 32
+    ) -> LoadClient:
+        """A load client for a host port on 127.0.0.1 that serves the workload (the
+        service's, or a load balancer's in front of several)."""
+        return LoadClient(
+            port,
+            workload=self.workload,
+            ledger=ledger,
+            connections=connections,
+            timeout=timeout,
+            id_prefix=f"{self.engine.run_id}-{self.scenario}",
+        )
+
+    async def stored_after_restart(self, volume: str) -> set[str]:
+        """Start a new container on ``volume``, read the stored ids, stop it.
+
+        Raises:
+            ContainerError: the new container did not come up.
+            httpx.HTTPError: reading the items failed.
+        """
+        self.step("restarting on the same volume")
+        service = await self.start(volume)
+        try:
+            async with self.client(service, Ledger()) as client:
+                return await client.stored_ids()
+        finally:
+            await self.kill(service, "SIGKILL")
+
+    def track(self, container: Container) -> None:
+        """Remove ``container`` with this scenario's own (for sidecars started elsewhere)."""
+        self._containers.append(container.id)
+
+    def track_network(self, network: str) -> None:
+        """Remove the network ``network`` (id or name) after this scenario's containers."""
+        self._networks.append(network)
+
+    async def close(self) -> None:
+        """Remove this scenario's containers, volumes and networks."""
+        await asyncio.to_thread(self.remove_now)
+
+    def remove_now(self) -> None:
+        """Remove this scenario's containers, volumes and networks (blocking)."""
+        containers, volumes, networks = self._containers, self._volumes, self._networks
+        self._containers, self._volumes, self._networks = [], [], []
+        remove(self.engine.client, containers=containers, volumes=volumes, networks=networks)
+
+
+async def gather_bounded(tasks: Sequence[asyncio.Task[Any]], timeout: float = HANG_GUARD_S) -> None:
+    """Wait for load tasks; cancel what is left after ``timeout`` (a hang guard)."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _tail(text: str, lines: int = 10) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:]) or "(no output)"

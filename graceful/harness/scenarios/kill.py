@@ -1,0 +1,191 @@
+"""The ``docker kill`` scenarios: SIGKILL under write load, a storm of SIGTERMs, SIGINT and
+the image's ``STOPSIGNAL``.
+
+Each is a frozen dataclass whose fields are its knobs (defaults follow the example HTTP
+contract); ``run`` starts the image through the :class:`~graceful.harness.context.Context`,
+signals it, and judges the outcome with :mod:`graceful.harness.judges`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+from graceful.harness.container import signal_number_or_none, stop_signal_of
+from graceful.harness.context import HANG_GUARD_S, Context, Findings, gather_bounded
+from graceful.harness.judges import (
+    judge_exit,
+    judge_inflight,
+    judge_report_events,
+    judge_traceback,
+    judge_writes,
+    wait_signalled_exit,
+)
+from graceful.harness.load import Kind, Ledger
+from graceful.harness.report import ScenarioResult
+from graceful.runtime import ExitCode
+
+__all__ = ["KillUnderLoad", "SignalStorm", "Signals"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KillUnderLoad:
+    """``docker kill`` (SIGKILL) under write load: exit 137, and a new container on the same
+    volume holds every acknowledged write.
+
+    Args:
+        writers: concurrent writers.
+        min_acked: acknowledged writes to wait for before the kill.
+        max_wait: the longest to wait for them, seconds.
+
+    .. versionadded:: 0.1
+    """
+
+    name: ClassVar[str] = "kill-under-load"
+    summary: ClassVar[str] = (
+        "docker kill (SIGKILL) under write load: exit 137, every acked write there after a restart"
+    )
+    writers: int = 16
+    min_acked: int = 30
+    max_wait: float = 10.0
+
+    async def run(self, ctx: Context) -> ScenarioResult:
+        f = Findings()
+        if not ctx.workload.has_items:
+            f.note("not run: the workload has no items path")
+            return f.result(self.name)
+        service = await ctx.start()
+        ledger = Ledger()
+        async with ctx.client(service, ledger) as client:
+            stop_load = asyncio.Event()
+            load = asyncio.create_task(
+                client.steady(
+                    stop=stop_load,
+                    concurrency=self.writers,
+                    writes=True,
+                    max_seconds=self.max_wait + HANG_GUARD_S,
+                )
+            )
+            ctx.step(f"{self.writers} writers running")
+            deadline = time.monotonic() + self.max_wait
+            while len(ledger.acked_ids()) < self.min_acked and time.monotonic() < deadline:
+                if load.done():
+                    break
+                await asyncio.sleep(0.01)
+            ctx.step("docker kill")
+            started = time.monotonic()
+            await ctx.kill(service, "SIGKILL")
+            stop_load.set()
+            stop = await ctx.wait_exit(service, started, HANG_GUARD_S)
+            await gather_bounded([load])
+        if stop is None:
+            f.problem("the container did not exit after SIGKILL")
+        elif stop.exit_code != 137:
+            f.problem(f"exited {stop.exit_code} after SIGKILL (expected 137)")
+        lost = await judge_writes(f, ctx, service, ledger)
+        if not ledger.acked_ids():
+            f.problem("no write was acknowledged before the kill, so nothing could be checked")
+        return f.result(self.name, stop=stop, ledger=ledger, lost=lost)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignalStorm:
+    """Many SIGTERMs at once (``docker kill --signal TERM``): the stop runs once and the
+    container exits cleanly (0, or 5 for the documented forced exit on a third signal).
+
+    Args:
+        signals: how many SIGTERMs to send.
+
+    .. versionadded:: 0.1
+    """
+
+    name: ClassVar[str] = "signal-storm"
+    summary: ClassVar[str] = "many SIGTERMs at once: one shutdown (one shutdown.report), clean exit"
+    signals: int = 5
+
+    async def run(self, ctx: Context) -> ScenarioResult:
+        f = Findings()
+        service = await ctx.start()
+        ctx.step(f"{self.signals} x docker kill --signal SIGTERM")
+        started = time.monotonic()
+
+        def storm() -> int:
+            sent = 0
+            for _ in range(self.signals):
+                if not service.container.kill("SIGTERM"):
+                    break
+                sent += 1
+            return sent
+
+        sent = await asyncio.to_thread(storm)
+        stop = await wait_signalled_exit(f, ctx, service, started, sig=f"{sent} x SIGTERM")
+        if stop is None:
+            return f.result(self.name)
+        expected = (ExitCode.OK, ExitCode.FORCED)
+        judge_exit(f, ctx, service, stop, sig="SIGTERM", expected=expected)
+        if stop.exit_code == ExitCode.FORCED:
+            f.note("exit 5: a repeated signal forced the exit, as the escalation ladder documents")
+        logs = await ctx.logs(service)
+        judge_report_events(f, logs, ctx.workload, strict=True)
+        judge_traceback(f, logs)
+        f.note(f"{sent} SIGTERMs delivered before the exit")
+        return f.result(self.name, stop=stop)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Signals:
+    """SIGINT behaves like SIGTERM (in-flight answered, exit 0), and the image's configured
+    ``STOPSIGNAL`` (what ``docker stop`` sends) is handled.
+
+    Args:
+        inflight: requests in flight when SIGINT arrives.
+
+    .. versionadded:: 0.1
+    """
+
+    name: ClassVar[str] = "signals"
+    summary: ClassVar[str] = (
+        "SIGINT behaves like SIGTERM; the image's STOPSIGNAL is what docker stop sends, and it "
+        "is handled"
+    )
+    inflight: int = 2
+
+    async def run(self, ctx: Context) -> ScenarioResult:
+        f = Findings()
+        ledger = Ledger()
+        # 1. SIGINT with requests in flight.
+        service = await ctx.start()
+        work_ms = min(int(ctx.stop_timeout * 300), 2000)
+        async with ctx.client(service, ledger, timeout=ctx.stop_timeout + HANG_GUARD_S) as client:
+            longs = [
+                asyncio.create_task(client.work(work_ms, kind=Kind.LONG))
+                for _ in range(self.inflight)
+            ]
+            await client.settle()
+            ctx.step("docker kill --signal SIGINT")
+            started = time.monotonic()
+            await ctx.kill(service, "SIGINT")
+            stop = await wait_signalled_exit(
+                f, ctx, service, started, sig="SIGINT", prefix="SIGINT: "
+            )
+            await gather_bounded(longs)
+        if stop is not None:
+            judge_exit(f, ctx, service, stop, sig="SIGINT", prefix="SIGINT: ")
+            judge_inflight(f, ledger, started, prefix="SIGINT: ")
+            judge_traceback(f, await ctx.logs(service))
+        # 2. docker stop sends the configured STOPSIGNAL.
+        service = await ctx.start()
+        sig = stop_signal_of(service.container, ctx.image)
+        number = signal_number_or_none(sig)
+        pid1 = service.pid1
+        if pid1 is not None and number is not None and pid1.handles(number) is False:
+            f.problem(
+                f"{sig} (STOPSIGNAL): PID 1 ({pid1.cmdline}) installs no {sig} handler, so "
+                "docker stop's signal is not handled"
+            )
+        stop2 = await ctx.stop(service)
+        judge_exit(f, ctx, service, stop2, sig=sig, prefix=f"{sig} (STOPSIGNAL): ")
+        f.note(f"docker stop sends {sig} (the image's STOPSIGNAL)")
+        return f.result(self.name, stop=stop2, ledger=ledger)

@@ -1,0 +1,208 @@
+"""graceful.harness.judges: the verdict logic, from exits, ledgers, probes and logs.
+
+The judges take the scenario's context and the service; here both are real objects of the
+harness built on a docker SDK client that is never connected (no engine is needed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from graceful.harness.container import Container, ImageInfo, Pid1, StopResult
+from graceful.harness.context import Context, Findings, Service, Settings
+from graceful.harness.engine import Engine
+from graceful.harness.judges import (
+    describe_exit,
+    judge_connections,
+    judge_exit,
+    judge_inflight,
+    judge_report_events,
+    judge_traceback,
+    sigkill_diagnosis,
+)
+from graceful.harness.load import Kind, Ledger, Record, RequestOutcome, Workload
+from graceful.harness.prober import ProbeEvent
+from graceful.runtime import ExitCode
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    """An engine whose SDK client is never connected: the judges only read objects."""
+    docker = pytest.importorskip("docker")
+    client = docker.DockerClient(base_url="unix:///nonexistent/docker.sock", version="1.41")
+    yield Engine(client, run_id="unit")
+    client.close()
+
+
+def judged(
+    engine: Engine, image: ImageInfo, *, pid1: Pid1 | None = None, stop_signal: str = ""
+) -> tuple[Context, Service]:
+    """A scenario context with a 3 s stop timeout, and a service whose container was
+    configured with ``stop_signal`` (the image's when empty)."""
+    ctx = Context(engine, image, Settings(stop_timeout=3), scenario="unit")
+    config = {"StopSignal": stop_signal} if stop_signal else {}
+    raw = engine.client.containers.prepare_model(
+        {"Id": "c0ffee", "Name": "/unit", "Config": config}
+    )
+    service = Service(container=Container(raw), volume="", main_port=0, admin_port=None, pid1=pid1)
+    return ctx, service
+
+
+def rec(kind: Kind, sent: float, outcome: RequestOutcome, **kw: object) -> Record:
+    return Record(kind=kind, sent=sent, answered=sent + 0.1, outcome=outcome, **kw)  # type: ignore[arg-type]
+
+
+def image(
+    cmd: tuple[str, ...] = ("python3", "app.py"), entrypoint: tuple[str, ...] = ()
+) -> ImageInfo:
+    return ImageInfo(ref="x", id="sha", entrypoint=entrypoint, cmd=cmd, stop_signal="SIGTERM")
+
+
+def test_sigkill_diagnosis_names_the_cause() -> None:
+    shell = sigkill_diagnosis(
+        timeout=3, image=image(("/bin/sh", "-c", "python3 app.py")), pid1=None, sig="SIGTERM"
+    )
+    assert "shell form" in shell
+    assert "/bin/sh is PID 1" in shell
+
+    wrapper = sigkill_diagnosis(
+        timeout=3, image=image(), pid1=Pid1("/bin/bash /start.sh"), sig="SIGTERM"
+    )
+    assert "PID 1 is a shell" in wrapper
+
+    no_handler = sigkill_diagnosis(
+        timeout=3,
+        image=image(),
+        pid1=Pid1("python3 app.py", frozenset({2}), frozenset()),
+        sig="SIGTERM",
+    )
+    assert "installs no SIGTERM handler" in no_handler
+
+    slow = sigkill_diagnosis(
+        timeout=3,
+        image=image(),
+        pid1=Pid1("python3 app.py", frozenset({2, 15}), frozenset()),
+        sig="SIGTERM",
+    )
+    assert "handles SIGTERM but did not exit in time" in slow
+
+    unknown = sigkill_diagnosis(timeout=3, image=image(), pid1=None, sig="SIGTERM")
+    assert "shell-form CMD?" in unknown
+
+
+def test_judge_exit_only_complains_about_unexpected_codes(engine: Engine) -> None:
+    ctx, service = judged(engine, image())
+    f = Findings()
+    judge_exit(f, ctx, service, StopResult(0, 0.1), sig="SIGTERM")
+    judge_exit(f, ctx, service, StopResult(3, 2.5), sig="SIGTERM", expected=(0, 3))
+    assert f.problems == []
+    judge_exit(f, ctx, service, StopResult(137, 3.2), sig="SIGTERM")
+    judge_exit(f, ctx, service, StopResult(143, 0.2), sig="SIGTERM")
+    judge_exit(f, ctx, service, StopResult(137, 0.2, oom_killed=True), sig="SIGTERM")
+    assert f.problems[0].startswith("exited 137 after the full 3 s timeout")
+    assert "exited 143" in f.problems[1]
+    assert "default action" in f.problems[1]
+    assert "OOM" in f.problems[2]
+
+
+def test_judge_inflight_counts_only_requests_sent_before_the_stop() -> None:
+    ledger = Ledger()
+    ledger.add(rec(Kind.LONG, 1.0, RequestOutcome.OK, status=200))
+    ledger.add(rec(Kind.LONG, 1.0, RequestOutcome.CLOSED))
+    ledger.add(rec(Kind.WORK, 5.0, RequestOutcome.REFUSED))  # after the stop: not in flight
+    f = Findings()
+    judge_inflight(f, ledger, stop_began=2.0)
+    assert f.problems == ["in-flight requests were cut (1 of 2: 1 closed)"]
+
+
+def ev(t: float, kind: str, outcome: str, status: int | None = None) -> ProbeEvent:
+    return ProbeEvent(t, kind, outcome, status)
+
+
+def test_judge_connections_good_stop() -> None:
+    events = [
+        ev(0.5, "ready", "answered", 200),
+        ev(1.01, "ready", "answered", 503),
+        ev(1.02, "main", "refused"),
+        ev(1.03, "ready", "answered", 503),
+        ev(1.04, "main", "refused"),
+    ]
+    f = Findings()
+    judge_connections(f, events, stop_began=1.0, exited=2.0, where="netns", check_ready=True)
+    assert f.problems == []
+    assert any("went 503" in n for n in f.notes)
+
+
+def test_judge_connections_flags_no_503_late_200_and_resets() -> None:
+    f = Findings()
+    judge_connections(
+        f,
+        [ev(1.1, "ready", "answered", 200), ev(1.2, "main", "refused")],
+        stop_began=1.0,
+        exited=2.0,
+        where="netns",
+        check_ready=True,
+    )
+    assert any("readiness never went 503" in p for p in f.problems)
+
+    f = Findings()
+    judge_connections(
+        f,
+        [
+            ev(1.1, "ready", "answered", 503),
+            ev(1.2, "main", "reset"),
+            ev(1.3, "ready", "answered", 200),
+            ev(1.4, "main", "closed"),
+        ],
+        stop_began=1.0,
+        exited=2.0,
+        where="netns",
+        check_ready=True,
+    )
+    assert any("still answered 200 after the listener had closed" in p for p in f.problems)
+    assert any("accepted then reset" in p for p in f.problems)
+
+
+def test_judge_report_events_and_traceback() -> None:
+    f = Findings()
+    logs = '{"event": "shutdown.report"}\n{"event": "shutdown.report"}\n'
+    judge_report_events(f, logs, Workload(), strict=True)
+    assert f.problems
+    assert "ran 2 times" in f.problems[0]
+
+    f = Findings()
+    judge_traceback(f, "x\nTraceback (most recent call last):\n  File x\nKeyboardInterrupt\n")
+    assert f.problems == ["a traceback was logged: KeyboardInterrupt"]
+
+
+def test_judge_exit_diagnoses_the_signal_docker_stop_sent(engine: Engine) -> None:
+    """Without an explicit signal, the diagnosis names the container's stop signal."""
+    pid1 = Pid1("python3 app.py", frozenset({2, 15}), frozenset())
+    ctx, service = judged(engine, image(), pid1=pid1, stop_signal="SIGQUIT")
+    f = Findings()
+    judge_exit(f, ctx, service, StopResult(137, 3.2))
+    assert "installs no SIGQUIT handler" in f.problems[0]
+    # Control: the image's own stop signal (SIGTERM), which PID 1 handles.
+    ctx, service = judged(engine, image(), pid1=pid1)
+    f = Findings()
+    judge_exit(f, ctx, service, StopResult(137, 3.2))
+    assert "handles SIGTERM but did not exit in time" in f.problems[0]
+
+
+@pytest.mark.parametrize("code", list(ExitCode))
+def test_graceful_exit_codes_are_described_by_exit_code_itself(code: ExitCode) -> None:
+    text = describe_exit(code, StopResult(int(code), 1.0))
+    assert text.startswith(f"exited {int(code)} after 1.00 s: ")
+    assert text.endswith(f"(graceful's ExitCode.{code.name})")
+    words = text.removeprefix(f"exited {int(code)} after 1.00 s: ").lower()
+    assert len(words) > len(f"(graceful's ExitCode.{code.name})") + 10  # more than the name
+
+
+def test_exit_code_words_follow_the_runtime() -> None:
+    assert "drain deadline" in describe_exit(3, StopResult(3, 1.0))  # ExitCode.WORK_CUT's words
+    assert "may not have been flushed" in describe_exit(4, StopResult(4, 1.0))
+    # Control: codes graceful does not define, and deaths by a signal, are not ExitCode's.
+    assert describe_exit(2, StopResult(2, 1.0)) == "exited 2 after 1.00 s"
+    assert "ExitCode" not in describe_exit(143, StopResult(143, 1.0))

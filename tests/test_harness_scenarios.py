@@ -1,0 +1,47 @@
+"""graceful.harness.scenarios: the registry (no engine needed; the scenarios themselves run
+in test_harness_docker.py and test_rolling_restart.py)."""
+
+from __future__ import annotations
+
+from graceful.harness.rolling import RollingRestart
+from graceful.harness.scenarios import (
+    SCENARIOS,
+    Signals,
+    StopUnderLoad,
+    make_scenarios,
+    opt_in_scenarios,
+    scenario_names,
+)
+
+
+def test_the_default_set_in_run_order() -> None:
+    assert (
+        scenario_names()
+        == list(SCENARIOS)
+        == [
+            "stop-idle",
+            "stop-under-load",
+            "stop-over-budget",
+            "kill-under-load",
+            "signal-storm",
+            "stop-during-startup",
+            "signals",
+        ]
+    )
+    assert SCENARIOS["signals"] is Signals
+
+
+def test_opt_in_is_a_class_attribute() -> None:
+    assert RollingRestart.opt_in is True
+    assert opt_in_scenarios() == {"rolling-restart": RollingRestart}
+    assert not any(getattr(cls, "opt_in", False) for cls in SCENARIOS.values())
+    assert scenario_names(opt_in=True) == [*SCENARIOS, "rolling-restart"]
+
+
+def test_scenarios_are_configured_by_their_fields() -> None:
+    (default,) = make_scenarios(["stop-under-load"])
+    assert default == StopUnderLoad()
+    assert StopUnderLoad(long_requests=16).long_requests == 16
+    for cls in [*SCENARIOS.values(), RollingRestart]:
+        assert cls.summary
+        assert cls().name == cls.name
