@@ -1,9 +1,5 @@
-"""The ``docker kill`` scenarios: SIGKILL under write load, a storm of SIGTERMs, SIGINT and
-the image's ``STOPSIGNAL``.
-
-Each is a frozen dataclass whose fields are its knobs (defaults follow the example HTTP
-contract); ``run`` starts the image through the :class:`~graceful.harness.context.Context`,
-signals it, and judges the outcome with :mod:`graceful.harness.judges`.
+"""The scenarios that signal the container directly (``docker kill``): SIGKILL under write
+load, a storm of SIGTERMs, SIGINT; and whether ``docker stop`` sends a signal PID 1 handles.
 """
 
 from __future__ import annotations

@@ -10,18 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar, Protocol
 
+import graceful.harness.scenarios.kill as kill
+import graceful.harness.scenarios.stop as stop
 from graceful.harness.container import ImageInfo
 from graceful.harness.context import Context, Progress, Settings
 from graceful.harness.engine import Engine
 from graceful.harness.report import Report, ScenarioResult
 from graceful.harness.rolling import RollingRestart
-from graceful.harness.scenarios.kill import KillUnderLoad, Signals, SignalStorm
-from graceful.harness.scenarios.stop import (
-    StopDuringStartup,
-    StopIdle,
-    StopOverBudget,
-    StopUnderLoad,
-)
 
 __all__ = [
     "SCENARIOS",
@@ -53,13 +48,13 @@ class Scenario(Protocol):
 _REGISTRY: dict[str, type[Scenario]] = {
     cls.name: cls
     for cls in (
-        StopIdle,
-        StopUnderLoad,
-        StopOverBudget,
-        KillUnderLoad,
-        SignalStorm,
-        StopDuringStartup,
-        Signals,
+        stop.StopIdle,
+        stop.StopUnderLoad,
+        stop.StopOverBudget,
+        kill.KillUnderLoad,
+        kill.SignalStorm,
+        stop.StopDuringStartup,
+        kill.Signals,
         RollingRestart,
     )
 }

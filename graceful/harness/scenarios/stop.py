@@ -1,8 +1,5 @@
-"""The ``docker stop`` scenarios: idle, under load, over budget, and right after start.
-
-Each is a frozen dataclass whose fields are its knobs (defaults follow the example HTTP
-contract); ``run`` starts the image through the :class:`~graceful.harness.context.Context`,
-stops it, and judges the outcome with :mod:`graceful.harness.judges`.
+"""The ``docker stop`` scenarios: with nothing in flight, under load, with work longer than
+the budget, and right after start.
 """
 
 from __future__ import annotations
