@@ -11,7 +11,7 @@ from graceful.exceptions import (
     TargetImportError,
 )
 from graceful.logs import configure_logging, get_logger
-from graceful.runtime import ExitCode, Phase, Runtime, State, current_runtime, run
+from graceful.runtime import ExitCode, LifecycleState, Phase, Runtime, current_runtime, run
 from graceful.state import Batcher, DurableStore
 
 __all__ = [
@@ -23,10 +23,10 @@ __all__ = [
     "ExitCode",
     "GracefulError",
     "HookError",
+    "LifecycleState",
     "Phase",
     "Runtime",
     "ShutdownTimeout",
-    "State",
     "StateError",
     "TargetImportError",
     "WorkTracker",

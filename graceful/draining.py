@@ -14,23 +14,23 @@ drives all of them through the same three steps of the shutdown sequence:
 The pieces an integration is built from live here, so that each server module holds only what
 is particular to its server: :class:`WorkTracker` (work in flight), :class:`TaskSet` (the tasks
 to cancel at the deadline, without waiting forever for one that will not stop),
-:func:`close_listeners` (refuse new connections, lose none already made) and :func:`register`
-(hand the server to the runtime and feed its gauges).
+:func:`close_listeners` (refuse new connections, lose none already made). A server is handed to
+the runtime with ``runtime.add_drainable(server)``, which also feeds its gauges.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from graceful.logs import get_logger
+from graceful.runner import task_stack
 
 if TYPE_CHECKING:
-    from graceful.runtime import Runtime
+    from graceful.budget import Budget
 
 __all__ = [
     "Drainable",
@@ -39,7 +39,6 @@ __all__ = [
     "WorkTracker",
     "abort_deadline",
     "close_listeners",
-    "register",
 ]
 
 # How long tasks cut by an abort outside a stop (no budget to follow) may take to exit.
@@ -163,6 +162,11 @@ class TaskSet:
     def __iter__(self) -> Iterator[asyncio.Task[Any]]:
         return iter(list(self._tasks))
 
+    def add(self, task: asyncio.Task[Any]) -> None:
+        """Hold ``task`` in the set until it is done."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     @contextmanager
     def track(self) -> Iterator[asyncio.Task[Any]]:
         """Hold the current task in the set while the block runs; yields the task.
@@ -199,12 +203,15 @@ class TaskSet:
         log = get_logger()
         for task in stuck:
             log.error(
-                "task.refused_to_exit", server=self.name, task=task.get_name(), stack=_stack(task)
+                "task.refused_to_exit",
+                server=self.name,
+                task=task.get_name(),
+                stack=task_stack(task),
             )
         return stuck
 
 
-def abort_deadline(runtime: Runtime | None) -> float:
+def abort_deadline(budget: Budget | None) -> float:
     """When the tasks an ``abort()`` cancels must have exited (event-loop time).
 
     Half of what is left of the runtime's ``cancel`` phase. The runtime bounds each
@@ -214,12 +221,11 @@ def abort_deadline(runtime: Runtime | None) -> float:
     servers and for the runtime's own tasks. Outside a stop (no budget yet) it is 0.5 s.
 
     Args:
-        runtime: the runtime whose stop is under way, if any.
+        budget: the deadlines of the stop under way (``runtime.budget``), if any.
 
     .. versionadded:: 0.1
     """
     now = asyncio.get_running_loop().time()
-    budget = runtime.budget if runtime is not None else None
     if budget is None:
         return now + _ABORT_GRACE
     return now + max(budget.cancel_end - now, 0.0) / 2
@@ -258,27 +264,3 @@ async def close_listeners(servers: Iterable[asyncio.AbstractServer | None]) -> N
         await asyncio.sleep(0)
     for server in listeners:
         server.close()
-
-
-def register(runtime: Runtime, server: DrainableServer) -> None:
-    """Have the runtime drain ``server`` and feed its gauges.
-
-    ``graceful_inflight_requests`` and ``graceful_open_connections`` (label
-    ``server=server.name``) read ``server.inflight()`` and ``server.connection_count()``
-    whenever they are scraped.
-
-    Args:
-        runtime: the runtime that owns the stop.
-        server: the started server.
-
-    .. versionadded:: 0.1
-    """
-    runtime.metrics.inflight.labels(server=server.name).set_function(server.inflight)
-    runtime.metrics.connections.labels(server=server.name).set_function(server.connection_count)
-    runtime.add_drainable(server)
-
-
-def _stack(task: asyncio.Task[Any]) -> str:
-    out = io.StringIO()
-    task.print_stack(limit=8, file=out)
-    return out.getvalue()

@@ -10,17 +10,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from graceful.exceptions import HookError
 
-__all__ = ["CleanupContexts", "Hook", "HookOutcome", "Outcome", "Phase", "run_hook"]
+__all__ = ["HookOutcome", "Outcome", "Phase", "hook_name", "run_hook"]
 
 HookFunc = Callable[[], object]
-CleanupFunc = Callable[[], AsyncIterator[Any]]
 
 #: How long a cancelled hook may take to unwind before it is abandoned.
 _ABANDON_GRACE = 0.05
@@ -56,19 +55,6 @@ class Outcome(StrEnum):
     TIMED_OUT = "timed_out"
     SKIPPED = "skipped"
     """Never ran: a second signal cut its phase short."""
-
-
-@dataclass(frozen=True, slots=True)
-class Hook:
-    """A shutdown hook attached to a phase.
-
-    .. versionadded:: 0.1
-    """
-
-    func: HookFunc
-    phase: Phase
-    name: str
-    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,43 +142,6 @@ def _describe(exc: BaseException) -> str:
 def _consume_result(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-class CleanupContexts:
-    """Async-generator cleanup contexts: setup before ``yield``, teardown after, LIFO.
-
-    .. versionadded:: 0.1
-    """
-
-    def __init__(self) -> None:
-        self.registered: list[CleanupFunc] = []
-        self._entered: list[tuple[str, AsyncIterator[Any]]] = []
-
-    def add(self, func: CleanupFunc) -> None:
-        self.registered.append(func)
-
-    async def enter(self, func: CleanupFunc) -> None:
-        """Run the setup half of one context."""
-        gen = func()
-        await gen.__anext__()
-        self._entered.append((_name_of(func), gen))
-
-    def exits(self) -> list[tuple[str, HookFunc]]:
-        """The teardown halves of the entered contexts, last entered first."""
-        exits = [(name, _finisher(name, gen)) for name, gen in reversed(self._entered)]
-        self._entered.clear()
-        return exits
-
-
-def _finisher(name: str, gen: AsyncIterator[Any]) -> HookFunc:
-    async def finish() -> None:
-        try:
-            await gen.__anext__()
-        except StopAsyncIteration:
-            return
-        raise HookError(f"cleanup context {name} yielded more than once")
-
-    return finish
 
 
 def _name_of(func: object) -> str:

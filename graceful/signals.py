@@ -18,6 +18,7 @@ are one request (a ``kill`` loop or a supervisor's storm) and do not escalate.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -61,6 +62,8 @@ class StopSignals:
             ``time.monotonic()`` arrival time; must only record and wake the loop.
         hard_exit_code: exit status of the process on the third signal.
         repeat_window: seconds within which repeated signals count as one.
+        ownership_interval: seconds between the first checks that our handlers are still
+            installed (later checks come ten times less often).
 
     .. versionadded:: 0.1
     """
@@ -72,11 +75,14 @@ class StopSignals:
         *,
         hard_exit_code: int,
         repeat_window: float = 0.5,
+        ownership_interval: float = 0.5,
     ) -> None:
         self.signals = tuple(signal.Signals[name] for name in names)
         self._on_signal = on_signal
         self._hard_exit_code = hard_exit_code
         self._repeat_window = repeat_window
+        self._ownership_interval = ownership_interval
+        self._ownership_checks = 0
         self._previous: dict[signal.Signals, _Handler] = {}
         self._last_counted = -float("inf")
         self.level = Escalation.REPEAT
@@ -116,6 +122,31 @@ class StopSignals:
         """Install our handler again where it was replaced."""
         for name in self.replaced():
             signal.signal(signal.Signals[name], self._handle)
+
+    def check_ownership(self, log: Any) -> None:
+        """Take our handlers back where another library replaced them, and say so."""
+        replaced = self.replaced()
+        if replaced:
+            log.warning(
+                "signals.handler_replaced",
+                replaced=replaced,
+                action="graceful installed its handler again; stop signals start the graceful stop",
+            )
+            self.reclaim()
+
+    def watch_ownership(self, log: Any, keep_watching: Callable[[], bool]) -> None:
+        """Check ownership now, then every ``ownership_interval`` while ``keep_watching()``.
+
+        Libraries often install handlers while starting (uvicorn, anyio, add_signal_handler),
+        so the first checks come soon after startup; later ones every ten intervals.
+        """
+        if not keep_watching() or not self.installed:
+            return
+        self.check_ownership(log)
+        self._ownership_checks += 1
+        interval = self._ownership_interval * (1 if self._ownership_checks <= 4 else 10)
+        loop = asyncio.get_running_loop()
+        loop.call_later(interval, self.watch_ownership, log, keep_watching)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         sig = signal.Signals(signum)

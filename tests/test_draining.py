@@ -1,7 +1,7 @@
 """``graceful.draining``: the parts every server integration is built from.
 
 Unit tests of the work tracker, the task set and its bounded ``cancel_all``, the deadline an
-``abort()`` gives its tasks, ``close_listeners`` and ``register``; then each integration's
+``abort()`` gives its tasks, ``close_listeners`` and ``add_drainable``; then each integration's
 ``abort()`` against a handler that swallows its cancellation, in-process on real sockets.
 """
 
@@ -29,7 +29,6 @@ from graceful.draining import (
     WorkTracker,
     abort_deadline,
     close_listeners,
-    register,
 )
 from graceful.integrations import aiohttp as graceful_aiohttp
 from graceful.integrations import asgi, streams
@@ -179,7 +178,7 @@ async def test_abort_deadline_outside_a_stop_is_a_short_grace() -> None:
     assert before < deadline <= loop.time() + 0.5
     runtime = Runtime(Config(handle_signals=False), registry=CollectorRegistry())
     assert runtime.budget is None
-    assert before < abort_deadline(runtime) <= loop.time() + 0.5
+    assert before < abort_deadline(runtime.budget) <= loop.time() + 0.5
 
 
 async def test_abort_deadline_leaves_part_of_the_cancel_phase() -> None:
@@ -187,12 +186,11 @@ async def test_abort_deadline_leaves_part_of_the_cancel_phase() -> None:
     falls strictly inside it, so the abort can log, close connections and return its count."""
     loop = asyncio.get_running_loop()
     now = loop.time()
-    runtime = Runtime(Config(handle_signals=False), registry=CollectorRegistry())
-    runtime.budget = Budget(now, now, now, now + 10.0, now + 20.0)
-    deadline = abort_deadline(runtime)
-    assert now < deadline < runtime.budget.cancel_end
-    runtime.budget = Budget(now - 2, now - 2, now - 2, now - 1, now + 1.0)  # cancel overran
-    assert abort_deadline(runtime) <= loop.time()
+    budget = Budget(now, now, now, now + 10.0, now + 20.0)
+    deadline = abort_deadline(budget)
+    assert now < deadline < budget.cancel_end
+    overran = Budget(now - 2, now - 2, now - 2, now - 1, now + 1.0)  # cancel overran
+    assert abort_deadline(overran) <= loop.time()
 
 
 # -- close_listeners ---------------------------------------------------------------------------
@@ -285,13 +283,13 @@ class CountingServer:
         return 0
 
 
-async def test_register_feeds_both_gauges_and_hands_the_server_to_the_runtime() -> None:
+async def test_add_drainable_feeds_both_gauges_and_hands_the_server_to_the_runtime() -> None:
     registry = CollectorRegistry()
     runtime = Runtime(Config(handle_signals=False), registry=registry)
     server = CountingServer()
     assert isinstance(server, DrainableServer)
     assert isinstance(server, Drainable)
-    register(runtime, server)
+    runtime.add_drainable(server)
     labels = {"server": "counting"}
     assert registry.get_sample_value("graceful_inflight_requests", labels) == 2
     assert registry.get_sample_value("graceful_open_connections", labels) == 5

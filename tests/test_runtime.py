@@ -10,7 +10,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from graceful import Config, ExitCode, HookError, Phase, Runtime, State, current_runtime
+from graceful import (
+    Config,
+    ExitCode,
+    HookError,
+    LifecycleState,
+    Phase,
+    Runtime,
+    current_runtime,
+)
 from graceful.draining import WorkTracker
 from graceful.testing import run_runtime
 
@@ -108,7 +116,7 @@ async def test_phases_run_in_order_and_close_is_lifo() -> None:
         "close database",
     ]
     assert runtime.exit_code == ExitCode.OK
-    assert runtime.state is State.STOPPED
+    assert runtime.state is LifecycleState.STOPPED
 
 
 async def test_readiness_turns_off_the_moment_a_stop_begins() -> None:

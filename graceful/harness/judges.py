@@ -10,11 +10,6 @@ graceful's in the words of :class:`~graceful.runtime.ExitCode` itself.
 
 from __future__ import annotations
 
-import ast
-import functools
-import inspect
-import itertools
-import textwrap
 from collections.abc import Iterable, Sequence
 
 import httpx
@@ -173,38 +168,11 @@ def describe_exit(code: int, stop: StopResult) -> str:
         )
     if code == 130:
         return f"exited 130 {after}: the process died of SIGINT (KeyboardInterrupt) unhandled"
-    meaning = _exit_code_meanings().get(code)
-    if meaning is None:
-        return f"exited {code} {after}"
-    return f"exited {code} {after}: {meaning}"
-
-
-@functools.cache
-def _exit_code_meanings() -> dict[int, str]:
-    """``ExitCode``'s members described by their own docstrings, read from the source (an
-    enum member's docstring is not kept at run time); by their names when the source is not
-    installed."""
-    described = {member.name: member.name.lower().replace("_", " ") for member in ExitCode}
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(ExitCode)))
-    except (OSError, TypeError, SyntaxError):
-        tree = None
-    body = tree.body[0].body if tree is not None and isinstance(tree.body[0], ast.ClassDef) else []
-    for node, doc in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.Assign)
-            and isinstance(node.targets[0], ast.Name)
-            and node.targets[0].id in described
-            and isinstance(doc, ast.Expr)
-            and isinstance(doc.value, ast.Constant)
-            and isinstance(doc.value.value, str)
-        ):
-            text = " ".join(doc.value.value.split()).rstrip(".")
-            described[node.targets[0].id] = text[:1].lower() + text[1:]
-    return {
-        int(member): f"{described[member.name]} (graceful's ExitCode.{member.name})"
-        for member in ExitCode
-    }
+        known = ExitCode(code)
+    except ValueError:
+        return f"exited {code} {after}"
+    return f"exited {code} {after}: {known.description} (graceful's ExitCode.{known.name})"
 
 
 def judge_inflight(f: Findings, ledger: Ledger, stop_began: float, *, prefix: str = "") -> None:

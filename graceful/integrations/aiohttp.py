@@ -33,7 +33,7 @@ from aiohttp.log import access_logger
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
-from graceful.draining import TaskSet, WorkTracker, abort_deadline, close_listeners, register
+from graceful.draining import TaskSet, WorkTracker, abort_deadline, close_listeners
 from graceful.hooks import Phase
 from graceful.integrations._deprecation import renamed
 
@@ -198,7 +198,7 @@ class AiohttpServer:
         cut = self.tracker.count
         for closer in list(self._closers):
             closer.cancel()
-        await self.tasks.cancel_all(abort_deadline(self._runtime))
+        await self.tasks.cancel_all(abort_deadline(self._runtime.budget))
         for conn in self._connections():
             conn.force_close()
         return cut
@@ -265,5 +265,5 @@ async def serve(
     server.listener = await asyncio.get_running_loop().create_server(
         runner.server, host, port, backlog=backlog
     )
-    register(runtime, server)
+    runtime.add_drainable(server)
     return server

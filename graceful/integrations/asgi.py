@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import uvicorn
 
-from graceful.draining import TaskSet, WorkTracker, abort_deadline, close_listeners, register
+from graceful.draining import TaskSet, WorkTracker, abort_deadline, close_listeners
 from graceful.exceptions import GracefulError
 from graceful.hooks import Phase
 from graceful.integrations._deprecation import renamed
@@ -342,7 +342,7 @@ class UvicornServer:
         """Cancel the requests still running and drop every connection; return the count cut."""
         cut = self.middleware.tracker.count
         self.middleware.aborting = True
-        await self.middleware.tasks.cancel_all(abort_deadline(self.middleware.runtime))
+        await self.middleware.tasks.cancel_all(abort_deadline(self.middleware.runtime.budget))
         for conn in list(self.server.server_state.connections):
             conn.shutdown()
         return cut
@@ -380,7 +380,7 @@ async def serve_config(
     config.loaded_app = middleware
     server = UvicornServer(uvicorn.Server(config), middleware, name)
     await server._start()
-    register(runtime, server)
+    runtime.add_drainable(server)
     runtime.on_shutdown(server._lifespan_shutdown, phase=Phase.CLOSE, name=f"{name}.lifespan")
     return server
 

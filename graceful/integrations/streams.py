@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from graceful.draining import TaskSet, WorkTracker, abort_deadline, close_listeners, register
+from graceful.draining import TaskSet, WorkTracker, abort_deadline, close_listeners
 
 if TYPE_CHECKING:
     from graceful.runtime import Runtime
@@ -176,7 +176,9 @@ class StreamServer:
         cut = self.tracker.count
         for conn in list(self.connections):
             conn.writer.transport.abort()
-        await self.tasks.cancel_all(abort_deadline(self._runtime))
+        await self.tasks.cancel_all(
+            abort_deadline(self._runtime.budget if self._runtime is not None else None)
+        )
         return cut
 
 
@@ -214,5 +216,5 @@ async def start_server(
     """
     server = StreamServer(handler, name=name, runtime=runtime)
     await server._start(host, port, limit, backlog)
-    register(runtime, server)
+    runtime.add_drainable(server)
     return server

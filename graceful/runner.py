@@ -1,0 +1,107 @@
+"""Owning the process: a loop of our own, and the steps ``asyncio.run`` would do, bounded.
+
+``Runtime.run`` is a container's entrypoint, so the stop must end the process before SIGKILL.
+``asyncio.run`` and ``asyncio.Runner`` do their closing steps without a bound: on Python 3.11
+``Runner.close()`` waits for the default executor's threads for as long as they run, so one
+stuck thread holds the exit until SIGKILL. Here each step has the exit deadline, and what it had
+to give up is named in the logs: tasks nobody tracked, suspended async generators, threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+__all__ = ["cancel_leftovers", "exit_now_if_threads_block", "run_on_new_loop", "task_label"]
+
+LEFTOVER_HINT = (
+    "start background work with runtime.create_task (from a handler: "
+    "graceful.current_runtime().create_task) so the drain waits for it"
+)
+
+
+def run_on_new_loop(
+    factory: Callable[[], asyncio.AbstractEventLoop], coro: Coroutine[Any, Any, int]
+) -> int:
+    """Run ``coro`` to completion on a new loop, then close the loop without waiting on threads.
+
+    ``loop.close()`` shuts the default executor down with ``wait=False``.
+    """
+    loop = factory()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+async def cancel_leftovers(deadline: float, log: Any) -> tuple[list[str], bool]:
+    """Cancel tasks nobody tracked and close suspended async generators, until ``deadline``.
+
+    For the loop's owner only: these would otherwise be cancelled silently when it closes.
+
+    Returns:
+        The labels of the tasks cancelled, and whether the async generators were all closed.
+    """
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    await asyncio.sleep(0)  # let cancellations requested earlier finish first
+    # A task already being cancelled (cancelling() > 0) was cut by its owner, not left over.
+    tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done() and not t.cancelling()]
+    labels = [task_label(task) for task in tasks]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        log.warning("tasks.leftover_cancelled", count=len(tasks), tasks=labels, hint=LEFTOVER_HINT)
+        _, stuck = await asyncio.wait(tasks, timeout=max(deadline - loop.time(), 0.0))
+        for task in stuck:
+            log.error("task.refused_to_exit", task=task.get_name(), stack=task_stack(task))
+    try:
+        async with asyncio.timeout_at(deadline):
+            await loop.shutdown_asyncgens()
+    except TimeoutError:
+        log.error("shutdown.asyncgens_abandoned", reason="exit deadline")
+        return labels, False
+    return labels, True
+
+
+def exit_now_if_threads_block(code: int, time_left: float, log: Any) -> None:
+    """Join threads that are not daemons until the deadline; exit at once if any is stuck.
+
+    The interpreter would otherwise wait for them forever at exit (``threading._shutdown``).
+    """
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if not others:
+        return
+    deadline = time.monotonic() + time_left
+    for thread in others:
+        thread.join(max(deadline - time.monotonic(), 0.0))
+    stuck = [t.name for t in others if t.is_alive()]
+    if stuck:
+        log.warning("shutdown.threads_abandoned", threads=stuck, exit_code=code)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
+def task_label(task: asyncio.Task[Any]) -> str:
+    """``name (coroutine)``: enough to find the code that started a task."""
+    coro = task.get_coro()
+    where = getattr(coro, "__qualname__", None) or type(coro).__name__
+    return f"{task.get_name()} ({where})"
+
+
+def task_stack(task: asyncio.Task[Any]) -> str:
+    """The innermost frames of a task, as ``print_stack`` writes them."""
+    out = io.StringIO()
+    task.print_stack(limit=8, file=out)
+    return out.getvalue()

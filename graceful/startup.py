@@ -1,0 +1,59 @@
+"""Startup: the steps a service takes before it serves, aborted cleanly by a stop signal.
+
+Steps run in registration order. A stop requested while they run cancels them and the runtime
+goes straight to its stop, which closes whatever had started; ``main`` never runs against
+resources whose setup was cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from enum import StrEnum
+from typing import Any
+
+from graceful.recorder import rounded
+
+__all__ = ["StartOutcome", "StartupStep", "run_startup"]
+
+#: A named startup step.
+StartupStep = tuple[str, Callable[[], Awaitable[object]]]
+
+
+class StartOutcome(StrEnum):
+    """How startup ended."""
+
+    STARTED = "started"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+async def run_startup(
+    steps: Sequence[StartupStep], stop_requested: asyncio.Event, log: Any
+) -> StartOutcome:
+    """Run ``steps`` in order until done, one fails, or a stop is requested."""
+    loop = asyncio.get_running_loop()
+    startup = loop.create_task(_run_steps(steps, log))
+    stop = loop.create_task(stop_requested.wait())
+    await asyncio.wait({startup, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if not startup.done():
+        startup.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await startup
+        return StartOutcome.ABORTED
+    try:
+        startup.result()
+    except Exception as exc:
+        log.error("startup.failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        return StartOutcome.FAILED
+    return StartOutcome.STARTED
+
+
+async def _run_steps(steps: Sequence[StartupStep], log: Any) -> None:
+    for name, step in steps:
+        started = time.perf_counter()
+        await step()
+        log.info("startup.step", hook=name, seconds=rounded(time.perf_counter() - started))
