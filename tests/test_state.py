@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -176,13 +176,20 @@ async def hold_writer(store: DurableStore) -> tuple[threading.Event, asyncio.Fut
     This reaches into the store's queue (``_submit``) on purpose: it is the one way to know
     for certain that later puts are all queued while the writer is busy.
     """
+    return await park(store._submit)
+
+
+async def park(
+    submit: Callable[[Callable[[sqlite3.Connection], None]], Awaitable[object]],
+) -> tuple[threading.Event, asyncio.Future[object]]:
+    """Park a thread of the store (``submit`` queues a call on it) until the event is set."""
     entered, release = threading.Event(), threading.Event()
 
-    def park(_conn: sqlite3.Connection) -> None:
+    def parked_call(_conn: sqlite3.Connection) -> None:
         entered.set()
         release.wait(HANG_GUARD)
 
-    parked = asyncio.ensure_future(store._submit(park))
+    parked = asyncio.ensure_future(submit(parked_call))
     await asyncio.to_thread(entered.wait, HANG_GUARD)
     return release, parked
 
@@ -224,17 +231,16 @@ async def test_the_same_key_twice_in_one_transaction_is_new_once(store: DurableS
     assert await store.put_many([("d", None), ("d", "x"), ("e", None)]) == 2
 
 
-async def test_failed_transaction_fails_every_put_in_it(
-    store: DurableStore, registry: CollectorRegistry
-) -> None:
-    """A write that aborts its transaction fails the whole batch; earlier data is intact.
+async def test_one_bad_write_fails_alone(store: DurableStore, registry: CollectorRegistry) -> None:
+    """A write that aborts its transaction fails alone; the others in it are committed.
 
     1. Two items are committed.
     2. Another connection installs a trigger that aborts any insert of key "bad".
-    3. Four puts ("a", "b", "bad", "c") are queued while the writer is held, so they share
-       one transaction.
-    Result: all four raise StateError naming the path; "a" and "b" were rolled back; the two
-    earlier items are still there and later puts succeed.
+    3. Four puts ("a", "b", "bad", "c") and a put_many holding "bad" are queued while the
+       writer is held, so they share one transaction.
+    Result: "bad" and the put_many raise StateError naming the path and the trigger's
+    message; "a", "b" and "c" are acknowledged and stored (the batch was split down to the
+    write at fault); nothing of the put_many is stored; later puts succeed.
     """
     await store.put_many([("old1", "x"), ("old2", "y")])
     other = sqlite3.connect(store.path, isolation_level=None)
@@ -244,19 +250,51 @@ async def test_failed_transaction_fails_every_put_in_it(
     )
     release, parked = await hold_writer(store)
     puts = [asyncio.ensure_future(store.put(k)) for k in ("a", "b", "bad", "c")]
+    many = asyncio.ensure_future(store.put_many([("m1", None), ("bad", None), ("m2", None)]))
     await asyncio.sleep(0)
     release.set()
     async with asyncio.timeout(HANG_GUARD):
         await parked
-        results = await asyncio.gather(*puts, return_exceptions=True)
-    assert all(isinstance(r, StateError) for r in results), results
-    assert all(store.path in str(r) and "refused by trigger" in str(r) for r in results)
-    assert registry.get_sample_value("graceful_state_commit_failures_total") == 1
-    assert await store.keys() == ["old1", "old2"]
+        results = await asyncio.gather(*puts, many, return_exceptions=True)
+    assert [results[0], results[1], results[3]] == [True, True, True], results
+    for failed in (results[2], results[4]):
+        assert isinstance(failed, StateError), results
+        assert store.path in str(failed)
+        assert "refused by trigger" in str(failed)
+    assert registry.get_sample_value("graceful_state_commit_failures_total") == 2
+    assert await store.keys() == ["old1", "old2", "a", "b", "c"]
     other.execute("DROP TRIGGER boom")
     other.close()
-    assert await store.put("a") is True
-    assert await store.keys() == ["old1", "old2", "a"]
+    assert await store.put("bad") is True
+    assert await store.keys() == ["old1", "old2", "a", "b", "c", "bad"]
+
+
+async def test_a_failure_of_the_file_fails_the_whole_batch(tmp_path: Path) -> None:
+    """The control: a lock held by another process is not one write's fault.
+
+    Three puts share a transaction that cannot take the write lock. Result: all three raise
+    "locked" and the batch is not split (one failed transaction, not three or five).
+    """
+    registry = CollectorRegistry()
+    store = DurableStore(tmp_path / "state.db", registry=registry, busy_timeout=0.05)
+    await store.open()
+    other = ExternalWriter(store.path)
+    release, parked = await hold_writer(store)
+    other.lock()
+    try:
+        puts = [asyncio.ensure_future(store.put(k)) for k in ("a", "b", "c")]
+        await asyncio.sleep(0)
+        release.set()
+        async with asyncio.timeout(HANG_GUARD):
+            await parked
+            results = await asyncio.gather(*puts, return_exceptions=True)
+    finally:
+        other.release()
+        other.close()
+    assert all(isinstance(r, StateError) and "locked" in str(r) for r in results), results
+    assert registry.get_sample_value("graceful_state_commit_failures_total") == 1
+    assert await store.keys() == []
+    await store.close()
 
 
 async def test_put_many_is_atomic(store: DurableStore) -> None:
@@ -269,6 +307,100 @@ async def test_put_many_is_atomic(store: DurableStore) -> None:
     with pytest.raises(StateError):
         await store.put_many([("a", None), ("b", None), ("bad", None)])
     assert await store.count() == 0
+
+
+async def test_reads_do_not_wait_for_the_writer(store: DurableStore) -> None:
+    """Reads run on their own connections: they answer while the writer thread is busy.
+
+    1. Two items are committed.
+    2. The writer thread is parked (as a long commit, or a lock held elsewhere, holds it).
+    3. get, keys and count; then a put.
+    Result: the reads answer with the committed data while the writer is still parked; the
+    put waits for the writer (it is not acknowledged before its commit) and is new once
+    the writer is released.
+    """
+    await store.put_many([("a", {"n": 1}), ("b", b"\x00")])
+    release, parked = await hold_writer(store)
+    try:
+        async with asyncio.timeout(HANG_GUARD):
+            assert await store.get("a") == {"n": 1}
+            assert await store.keys() == ["a", "b"]
+            assert await store.count() == 2
+        pending = asyncio.ensure_future(store.put("c"))
+        await asyncio.sleep(0)
+        assert not pending.done()
+    finally:
+        release.set()
+    async with asyncio.timeout(HANG_GUARD):
+        await parked
+        assert await pending is True
+    assert await store.keys() == ["a", "b", "c"]
+
+
+async def test_a_long_read_does_not_hold_back_writes(store: DurableStore) -> None:
+    """The other way round: a read parked on a reader thread, puts are acknowledged."""
+    release, parked = await park(store._read)
+    try:
+        async with asyncio.timeout(HANG_GUARD):
+            assert await asyncio.gather(*(store.put(f"k{i}") for i in range(50))) == [True] * 50
+            assert not parked.done()
+            assert await store.count() == 50  # the other reader answers meanwhile
+    finally:
+        release.set()
+    async with asyncio.timeout(HANG_GUARD):
+        await parked
+
+
+async def test_keys_page_by_page(store: DurableStore) -> None:
+    written = [f"k{i}" for i in range(10)] + ["a\x00b", ""]
+    for key in written:
+        await store.put(key)
+    assert await store.keys() == written
+    assert await store.keys(limit=3) == written[:3]
+    assert await store.keys(limit=3, after="k2") == written[3:6]
+    assert await store.keys(after="k9") == ["a\x00b", ""]
+    assert await store.keys(after="a\x00b") == [""]
+    assert await store.keys(after="") == []
+    assert await store.keys(limit=0) == []
+    pages: list[str] = []
+    after: str | None = None
+    while page := await store.keys(limit=5, after=after):
+        pages += page
+        after = page[-1]
+    assert pages == written
+    with pytest.raises(KeyError):
+        await store.keys(after="a")  # a prefix of a stored key is not that key
+    with pytest.raises(ValueError, match="negative"):
+        await store.keys(limit=-1)
+    with pytest.raises(TypeError):
+        await store.keys(limit="3")  # type: ignore[arg-type]
+
+
+async def test_store_and_batcher_are_async_context_managers(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+
+    async with DurableStore(path, registry=None) as store:
+        assert store.is_open
+
+        async def write(items: list[tuple[str, str]]) -> None:
+            await store.put_many(items)
+
+        batcher: Batcher[tuple[str, str]]
+        async with Batcher(write, max_items=100, max_age=None) as batcher:
+            await batcher.add(("k", "v"))
+            assert await store.count() == 0
+        assert await store.get("k") == "v"  # leaving the block flushed it
+        with pytest.raises(StateError, match="closed"):
+            await batcher.add(("late", "v"))
+    assert not store.is_open
+    assert not (tmp_path / "state.db-wal").exists()  # closed: the log was checkpointed
+
+    with pytest.raises(RuntimeError, match="inside"):
+        async with DurableStore(path, registry=None) as again:
+            raise RuntimeError("inside")
+    assert not again.is_open
+    async with DurableStore(path, registry=None) as third:
+        assert await third.keys() == ["k"]
 
 
 async def test_lock_held_too_long_fails_the_write_not_the_store(tmp_path: Path) -> None:
@@ -301,6 +433,15 @@ async def test_close_commits_what_was_queued(tmp_path: Path) -> None:
     check = sqlite3.connect(path)
     assert check.execute("SELECT count(*) FROM graceful_items").fetchone() == (10,)
     check.close()
+
+
+async def test_close_twice_at_once_does_not_hang(tmp_path: Path) -> None:
+    store = DurableStore(tmp_path / "state.db", registry=None)
+    await store.open()
+    await store.put("k")
+    async with asyncio.timeout(HANG_GUARD):
+        await asyncio.gather(store.close(), store.close())
+    assert not store.is_open
 
 
 async def test_open_refuses_a_missing_directory(tmp_path: Path) -> None:

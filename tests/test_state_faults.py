@@ -5,7 +5,7 @@ Each case runs ``tests/apps/state_writer.py`` as a real process. The tests run a
 ``chmod`` does not stop, so read-only and full file systems are real ones: a small tmpfs
 mounted in a private mount namespace (``unshare --mount``) that only the service sees; the
 test reaches its files through ``/proc/<pid>/root``. A non-root service is covered too, with
-``setpriv`` dropping to an unprivileged user.
+the service dropping to an unprivileged user once its code is loaded.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -244,7 +245,33 @@ def unprivileged_dir() -> Iterator[Path]:
         shutil.rmtree(directory)
 
 
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+# The service starts as root, loads its code, then becomes nobody (65534) for good, before it
+# opens the store. Starting it as nobody (setpriv) would need the interpreter, the checkout
+# and the venv readable by nobody, and a checkout under a 0700 directory (root's home, a
+# `mktemp -d` folder) is not.
+AS_NOBODY = textwrap.dedent(
+    """
+    import importlib.util, os, sys
+    import graceful, graceful.integrations.streams, graceful.state
+    if importlib.util.find_spec("uvloop") is not None:
+        import uvloop
+    script = sys.argv[1]
+    with open(script) as f:
+        code = compile(f.read(), script, "exec")
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+    sys.argv = [script]
+    exec(code, {"__name__": "__main__", "__file__": script})
+    """
+)
+
+
+def service_as_nobody(state_path: Path) -> ServiceProcess:
+    return ServiceProcess(
+        [sys.executable, "-u", "-c", AS_NOBODY, str(WRITER)],
+        env={"STATE_PATH": str(state_path), "GRACEFUL_STOP_TIMEOUT": "5"},
+    )
 
 
 async def test_read_only_file_for_a_non_root_service(unprivileged_dir: Path) -> None:
@@ -253,13 +280,13 @@ async def test_read_only_file_for_a_non_root_service(unprivileged_dir: Path) -> 
     os.chown(unprivileged_dir, 65534, 65534)
     path.chmod(0o444)
     before = path.read_bytes()
-    assert_refused(service(NOBODY, path), path, "file is read-only")
+    assert_refused(service_as_nobody(path), path, "file is read-only")
     assert path.read_bytes() == before
 
 
 def test_read_only_directory_for_a_non_root_service(unprivileged_dir: Path) -> None:
     path = unprivileged_dir / "state.db"
-    assert_refused(service(NOBODY, path), path, f"directory {unprivileged_dir} is not writable")
+    assert_refused(service_as_nobody(path), path, f"directory {unprivileged_dir} is not writable")
     assert list(unprivileged_dir.iterdir()) == []
 
 
