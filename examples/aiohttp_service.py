@@ -1,13 +1,8 @@
 """The example HTTP service as an aiohttp application, stopped gracefully by graceful.
 
-Run it: ``python examples/aiohttp_service.py``. Environment: ``PORT`` (8080), ``HOST``
-(0.0.0.0), ``ADMIN_PORT`` (9090), ``GRACEFUL_STOP_TIMEOUT`` (10), ``STATE_PATH`` (SQLite file,
-``state.sqlite``).
+Run it: ``python examples/aiohttp_service.py``. It serves the HTTP contract that ``contract.py``
+describes (environment, ``GET /work``, ``POST /items``, ``GET /items``, every limit), and:
 
-- ``GET /work?ms=N``: sleeps N ms, answers 200.
-- ``POST /items`` with ``{"id": ...}``: answers 200 ``{"id": ...}`` once the item is on disk;
-  the same id twice is stored once; no id: 400.
-- ``GET /items``: ``{"ids": [...], "count": N}``.
 - ``GET /stream``: a chunk every 100 ms until the server stops, then a last ``bye`` chunk.
 - websocket ``/ws``: echoes text; closed with 1001 when the server stops.
 """
@@ -15,9 +10,12 @@ Run it: ``python examples/aiohttp_service.py``. Environment: ``PORT`` (8080), ``
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 
+import contract
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 import graceful
 from graceful.integrations import aiohttp as graceful_aiohttp
@@ -27,28 +25,46 @@ STORE = web.AppKey("store", DurableStore)
 
 
 async def work(request: web.Request) -> web.Response:
-    ms = int(request.query.get("ms", "0"))
+    try:
+        ms = contract.work_ms(request.query)
+    except contract.Refused as refused:
+        return web.json_response(refused.body(), status=refused.status)
     await asyncio.sleep(ms / 1000)
     return web.json_response({"slept_ms": ms})
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The request body, refused (413) as soon as it is over the limit, before it is all read.
+
+    aiohttp's own ``request.read()`` has a limit too (``client_max_size``), but answers it with
+    a text body; reading here gives both example services the same answer.
+
+    Raises:
+        contract.Refused: the body is too large.
+    """
+    contract.check_declared_length(request.headers.get("Content-Length"))
+    body = contract.BodyReader()
+    while chunk := await request.content.readany():
+        body.add(chunk)
+    return body.data()
+
+
 async def put_item(request: web.Request) -> web.Response:
     try:
-        item = await request.json()
-        key = item["id"]
-    except (ValueError, TypeError, KeyError):
-        return web.json_response({"error": 'expected a JSON body {"id": ...}'}, status=400)
-    await request.app[STORE].put(str(key), item)
-    return web.json_response({"id": key})
+        body = await read_body(request)
+    except contract.Refused as refused:
+        return web.json_response(refused.body(), status=refused.status)
+    status, answer = await contract.store_item(request.app[STORE], body)
+    return web.json_response(answer, status=status)
 
 
 async def list_items(request: web.Request) -> web.Response:
-    ids = await request.app[STORE].keys()
-    return web.json_response({"ids": ids, "count": len(ids)})
+    status, answer = await contract.list_page(request.app[STORE], request.query)
+    return web.json_response(answer, status=status)
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
-    stopping = graceful_aiohttp.stopping(request)
+    stopping = graceful_aiohttp.draining(request)
     response = web.StreamResponse(headers={"Content-Type": "text/plain"})
     await response.prepare(request)
     n = 0
@@ -84,7 +100,24 @@ def make_app(store: DurableStore) -> web.Application:
     return app
 
 
+class MalformedRequestsInOneLine(logging.Filter):
+    """aiohttp answers a malformed request (a request line over 8 KiB, a bad header) with 400
+    and logs it at ERROR with a traceback. It is the client's fault, and common on any open
+    port: log one warning line instead, as uvicorn does."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and exc.code < 500:
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "malformed request from %s refused with %d (%s)"
+            record.args = (remote, exc.code, type(exc).__name__)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 async def main(runtime: graceful.Runtime) -> None:
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestsInOneLine())
     store = DurableStore(os.environ.get("STATE_PATH", "state.sqlite"), registry=runtime.registry)
     await store.open()
     runtime.on_shutdown(store.close, phase=graceful.Phase.CLOSE, name="state.close")

@@ -1,13 +1,8 @@
 """The example HTTP service as a plain ASGI app on uvicorn, stopped gracefully by graceful.
 
-Run it: ``python examples/asgi_service.py``. Environment: ``PORT`` (8080), ``HOST``
-(0.0.0.0), ``ADMIN_PORT`` (9090), ``GRACEFUL_STOP_TIMEOUT`` (10), ``STATE_PATH`` (SQLite file,
-``state.sqlite``).
+Run it: ``python examples/asgi_service.py``. It serves the HTTP contract that ``contract.py``
+describes (environment, ``GET /work``, ``POST /items``, ``GET /items``, every limit), and:
 
-- ``GET /work?ms=N``: sleeps N ms, answers 200.
-- ``POST /items`` with ``{"id": ...}``: answers 200 ``{"id": ...}`` once the item is on disk;
-  the same id twice is stored once; no id: 400.
-- ``GET /items``: ``{"ids": [...], "count": N}``.
 - ``GET /stream``: a chunk every 100 ms until the server stops, then a last ``bye`` chunk.
 - websocket ``/ws``: echoes text; closed with 1001 when the server stops.
 """
@@ -18,7 +13,9 @@ import asyncio
 import json
 import os
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qsl
+
+import contract
 
 import graceful
 from graceful.integrations import asgi
@@ -35,14 +32,31 @@ async def respond(send: Send, status: int, body: Any) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-async def read_body(receive: Receive) -> bytes:
-    body = b""
+def query(scope: asgi.Scope) -> dict[str, str]:
+    """The query's parameters, the first value of each (as aiohttp's ``request.query.get``)."""
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True):
+        params.setdefault(name, value)
+    return params
+
+
+async def read_body(scope: asgi.Scope, receive: Receive) -> bytes:
+    """The request body, refused (413) as soon as it is over the limit, before it is all read.
+
+    Raises:
+        contract.Refused: the body is too large, or its declared length is not a number.
+    """
+    for name, value in scope["headers"]:
+        if name.lower() == b"content-length":
+            contract.check_declared_length(value.decode("latin-1"))
+    body = contract.BodyReader()
     while True:
         message = await receive()
-        chunk: bytes = message.get("body", b"")
-        body += chunk
+        if message["type"] == "http.disconnect":
+            raise contract.Refused(400, "the client went away")
+        body.add(message.get("body", b""))
         if not message.get("more_body", False):
-            return body
+            return body.data()
 
 
 def make_app(store: DurableStore) -> asgi.ASGIApp:
@@ -53,32 +67,34 @@ def make_app(store: DurableStore) -> asgi.ASGIApp:
         if scope["type"] != "http":
             return  # lifespan: nothing to set up, the store follows the runtime
         route = (scope["method"], scope["path"])
-        if route == ("GET", "/work"):
-            query = parse_qs(scope["query_string"].decode())
-            await asyncio.sleep(int(query.get("ms", ["0"])[0]) / 1000)
-            await respond(send, 200, {"slept_ms": int(query.get("ms", ["0"])[0])})
-        elif route == ("POST", "/items"):
-            try:
-                item = json.loads(await read_body(receive))
-                key = item["id"]
-            except (ValueError, TypeError, KeyError):
-                await respond(send, 400, {"error": 'expected a JSON body {"id": ...}'})
-                return
-            await store.put(str(key), item)
-            await respond(send, 200, {"id": key})
-        elif route == ("GET", "/items"):
-            ids = await store.keys()
-            await respond(send, 200, {"ids": ids, "count": len(ids)})
-        elif route == ("GET", "/stream"):
+        if route == ("GET", "/stream"):
             await stream(scope, send)
-        else:
-            await respond(send, 404, {"error": "not found"})
+            return
+        try:
+            status, body = await answer(store, route, scope, receive)
+        except contract.Refused as refused:
+            status, body = refused.status, refused.body()
+        await respond(send, status, body)
 
     return app
 
 
+async def answer(
+    store: DurableStore, route: tuple[str, str], scope: asgi.Scope, receive: Receive
+) -> tuple[int, Any]:
+    if route == ("GET", "/work"):
+        ms = contract.work_ms(query(scope))
+        await asyncio.sleep(ms / 1000)
+        return 200, {"slept_ms": ms}
+    if route == ("POST", "/items"):
+        return await contract.store_item(store, await read_body(scope, receive))
+    if route == ("GET", "/items"):
+        return await contract.list_page(store, query(scope))
+    return 404, {"error": "not found"}
+
+
 async def stream(scope: asgi.Scope, send: Send) -> None:
-    stopping = asgi.stopping(scope)
+    stopping = asgi.draining(scope)
     headers = [(b"content-type", b"text/plain")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     n = 0

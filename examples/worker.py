@@ -16,6 +16,12 @@ Why no acknowledged job is lost or done twice:
 - Killed between the commit and the deletion: on restart the job's id is found in the store,
   so its file is deleted without running the job again.
 
+A job file that can never be processed (not a regular file, over 1 MiB, not UTF-8 JSON, not
+an object, nested too deeply, an id or ``work_ms`` that breaks the rules, a key the store
+refuses: any error but a passing one) is moved to ``JOBS_DIR/rejected/`` once, with a
+``job.rejected`` log line. Passing errors (the store failing, too many open files, out of
+memory) leave the file in place, with a ``job.deferred`` line, for another try a second later.
+
 Environment: ``STATE_PATH`` (SQLite file, default ``state.db``), ``JOBS_DIR`` (default
 ``jobs``), ``WORKER_CONCURRENCY`` (8), ``BATCH_MAX_ITEMS`` (100), ``BATCH_MAX_AGE`` (seconds,
 0.2), ``JOBS_SCAN_INTERVAL`` (seconds between scans of an empty directory, 0.1), plus the
@@ -27,19 +33,94 @@ Run it as a container's exec-form entrypoint: ``python examples/worker.py``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
+import math
 import os
+import stat
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import contract
 
 import graceful
 from graceful.state import Batcher, DurableStore
 
 #: One processed job: its id, its result and the file that acknowledges it once deleted.
 Done = tuple[str, dict[str, Any], Path]
+
+#: The largest job file read; a larger one is rejected without being read.
+MAX_JOB_BYTES = 1024 * 1024
+#: Seconds before a job whose attempt failed for a passing reason is taken again.
+RETRY_DELAY = 1.0
+#: Errors of the machine, not of the job: they pass, so the job is tried again later.
+PASSING_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EAGAIN, errno.EINTR}
+)
+
+
+class BadJob(ValueError):
+    """A job file that will never be processed, whatever the number of tries."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job file's content, checked."""
+
+    id: str
+    work_ms: float
+    body: dict[str, Any]
+
+
+def read_job(path: Path) -> Job:
+    """Read and check the job in ``path``.
+
+    Raises:
+        FileNotFoundError: the file is gone (taken by another worker, or already done).
+        BadJob: the file is not a job this worker can ever process.
+        OSError: reading failed (`PASSING_ERRNOS` say whether trying again can help).
+    """
+    # O_NONBLOCK: a FIFO named *.json would otherwise block the loop in open() forever.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        if os.path.lexists(path):  # a symbolic link to nothing: it will not heal alone
+            raise BadJob("a symbolic link to nothing") from None
+        raise
+    with open(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BadJob("not a regular file")
+        data = file.read(MAX_JOB_BYTES + 1)
+    if len(data) > MAX_JOB_BYTES:
+        raise BadJob(f"larger than {MAX_JOB_BYTES} bytes")
+    try:
+        body = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise BadJob("nested too deeply") from None
+    except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError, too many digits
+        raise BadJob(f"not UTF-8 JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadJob("a job is a JSON object")
+    job_id = contract.check_id(body.get("id", path.stem))
+    work_ms = body.get("work_ms", 0)
+    if not (
+        isinstance(work_ms, int | float)
+        and not isinstance(work_ms, bool)
+        and math.isfinite(work_ms)
+        and 0 <= work_ms <= contract.MAX_WORK_MS
+    ):
+        raise BadJob(f"work_ms must be a number from 0 to {contract.MAX_WORK_MS}")
+    return Job(id=job_id, work_ms=work_ms, body=body)
+
+
+def passing(exc: Exception) -> bool:
+    """Whether an attempt that failed with ``exc`` may succeed later, unchanged."""
+    if isinstance(exc, graceful.StateError | MemoryError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in PASSING_ERRNOS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,45 +207,58 @@ class SpoolWorker:
         return False
 
     async def take(self, path: Path) -> None:
-        handed_over = False
+        # When the file may be taken again: now (0), after a while, or never by this call
+        # (None: its batch acknowledges it, or reject() moved it away).
+        release_after: float | None = 0.0
         try:
-            job = self.read(path)
-            if job is None:
-                return
-            job_id = str(job.get("id") or path.stem)
-            if await self.store.get(job_id) is not None:
+            job = read_job(path)
+            if await self.store.get(job.id) is not None:
                 # Recorded by an earlier run that was killed before it deleted the file.
-                self.log.info("job.already_done", job=job_id)
+                self.log.info("job.already_done", job=job.id)
                 self.acknowledge([path])
                 return
-            await asyncio.sleep(float(job.get("work_ms", 0)) / 1000)
+            await asyncio.sleep(job.work_ms / 1000)
             result = {
-                "id": job_id,
-                "digest": hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest(),
+                "id": job.id,
+                "digest": hashlib.sha256(json.dumps(job.body, sort_keys=True).encode()).hexdigest(),
                 "pid": os.getpid(),
             }
-            self.log.info("job.processed", job=job_id)
-            await self.batcher.add((job_id, result, path))
-            handed_over = True
+            self.log.info("job.processed", job=job.id)
+            await self.batcher.add((job.id, result, path))
+            release_after = None
+        except FileNotFoundError:
+            pass  # gone: acknowledged by an earlier attempt, or removed by the producer
+        except Exception as exc:
+            if passing(exc):
+                self.log.warning("job.deferred", file=path.name, error=describe(exc))
+                release_after = RETRY_DELAY
+            else:
+                # The job's own fault (RecursionError, a key the store refuses, ...): another
+                # try would fail the same way, forever.
+                release_after = None
+                self.reject(path, exc)
         finally:
             self.slots.release()
-            if not handed_over:
+            if release_after == 0:
                 self.claimed.discard(path.name)
+            elif release_after is not None:
+                loop = asyncio.get_running_loop()
+                loop.call_later(release_after, self.claimed.discard, path.name)
 
-    def read(self, path: Path) -> dict[str, Any] | None:
+    def reject(self, path: Path, exc: Exception) -> None:
+        """Move a job that can never be processed out of the way, once."""
+        rejected = self.jobs / "rejected"
         try:
-            job = json.loads(path.read_bytes())
-            if not isinstance(job, dict):
-                raise ValueError("a job is a JSON object")
-        except FileNotFoundError:
-            return None
-        except ValueError as exc:
-            rejected = self.jobs / "rejected"
             rejected.mkdir(exist_ok=True)
             path.rename(rejected / path.name)
-            self.log.error("job.rejected", file=path.name, error=str(exc))
-            return None
-        return job
+        except OSError as move_error:
+            # Keep it claimed: this run never takes it again.
+            self.log.error(
+                "job.reject_failed", file=path.name, error=describe(exc), move=describe(move_error)
+            )
+            return
+        self.claimed.discard(path.name)
+        self.log.error("job.rejected", file=path.name, error=describe(exc))
 
     async def record(self, batch: list[Done]) -> None:
         """Commit a batch of results, then acknowledge its jobs by deleting their files."""
@@ -177,6 +271,12 @@ class SpoolWorker:
         for path in paths:
             path.unlink(missing_ok=True)
             self.claimed.discard(path.name)
+
+
+def describe(exc: BaseException) -> str:
+    """``exc`` for a log line: its type and the start of its message."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 async def main(runtime: graceful.Runtime) -> None:

@@ -138,3 +138,33 @@ async def test_unit_longer_than_the_budget_is_cut_and_flush_still_runs(
     report = child.report()
     assert report["cancelled"] == 1
     assert report["seconds"] < child.stop_timeout
+
+
+async def test_hostile_lines_get_err_and_the_connection_stays_usable(
+    tmp_path: Path, clients: list[LineClient]
+) -> None:
+    """Bytes that are not UTF-8, a 100 KiB line, a NUL in an id, odd digits, then a line with
+    no end before EOF.
+
+    Result: an ``ERR`` answer for each, in order, on the same connection, which still serves
+    ``COUNT`` after them (nothing was stored); the service logs no traceback and stops with
+    exit 0.
+    """
+    async with service("streams_service", tmp_path, name="lines") as child:
+        client = await connect(child, clients)
+        client.writer.write(b"PUT \xff\xfe\n" + b"PUT " + b"x" * (100 * 1024) + b"\n")
+        await client.send("PUT a\x00b", "WORK \u00b2", "WORK " + "9" * 5000, "COUNT")
+        answers = [await client.reader.readline() for _ in range(6)]
+        assert answers[0] == b"ERR the line is not UTF-8\n"
+        assert answers[1] == b"ERR line longer than 65536 bytes, skipped\n"
+        assert answers[2] == b'ERR "id" must not hold control characters or lone surrogates\n'
+        assert answers[3].startswith(b"ERR ms must be a whole number")
+        assert answers[4].startswith(b"ERR ms must be a whole number")
+        assert answers[5] == b"OK 0\n"
+        # A long line that the client ends by closing: still one ERR, then a clean EOF.
+        client.writer.write(b"x" * (200 * 1024))
+        client.writer.write_eof()
+        assert await client.reader.read() == b"ERR line longer than 65536 bytes, skipped\n"
+        child.terminate()
+        assert await child.exit_code() == 0
+    assert "Traceback" not in child.process.output()

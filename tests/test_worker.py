@@ -209,3 +209,76 @@ def test_bad_state_path_exits_non_zero(tmp_path: Path) -> None:
     assert str(tmp_path / "missing" / "s.db") in proc.output()
     assert "does not exist" in proc.output()
     assert not os.path.exists(tmp_path / "missing")
+
+
+def test_a_job_that_raises_recursion_error_is_rejected_once(tmp_path: Path) -> None:
+    """A job nested 100 000 deep: ``json.loads`` raises RecursionError, not ValueError.
+
+    Result: the file is moved to ``rejected/`` with one ``job.rejected`` line (it used to be
+    taken again every scan, forever); the good job beside it is recorded; exit 0.
+    """
+    jobs = tmp_path / "jobs"
+    good = make_jobs(jobs, 1)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    (jobs / "deep.json").write_bytes(deep)
+    with running_worker(tmp_path) as proc:
+        wait_until(lambda: (jobs / "rejected" / "deep.json").exists(), "deep.json rejected")
+        wait_until(lambda: not remaining(jobs), "every job acknowledged or rejected")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0, proc.output()
+    rejected = [e for e in proc.events() if e.get("event") == "job.rejected"]
+    assert [e["file"] for e in rejected] == ["deep.json"]
+    assert "nested too deeply" in rejected[0]["error"]
+    assert (jobs / "rejected" / "deep.json").read_bytes() == deep
+    assert set(records(tmp_path / "state.db")) == good
+    assert "Traceback" not in proc.output()
+
+
+def test_a_job_that_can_never_run_is_rejected_once(tmp_path: Path) -> None:
+    """Job files that fail with anything but a passing error, beside two good jobs.
+
+    1. Deep nesting (RecursionError), not UTF-8, over 1 MiB, a number as id, a NUL in the id,
+       ``work_ms`` that is text, NaN or negative, a FIFO, a directory and a dangling link,
+       all named ``*.json``.
+    2. The worker runs until every good job is acknowledged and every bad one is moved.
+    Result: each bad file is in ``rejected/`` after one ``job.rejected`` line naming it (never
+    tried again, never deferred); the good jobs are recorded; exit 0.
+    """
+    jobs = tmp_path / "jobs"
+    good = make_jobs(jobs, 2)
+    bad = {
+        "deep.json": b"[" * 100_000 + b"]" * 100_000,
+        "latin1.json": b'{"id": "caf\xe9"}',
+        "huge.json": b'{"id": "huge", "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}',
+        "number-id.json": b'{"id": 1}',
+        "nul-id.json": b'{"id": "a\\u0000b"}',
+        "text-ms.json": b'{"id": "t", "work_ms": "soon"}',
+        "nan-ms.json": b'{"id": "n", "work_ms": NaN}',
+        "negative-ms.json": b'{"id": "m", "work_ms": -1}',
+    }
+    for name, data in bad.items():
+        (jobs / name).write_bytes(data)
+    os.mkfifo(jobs / "fifo.json")
+    (jobs / "dir.json").mkdir()
+    (jobs / "dangling.json").symlink_to(tmp_path / "nowhere")
+    expected = set(bad) | {"fifo.json", "dir.json", "dangling.json"}
+    rejected = jobs / "rejected"
+
+    def moved() -> set[str]:
+        return {p.name for p in rejected.iterdir()} if rejected.exists() else set()
+
+    with running_worker(tmp_path) as proc:
+        wait_until(lambda: not remaining(jobs) & good, "the good jobs acknowledged")
+        wait_until(lambda: moved() == expected, "the bad jobs moved to rejected/")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0, proc.output()
+    events = proc.events()
+    logged = [e["file"] for e in events if e.get("event") == "job.rejected"]
+    assert sorted(logged) == sorted(expected)
+    assert "job.deferred" not in proc.event_names()
+    deep = next(e for e in events if e.get("file") == "deep.json")
+    assert "nested too deeply" in deep["error"]
+    assert not {p.name for p in jobs.glob("*.json")}
+    assert set(records(tmp_path / "state.db")) == good
+    assert (rejected / "deep.json").read_bytes() == bad["deep.json"]
+    assert "Traceback" not in proc.output()
