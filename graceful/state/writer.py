@@ -1,0 +1,338 @@
+"""The writer thread: one connection, a queue of writes, group commit, and the INSERT.
+
+Writes that arrive while a commit is running are queued and committed together by the next
+transaction, so one fsync acknowledges a whole batch of concurrent writers. A transaction that
+fails because of one write is split until that write stands alone, so the others still commit.
+Every queued job gets an answer, even when the thread itself dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import queue
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from graceful.exceptions import StateError
+from graceful.logs import get_logger
+from graceful.state.jobs import Call, Outcome, Write, run_call, settle
+from graceful.state.sqlite import (
+    TABLE,
+    close_connection,
+    close_quietly,
+    connect_all,
+    reason,
+    rollback,
+    state_error,
+)
+from graceful.state.values import Row
+
+__all__ = ["CommitMetrics", "Writer"]
+
+_BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# Rows per INSERT statement: bounds the SQL text and its compile time (a batch larger than
+# this, from a large put_many, takes several statements in one explicit transaction).
+_MAX_ROWS_PER_STATEMENT: Final = 4096
+
+
+@dataclass(slots=True)
+class CommitMetrics:
+    """What the writer counts: transactions committed and failed, keys and batch sizes."""
+
+    commits: Counter
+    failures: Counter
+    items: Counter
+    batch_size: Histogram
+
+    @classmethod
+    def register(cls, registry: CollectorRegistry | None) -> CommitMetrics:
+        """The metrics, registered in ``registry`` (``None``: a private one)."""
+        # registry=None keeps the metrics private (a throwaway registry), for a second store in
+        # one process or for code that does not export metrics at all.
+        reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        return cls(
+            commits=Counter(
+                "graceful_state_commits_total",
+                "Transactions committed (and fsynced) by the durable store.",
+                registry=reg,
+            ),
+            failures=Counter(
+                "graceful_state_commit_failures_total",
+                "Transactions that failed; every write in them failed too.",
+                registry=reg,
+            ),
+            items=Counter(
+                "graceful_state_items_written_total",
+                "New keys written by committed transactions (repeated keys are not counted).",
+                registry=reg,
+            ),
+            batch_size=Histogram(
+                "graceful_state_batch_size",
+                "Writes per committed transaction.",
+                buckets=_BATCH_BUCKETS,
+                registry=reg,
+            ),
+        )
+
+
+class Writer:
+    """The writer thread of one opening of a store, and the queue that feeds it.
+
+    `start` runs the thread, which opens the database; `write` and `call` queue jobs, answered
+    in queue order on ``loop``. A call with ``last`` closes the connection and ends the thread.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_batch: int,
+        metrics: CommitMetrics,
+    ) -> None:
+        self.path = path
+        self.max_batch = max_batch
+        self._loop = loop
+        self._metrics = metrics
+        self._log = get_logger()
+        self._queue: queue.SimpleQueue[Write | Call] = queue.SimpleQueue()
+        # Held while a job is queued and while a dying writer thread empties the queue, so no
+        # job can slip in after the last one was failed.
+        self._queue_lock = threading.Lock()
+        #: Why the thread died, once it has: every later job fails with it.
+        self.failure: StateError | None = None
+
+    def start(
+        self, *, busy_timeout: float, check: bool
+    ) -> asyncio.Future[list[sqlite3.Connection]]:
+        """Start the thread, which opens the file (see `connect_all`).
+
+        Returns:
+            A future that gets the readers' connections once the file is open.
+        """
+        opened: asyncio.Future[list[sqlite3.Connection]] = self._loop.create_future()
+        thread = threading.Thread(
+            target=self._run,
+            args=(opened, busy_timeout, check),
+            name=f"graceful-state:{self.path}",
+            daemon=True,
+        )
+        thread.start()
+        return opened
+
+    def abandon(self) -> None:
+        """Close the connections the thread may still open (the opening was cancelled)."""
+        self._queue.put(Call(close_connection, self._loop.create_future(), last=True))
+
+    def write(self, rows: list[Row]) -> asyncio.Future[list[bool]]:
+        """Queue ``rows`` for one transaction; the future gets True for each new key."""
+        future: asyncio.Future[list[bool]] = self._loop.create_future()
+        self._enqueue(Write(rows, future))
+        return future
+
+    def call(
+        self, fn: Callable[[sqlite3.Connection], Any], *, last: bool = False
+    ) -> asyncio.Future[Any]:
+        """Queue ``fn`` to run on the writer's connection, in queue order."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._enqueue(Call(fn, future, last))
+        return future
+
+    def _enqueue(self, job: Write | Call) -> None:
+        with self._queue_lock:
+            failure = self.failure
+            if failure is None:
+                self._queue.put(job)
+                return
+        raise StateError(str(failure)) from failure.__cause__
+
+    def _run(
+        self, opened: asyncio.Future[list[sqlite3.Connection]], busy_timeout: float, check: bool
+    ) -> None:
+        try:
+            conn, readers = connect_all(self.path, busy_timeout, check)
+        except BaseException as exc:  # open() must get an answer, whatever went wrong
+            error = (
+                exc if isinstance(exc, StateError) else state_error(self.path, "cannot open", exc)
+            )
+            settle(self._loop, [(opened, error)])
+            return
+        settle(self._loop, [(opened, readers)])
+        in_hand: list[Write | Call] = []
+        try:
+            self._serve(conn, readers, in_hand)
+        except BaseException as exc:  # no caller may wait forever, whatever went wrong
+            self._fail_everything(exc, in_hand)
+            close_quietly([*readers, conn])
+
+    def _serve(
+        self,
+        conn: sqlite3.Connection,
+        readers: list[sqlite3.Connection],
+        in_hand: list[Write | Call],
+    ) -> None:
+        carry: Write | Call | None = None
+        while True:
+            job = carry if carry is not None else self._queue.get()
+            carry = None
+            in_hand[:] = [job]
+            if isinstance(job, Call):
+                if job.last:
+                    # Normally closed by their own threads already; not if open() was cancelled.
+                    close_quietly(readers)
+                settle(self._loop, [run_call(job, conn, self.path)])
+                in_hand.clear()
+                if job.last:
+                    return
+                continue
+            batch = [job]
+            size = len(job.rows)
+            # Group commit: everything queued while the previous transaction was committing
+            # goes into this one. A call or close ends the batch and keeps its place in line.
+            while size < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(nxt, Call):
+                    carry = nxt
+                    break
+                batch.append(nxt)
+                in_hand.append(nxt)
+                size += len(nxt.rows)
+            settle(self._loop, self._commit(conn, batch))
+            in_hand.clear()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[Write]) -> list[Outcome]:
+        size = sum(len(w.rows) for w in batch)
+        try:
+            flags = _insert(conn, [row for w in batch for row in w.rows])
+        except Exception as exc:
+            rollback(conn)
+            if len(batch) > 1 and _caused_by_a_write(exc):
+                # One write broke the transaction: commit the halves apart, and so on down to
+                # the write at fault, so the others are stored (about 2·log2(n) transactions).
+                half = len(batch) // 2
+                return self._commit(conn, batch[:half]) + self._commit(conn, batch[half:])
+            self._metrics.failures.inc()
+            self._log.error("state.commit_failed", path=self.path, writes=size, error=reason(exc))
+            return [(w.future, state_error(self.path, "write failed", exc)) for w in batch]
+        self._metrics.commits.inc()
+        self._metrics.batch_size.observe(size)
+        self._metrics.items.inc(sum(flags))
+        outcomes: list[Outcome] = []
+        start = 0
+        for w in batch:
+            outcomes.append((w.future, flags[start : start + len(w.rows)]))
+            start += len(w.rows)
+        return outcomes
+
+    def _fail_everything(self, exc: BaseException, in_hand: list[Write | Call]) -> None:
+        """The writer thread is dying: fail every queued call now and every later one."""
+        failure = state_error(self.path, "the writer thread failed", exc)
+        with self._queue_lock:
+            self.failure = failure
+            jobs = list(in_hand)
+            while True:
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+        self._log.error("state.writer_failed", path=self.path, error=str(failure))
+        settle(self._loop, [(job.future, StateError(str(failure))) for job in jobs])
+
+
+# -- the INSERT --------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _insert_sql(rows: int) -> str:
+    values = ",".join(["(?,?,?,?)"] * rows)
+    return (
+        f"INSERT INTO {TABLE} (key, kind, value, batch) VALUES {values} "
+        "ON CONFLICT (key) DO NOTHING"
+    )
+
+
+def _insert(conn: sqlite3.Connection, rows: list[Row]) -> list[bool]:
+    """Insert ``rows`` in one transaction; True for each key that was new (first occurrence).
+
+    Every key and value is a bound parameter, so each is stored exactly as it is. The common
+    case is one multi-row statement in autocommit mode, that is one transaction and one fsync.
+    Few statements matter more than it seems: the sqlite3 module releases and retakes the GIL
+    around every statement (and every row of ``executemany``), and while the event loop is
+    busy each retake can wait a full switch interval (5 ms).
+    """
+    # Tag the rows so that, if some keys were already stored, the ones this transaction wrote
+    # can be told apart afterwards, without a second statement in the common case.
+    tag = secrets.randbits(62)
+    per_statement = min(
+        _MAX_ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 4
+    )
+    chunks = [rows[i : i + per_statement] for i in range(0, len(rows), per_statement)]
+    if len(chunks) == 1:
+        inserted = _insert_chunk(conn, rows, tag)
+    else:
+        conn.execute("BEGIN IMMEDIATE")
+        inserted = sum(_insert_chunk(conn, chunk, tag) for chunk in chunks)
+        conn.execute("COMMIT")
+    first: dict[str, int] = {}
+    for i, (key, _, _) in enumerate(rows):
+        first.setdefault(key, i)
+    if inserted == len(first):
+        new = set(first.values())
+    else:
+        # Committed already: should this read fail, the callers get an error for writes
+        # that are stored, and a retry answers "already stored". Never the reverse.
+        new = _written_by(conn, first, tag, per_statement)
+    return [i in new for i in range(len(rows))]
+
+
+def _insert_chunk(conn: sqlite3.Connection, rows: list[Row], tag: int) -> int:
+    # Statement sizes are rounded up to a power of two, padded with copies of the last row
+    # (a repeated key inserts nothing), so a handful of compiled statements serve every batch.
+    size = 1 << (len(rows) - 1).bit_length()
+    params = [field for row in rows for field in (*row, tag)]
+    params.extend([*rows[-1], tag] * (size - len(rows)))
+    rowcount: int = conn.execute(_insert_sql(size), params).rowcount
+    return rowcount
+
+
+def _written_by(conn: sqlite3.Connection, first: dict[str, int], tag: int, chunk: int) -> set[int]:
+    """Positions (of first occurrences) whose row carries ``tag``: the keys that were new.
+
+    Positions are integers, so one aggregated row brings them all back in one step.
+    """
+    new: set[int] = set()
+    items = list(first.items())
+    for i in range(0, len(items), chunk):
+        part = items[i : i + chunk]
+        values = ",".join(["(?,?)"] * len(part))
+        sql = (
+            f"WITH b(p, k) AS (VALUES {values}) SELECT group_concat(b.p) "
+            f"FROM b JOIN {TABLE} AS t ON t.key = b.k WHERE t.batch = ?"
+        )
+        params: list[object] = [field for key, pos in part for field in (pos, key)]
+        (found,) = conn.execute(sql, [*params, tag]).fetchone()
+        if found:
+            new.update(int(p) for p in str(found).split(","))
+    return new
+
+
+def _caused_by_a_write(exc: Exception) -> bool:
+    """Whether a failure comes from the rows, so other writes can succeed without them.
+
+    A constraint or trigger (IntegrityError) or a value SQLite refuses (DataError) belongs to
+    a row; so does an error raised while binding one. Disk full, I/O errors and locks belong
+    to the file: splitting the batch would only repeat them.
+    """
+    if not isinstance(exc, sqlite3.Error):
+        return True
+    return isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError)
