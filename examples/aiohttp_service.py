@@ -118,9 +118,8 @@ class MalformedRequestsInOneLine(logging.Filter):
 
 async def main(runtime: graceful.Runtime) -> None:
     logging.getLogger("aiohttp.server").addFilter(MalformedRequestsInOneLine())
-    store = DurableStore(os.environ.get("STATE_PATH", "state.sqlite"), registry=runtime.registry)
-    await store.open()
-    runtime.on_shutdown(store.close, phase=graceful.Phase.CLOSE, name="state.close")
+    path = os.environ.get("STATE_PATH", "state.sqlite")
+    store = await runtime.enter(DurableStore(path, registry=runtime.registry), name="state")
     await graceful_aiohttp.serve(
         runtime,
         make_app(store),

@@ -116,9 +116,8 @@ async def echo(scope: asgi.Scope, receive: Receive, send: Send) -> None:
 
 
 async def main(runtime: graceful.Runtime) -> None:
-    store = DurableStore(os.environ.get("STATE_PATH", "state.sqlite"), registry=runtime.registry)
-    await store.open()
-    runtime.on_shutdown(store.close, phase=graceful.Phase.CLOSE, name="state.close")
+    path = os.environ.get("STATE_PATH", "state.sqlite")
+    store = await runtime.enter(DurableStore(path, registry=runtime.registry), name="state")
     await asgi.serve(
         runtime,
         make_app(store),

@@ -92,9 +92,8 @@ async def answer(store: DurableStore, line: bytes | None) -> bytes:
 
 
 async def main(runtime: graceful.Runtime) -> None:
-    store = DurableStore(os.environ.get("STATE_PATH", "state.sqlite"), registry=runtime.registry)
-    await store.open()
-    runtime.on_shutdown(store.close, phase=graceful.Phase.CLOSE, name="state.close")
+    path = os.environ.get("STATE_PATH", "state.sqlite")
+    store = await runtime.enter(DurableStore(path, registry=runtime.registry), name="state")
     await streams.start_server(
         runtime,
         make_handler(store),

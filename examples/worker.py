@@ -281,10 +281,8 @@ def describe(exc: BaseException) -> str:
 
 async def main(runtime: graceful.Runtime) -> None:
     settings = Settings.from_env()
-    store = DurableStore(settings.state_path, registry=runtime.registry)
-    await store.open()
-    # Close after the batcher's final flush: close hooks run after the flush phase.
-    runtime.on_shutdown(phase=graceful.Phase.CLOSE, name="state.close")(store.close)
+    # Closed in the close phase, after the batcher's final flush.
+    store = await runtime.enter(DurableStore(settings.state_path, registry=runtime.registry))
     worker = SpoolWorker(runtime, store, settings)
     worker.batcher.attach(runtime)
     await worker.run()

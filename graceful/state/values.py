@@ -107,8 +107,13 @@ def _to_json(value: Mapping[Any, Any]) -> str:
     # json.dumps turns non-str keys into strings and tuples into lists without a word; such a
     # value would come back different from what was put. A flat object of plain values (the
     # common case) cannot change; anything else is decoded again and compared.
-    if not _flat_and_plain(obj) and json.loads(text) != obj:
-        raise TypeError(f"value would not come back unchanged from JSON: {_json_change(obj)}")
+    if not _flat_and_plain(obj):
+        try:
+            changed = json.loads(text) != obj
+        except RecursionError:  # encoding had room on the stack; decoding and comparing not
+            raise ValueError("value is nested too deeply to be stored as JSON") from None
+        if changed:
+            raise TypeError(f"value would not come back unchanged from JSON: {_json_change(obj)}")
     return text
 
 

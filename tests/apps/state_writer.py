@@ -28,9 +28,8 @@ from graceful.state import Batcher, DurableStore
 
 
 async def main(runtime: graceful.Runtime) -> None:
-    store = DurableStore(os.environ["STATE_PATH"], registry=runtime.registry)
-    await store.open()  # a StateError here crashes main: exit code 1, error logged
-    runtime.on_shutdown(phase=graceful.Phase.CLOSE, name="state.close")(store.close)
+    # A StateError here crashes main: exit code 1, error logged.
+    store = await runtime.enter(DurableStore(os.environ["STATE_PATH"], registry=runtime.registry))
 
     async def write(items: list[str]) -> None:
         await store.put_many([(key, {"id": key, "via": "batch"}) for key in items])
