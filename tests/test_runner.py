@@ -1,0 +1,228 @@
+"""``graceful.runner``: what the loop's owner does before closing it, each step bounded.
+
+``cancel_leftovers`` runs on the test's own loop (it is the loop's owner here);
+``exit_now_if_threads_block`` calls ``os._exit``, so it runs only in a child process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import structlog
+import uvloop
+from structlog.testing import capture_logs
+
+from graceful.runner import cancel_leftovers, task_label
+from tests.support import ROOT
+
+LOG = structlog.get_logger("graceful")
+LOOP_FACTORIES = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+async def poll_forever() -> None:
+    await asyncio.Event().wait()
+
+
+async def test_task_label_is_name_and_coroutine() -> None:
+    task = asyncio.get_running_loop().create_task(poll_forever(), name="poller")
+    try:
+        assert task_label(task) == "poller (poll_forever)"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_leftover_tasks_are_cancelled_and_named() -> None:
+    loop = asyncio.get_running_loop()
+    first = loop.create_task(poll_forever(), name="first")
+    second = loop.create_task(poll_forever(), name="second")
+    with capture_logs() as logs:
+        labels, generators_closed = await cancel_leftovers(loop.time() + 10, LOG)
+    assert {"first (poll_forever)", "second (poll_forever)"} <= set(labels)
+    assert first.cancelled()
+    assert second.cancelled()
+    assert generators_closed
+    (warning,) = [e for e in logs if e["event"] == "tasks.leftover_cancelled"]
+    assert warning["count"] == len(labels)
+    assert warning["tasks"] == labels
+    assert "runtime.create_task" in warning["hint"]
+    assert not [e for e in logs if e["event"] == "task.refused_to_exit"]
+
+
+async def test_nothing_left_over_logs_nothing() -> None:
+    loop = asyncio.get_running_loop()
+    with capture_logs() as logs:
+        labels, generators_closed = await cancel_leftovers(loop.time() + 10, LOG)
+    assert (labels, generators_closed, logs) == ([], True, [])
+
+
+async def test_task_already_being_cancelled_by_its_owner_is_not_a_leftover() -> None:
+    """1. ``closing`` was cancelled by its owner and is still cleaning up (it awaits ``release``).
+    2. ``forgotten`` was never cancelled (the control).
+    Result: only ``forgotten`` is a leftover; ``closing`` finishes its clean-up undisturbed."""
+    loop = asyncio.get_running_loop()
+    release = asyncio.Event()
+    cleaning = asyncio.Event()
+
+    async def close_connection() -> str:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cleaning.set()
+            await release.wait()  # a clean-up that takes a while
+            return "closed"
+        return "never"
+
+    closing = loop.create_task(close_connection(), name="closing")
+    forgotten = loop.create_task(poll_forever(), name="forgotten")
+    await asyncio.sleep(0)
+    closing.cancel()
+    await cleaning.wait()
+    assert closing.cancelling()  # the state the exclusion keys on
+
+    with capture_logs():
+        labels, _ = await cancel_leftovers(loop.time() + 10, LOG)
+    assert "forgotten (poll_forever)" in labels
+    assert not any(label.startswith("closing ") for label in labels)
+    assert forgotten.cancelled()
+    release.set()
+    assert await closing == "closed"  # not cancelled a second time
+
+
+async def test_task_refusing_to_exit_is_logged_with_its_stack() -> None:
+    loop = asyncio.get_running_loop()
+    release = asyncio.Event()
+    refusals = 0
+
+    async def stubborn_worker() -> None:
+        nonlocal refusals
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                refusals += 1
+
+    stubborn = loop.create_task(stubborn_worker(), name="stubborn")
+    cooperative = loop.create_task(poll_forever(), name="cooperative")  # control
+    await asyncio.sleep(0)
+    try:
+        with capture_logs() as logs:
+            async with asyncio.timeout(10):  # a failure guard: the deadline must bound the wait
+                labels, _ = await cancel_leftovers(loop.time() + 0.05, LOG)
+    finally:
+        release.set()  # after the call: only then may the stubborn task end
+    assert {
+        "stubborn (test_task_refusing_to_exit_is_logged_with_its_stack.<locals>.stubborn_worker)",
+        "cooperative (poll_forever)",
+    } <= set(labels)
+    refused = [e for e in logs if e["event"] == "task.refused_to_exit"]
+    assert [e["task"] for e in refused] == ["stubborn"]
+    assert refused[0]["log_level"] == "error"
+    assert "stubborn_worker" in refused[0]["stack"]
+    assert refusals == 1
+    assert cooperative.cancelled()
+    await stubborn  # it ended when released, not when cancelled
+
+
+async def close_generator_on_a_fresh_loop(*, hang: bool) -> tuple[bool, list[str], list[Any]]:
+    """Suspend an async generator at ``yield``, then run ``cancel_leftovers`` (50 ms left)."""
+    journal: list[str] = []
+
+    async def stream() -> AsyncIterator[int]:
+        try:
+            yield 1
+        finally:
+            journal.append("closing")
+            if hang:
+                await asyncio.Event().wait()
+
+    generator = stream()
+    assert await anext(generator) == 1
+    with capture_logs() as logs:
+        async with asyncio.timeout(10):  # a failure guard: the deadline must bound the wait
+            _, closed = await cancel_leftovers(asyncio.get_running_loop().time() + 0.05, LOG)
+    return closed, journal, logs
+
+
+@pytest.mark.parametrize("factory", LOOP_FACTORIES.values(), ids=LOOP_FACTORIES.keys())
+def test_hanging_async_generator_is_abandoned_at_the_deadline(
+    factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    """1. An async generator is suspended at ``yield``; its ``finally`` waits forever.
+    2. Control: one whose ``finally`` returns is closed.
+    Result: the hanging one is abandoned at the deadline and the call returns False.
+
+    Each on a fresh loop of its own: a loop closes its async generators once."""
+    with asyncio.Runner(loop_factory=factory) as runner:
+        closed, journal, logs = runner.run(close_generator_on_a_fresh_loop(hang=False))
+    assert (closed, journal, logs) == (True, ["closing"], [])
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        closed, journal, logs = runner.run(close_generator_on_a_fresh_loop(hang=True))
+    assert (closed, journal) == (False, ["closing"])
+    assert [(e["event"], e["reason"]) for e in logs] == [
+        ("shutdown.asyncgens_abandoned", "exit deadline")
+    ]
+
+
+# --- threads that would hold the exit (a child process: os._exit) ---------------------------------
+
+THREADS_CHILD = textwrap.dedent(
+    """
+    import sys
+    import threading
+
+    from graceful.logs import configure_logging, get_logger
+    from graceful.runner import exit_now_if_threads_block
+
+    configure_logging(format="json")
+    kind = sys.argv[1]
+    release = threading.Event()
+    started = threading.Event()
+
+    def work():
+        started.set()
+        release.wait()
+
+    thread = threading.Thread(target=work, name="sync-flush", daemon=kind == "daemon")
+    thread.start()
+    started.wait()
+    if kind == "finishing":
+        release.set()
+    exit_now_if_threads_block(7, 0.2 if kind != "finishing" else 30.0, get_logger())
+    print("returned", flush=True)
+    release.set()
+    """
+)
+
+
+def run_threads_child(kind: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", THREADS_CHILD, kind],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def test_stuck_thread_makes_the_process_exit_now_with_the_code() -> None:
+    done = run_threads_child("stuck")
+    assert done.returncode == 7, done.stderr
+    assert "returned" not in done.stdout
+    assert '"event": "shutdown.threads_abandoned"' in done.stdout
+    assert '"threads": ["sync-flush"]' in done.stdout
+
+
+def test_threads_that_finish_or_are_daemons_let_the_exit_continue() -> None:
+    for kind in ("finishing", "daemon"):
+        done = run_threads_child(kind)
+        assert done.returncode == 0, (kind, done.stderr)
+        assert "returned" in done.stdout
+        assert "threads_abandoned" not in done.stdout
