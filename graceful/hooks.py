@@ -8,6 +8,7 @@ can stop the rest of the shutdown.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -84,6 +85,10 @@ async def run_hook(
     started = time.perf_counter()
     try:
         result = func()
+    except asyncio.CancelledError:
+        # Raised by the hook's own code (a cancelled future's result): the caller cannot be
+        # cancelled inside a plain call, only at an await.
+        return _ended(name, phase, started, deadline, error="cancelled")
     except (Exception, SystemExit) as exc:
         return _ended(name, phase, started, deadline, error=_describe(exc))
     if not inspect.isawaitable(result):
@@ -145,6 +150,10 @@ def _consume_result(task: asyncio.Future[Any]) -> None:
 
 
 def _name_of(func: object) -> str:
+    if isinstance(func, functools.partial):
+        return f"partial({_name_of(func.func)})"
+    if not hasattr(func, "__qualname__"):  # an instance (a resource entered with enter())
+        func = type(func)
     module = getattr(func, "__module__", None)
     name = getattr(func, "__qualname__", None) or repr(func)
     return f"{module}.{name}" if module and module != "__main__" else str(name)

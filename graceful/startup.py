@@ -37,13 +37,21 @@ async def run_startup(
     loop = asyncio.get_running_loop()
     startup = loop.create_task(_run_steps(steps, log))
     stop = loop.create_task(stop_requested.wait())
-    await asyncio.wait({startup, stop}, return_when=asyncio.FIRST_COMPLETED)
-    stop.cancel()
+    try:
+        await asyncio.wait({startup, stop}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        startup.cancel()  # our caller is cancelled: so is the step it was waiting for
+        raise
+    finally:
+        stop.cancel()
     if not startup.done():
         startup.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await startup
         return StartOutcome.ABORTED
+    if startup.cancelled():  # a step raised CancelledError by itself (a cancelled future)
+        log.error("startup.failed", error="a startup step was cancelled")
+        return StartOutcome.FAILED
     try:
         startup.result()
     except Exception as exc:

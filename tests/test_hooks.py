@@ -114,11 +114,6 @@ async def test_hook_whose_own_task_is_cancelled_is_failed_not_raised() -> None:
     assert (outcome.outcome, outcome.error) == (Outcome.FAILED, "cancelled")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a plain hook raising asyncio.CancelledError (future.result() on a cancelled "
-    "future) escapes run_hook, which the caller takes for its own cancellation",
-)
 async def test_plain_hook_raising_cancelled_error_is_failed_not_raised() -> None:
     cancelled = asyncio.get_running_loop().create_future()
     cancelled.cancel()
@@ -265,20 +260,11 @@ def test_hook_name_leaves_out_main() -> None:
     assert hook_name(in_main) == ("test_hook_name_leaves_out_main.<locals>.in_main")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an object without __qualname__ (the resource of runtime.enter(resource)) is "
-    "named 'module.<module.Class object at 0x...>': an address, and the module twice",
-)
 def test_hook_name_of_an_entered_resource_names_its_class_without_an_address() -> None:
     name = hook_name(_Resource())
     assert "0x" not in name
     assert name.count("tests.test_hooks") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a functools.partial is named 'functools.functools.partial(...)'",
-)
 def test_hook_name_of_a_partial_does_not_repeat_the_module() -> None:
     assert not hook_name(functools.partial(print, "x")).startswith("functools.functools.")

@@ -100,11 +100,6 @@ async def test_stop_requested_after_startup_leaves_it_started() -> None:
     assert journal == ["only"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a step that raises CancelledError on its own (awaiting a future someone "
-    "else cancelled) escapes run_startup as if the runtime itself were cancelled",
-)
 async def test_step_raising_cancelled_error_by_itself_is_failed() -> None:
     async def wait_for_cancelled_connect() -> None:
         connect = asyncio.get_running_loop().create_future()
@@ -118,11 +113,6 @@ async def test_step_raising_cancelled_error_by_itself_is_failed() -> None:
     assert outcome is StartOutcome.FAILED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: cancelling run_startup's caller (serve() in a task that is cancelled) leaves "
-    "the running step, and the steps after it, running in the background",
-)
 async def test_cancelling_the_caller_cancels_the_running_step() -> None:
     waiting = asyncio.Event()
     release = asyncio.Event()
