@@ -442,6 +442,37 @@ def test_sqlite_wal_full_keeps_every_commit_across_cuts(volume: PowerLossVolume,
         assert stored(path) == committed
 
 
+OTHER_WRITER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA synchronous=FULL")
+for i in range(int(sys.argv[2]), int(sys.argv[2]) + 20):
+    conn.execute("INSERT INTO t VALUES (?, ?)", (i, b"from another process"))
+conn.close()
+"""
+
+
+def test_sqlite_wal_shared_by_two_processes(volume: PowerLossVolume) -> None:
+    """Two processes commit in turn to one WAL database while both keep it open: the -shm
+    mapping they share stays coherent (each open of it reaches the file system), and after a
+    cut every row committed by either is there."""
+    path = volume.mountpoint / "t.db"
+    conn = open_wal(path, "FULL")
+    committed: set[int] = set()
+    for turn in range(3):
+        base = 1000 * turn
+        other = subprocess.run(
+            [sys.executable, "-c", OTHER_WRITER, str(path), str(base)], capture_output=True
+        )
+        assert other.returncode == 0, other.stderr
+        conn.execute("INSERT INTO t VALUES (?, ?)", (base + 500, b"from the test"))
+        committed |= {*range(base, base + 20), base + 500}
+        assert {row[0] for row in conn.execute("SELECT id FROM t")} == committed
+    volume.cut()
+    crash(conn)
+    assert stored(path) == committed
+
+
 def test_sqlite_wal_normal_loses_commits_control(volume: PowerLossVolume) -> None:
     """Control: synchronous=NORMAL does not fsync at commit, so a cut loses committed rows
     (a SIGKILL would not). The volume can tell the two apart."""

@@ -79,7 +79,7 @@ class PowerLossFS(fuse.Operations):  # type: ignore[misc]
     Args:
         model: the durability model of the backing directory.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     use_ns = True  # times in integer nanoseconds, as os.stat gives them
@@ -344,13 +344,16 @@ class PowerLossFS(fuse.Operations):  # type: ignore[misc]
         for line in lines:
             command = line.strip()
             with self._lock:
-                if command == "cut":
-                    self.frozen = True
-                    reply: dict[str, Any] = asdict(self.model.cut())
-                elif command == "pending":
-                    reply = asdict(self.model.pending())
-                else:
-                    reply = {"error": f"unknown command {command!r}"}
+                try:
+                    if command == "cut":
+                        self.frozen = True
+                        reply: dict[str, Any] = asdict(self.model.cut())
+                    elif command == "pending":
+                        reply = asdict(self.model.pending())
+                    else:
+                        reply = {"error": f"unknown command {command!r}"}
+                except Exception as exc:  # answered, so the parent is not left waiting
+                    reply = {"error": f"{command} failed: {exc!r}"}
             print(json.dumps(reply), file=out, flush=True)
 
 

@@ -65,7 +65,7 @@ class Pending:
         directories: directories with names created, removed or renamed and not yet fsynced
             (``"."`` is the root).
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     files: tuple[str, ...]
@@ -82,7 +82,7 @@ class CutReport:
             directory's last sync).
         restored: names that came back (removed or renamed away since that sync).
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     reverted: tuple[str, ...]
@@ -107,7 +107,7 @@ class Durability:
         trash: an empty directory on the same file system as ``root``, outside it, for the
             inodes that lost their last live name but are still named in a synced listing.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     def __init__(self, root: str, trash: str) -> None:

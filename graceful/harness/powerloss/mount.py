@@ -36,14 +36,14 @@ __all__ = ["PowerLossError", "PowerLossVolume", "is_mounted", "unavailable", "un
 class PowerLossError(GracefulError):
     """The power-loss volume cannot be mounted, cut or unmounted; the message says why.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
 
 def unavailable() -> str | None:
     """Why a power-loss volume cannot be mounted here, or ``None`` when it can.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
     if sys.platform != "linux":
         return "FUSE volumes need Linux"
@@ -70,7 +70,7 @@ def _unescape(field: str) -> str:
 def is_mounted(path: str | os.PathLike[str]) -> bool:
     """Whether something is mounted at ``path`` in this mount namespace.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
     target = os.path.realpath(path)
     with open("/proc/self/mountinfo") as f:
@@ -103,7 +103,7 @@ class PowerLossVolume:
             mode: docs/power-loss.md).
         timeout: seconds to wait for the file system to mount, answer or exit.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     def __init__(
@@ -304,7 +304,7 @@ def unmount_lazily(mountpoint: str | os.PathLike[str]) -> None:
     Raises:
         PowerLossError: it is still mounted afterwards.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
     for command in (["fusermount3", "-u", "-z", "-q"], ["umount", "-l"]):
         if shutil.which(command[0]) is None:
