@@ -45,10 +45,13 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /app \
         --shell /usr/sbin/nologin app \
     && mkdir -p /data/jobs \
     && chown -R app:app /data
+# The admin server stays on loopback, where the HEALTHCHECK probes it: set
+# ADMIN_HOST=0.0.0.0 when something outside the container must reach it (the kubelet,
+# a load balancer's checks, the harness: deploy/kubernetes/ and the harness do).
 ENV PATH=/opt/venv/bin:$PATH \
     PORT=8080 \
     ADMIN_PORT=9090 \
-    ADMIN_HOST=0.0.0.0 \
+    ADMIN_HOST=127.0.0.1 \
     GRACEFUL_STOP_TIMEOUT=10 \
     STATE_PATH=/data/state.sqlite \
     JOBS_DIR=/data/jobs \

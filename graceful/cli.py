@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import importlib
+import ipaddress
 import json
+import math
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,9 @@ from graceful.exceptions import ConfigError, TargetImportError
 from graceful.runtime import ExitCode, Runtime
 
 __all__ = ["import_target", "main"]
+
+#: Admin port the probe asks when ADMIN_PORT is not set (the examples' contract).
+DEFAULT_ADMIN_PORT = 9090
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,12 +91,15 @@ def _parser() -> argparse.ArgumentParser:
     probe = sub.add_parser(
         "probe",
         help="exit 0 when an admin endpoint answers 200 (for HEALTHCHECK)",
-        description="GET http://HOST:ADMIN_PORT/<endpoint>; exit 0 on 200, 1 otherwise.",
+        description="GET http://ADMIN_HOST:ADMIN_PORT/<endpoint> directly (proxy variables "
+        "are ignored; 0.0.0.0 and :: are probed on loopback); exit 0 on 200, 1 otherwise.",
     )
     probe.add_argument("endpoint", choices=["livez", "readyz"])
-    probe.add_argument("--host", default="127.0.0.1")
-    probe.add_argument("--port", type=int, help="admin port (default: ADMIN_PORT or 9090)")
-    probe.add_argument("--timeout", type=float, default=2.0)
+    probe.add_argument("--host", help="admin address (default: ADMIN_HOST or 127.0.0.1)")
+    probe.add_argument(
+        "--port", type=_port, help=f"admin port (default: ADMIN_PORT or {DEFAULT_ADMIN_PORT})"
+    )
+    probe.add_argument("--timeout", type=_seconds, default=2.0, help="seconds (default: 2)")
 
     harness = sub.add_parser(
         "harness",
@@ -107,6 +114,26 @@ def _parser() -> argparse.ArgumentParser:
     except ImportError:  # the harness extra is not installed: `main` explains
         harness.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port number (1-65535)")
+    return port
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (up to 3600)")
+    return seconds
 
 
 def import_target(target: str) -> Any:
@@ -193,16 +220,55 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    port = args.port if args.port is not None else int(os.environ.get("ADMIN_PORT") or 9090)
-    url = f"http://{args.host}:{port}/{args.endpoint}"
+    """GET the endpoint straight from the admin server.
+
+    http.client, not urllib: the probe talks to its own container, and urllib would send it
+    through ``http_proxy``/``ALL_PROXY`` (Docker sets those from the client's proxy config).
+    """
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as response:
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-    except OSError as exc:
-        print(f"{url}: {exc}", file=sys.stderr)
+        host, port = _probe_address(args.host, args.port)
+    except ConfigError as exc:
+        print(f"graceful probe: {exc}", file=sys.stderr)
         return 1
+    url = f"http://{_url_host(host)}:{port}/{args.endpoint}"
+    connection = http.client.HTTPConnection(host, port, timeout=args.timeout)
+    try:
+        connection.request("GET", f"/{args.endpoint}", headers={"Connection": "close"})
+        status = connection.getresponse().status
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        print(f"graceful probe: {url}: {str(exc) or type(exc).__name__}", file=sys.stderr)
+        return 1
+    finally:
+        connection.close()
     if status != 200:
-        print(f"{url}: HTTP {status}", file=sys.stderr)
+        print(f"graceful probe: {url}: HTTP {status}", file=sys.stderr)
     return 0 if status == 200 else 1
+
+
+def _probe_address(host: str | None, port: int | None) -> tuple[str, int]:
+    """Where the admin server of this container listens: options, else ADMIN_HOST/ADMIN_PORT.
+
+    Raises:
+        ConfigError: a variable the probe needs is invalid, or the admin server is off.
+    """
+    needed = {"ADMIN_HOST": host is None, "ADMIN_PORT": port is None}
+    environ = {var: os.environ[var] for var, need in needed.items() if need and var in os.environ}
+    config = Config.from_env(environ)  # validates just these two, naming the variable
+    if port is None:
+        raw = environ.get("ADMIN_PORT", "").strip()
+        if config.admin_port is None and raw:
+            raise ConfigError(f"ADMIN_PORT={raw!r}: the admin server is off, nothing to probe")
+        if config.admin_port == 0:
+            raise ConfigError("ADMIN_PORT='0' picks a free port at startup: pass --port")
+        port = DEFAULT_ADMIN_PORT if config.admin_port is None else config.admin_port
+    host = config.admin_host if host is None else host
+    try:
+        if ipaddress.ip_address(host).is_unspecified:  # 0.0.0.0 or ::: bound on loopback too
+            host = "::1" if ":" in host else "127.0.0.1"
+    except ValueError:  # a host name
+        pass
+    return host, port
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

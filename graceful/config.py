@@ -7,16 +7,18 @@ process between SIGTERM and SIGKILL (``docker stop -t``, Kubernetes'
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+import re
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from graceful.exceptions import ConfigError
 
-__all__ = ["ENV_VARS", "Config"]
+__all__ = ["ENV_VARS", "MAX_SECONDS", "STOP_SIGNALS", "Config"]
 
 LoopName = Literal["auto", "asyncio", "uvloop"]
 LogFormat = Literal["auto", "json", "console", "off"]
@@ -24,7 +26,6 @@ LogFormat = Literal["auto", "json", "console", "off"]
 _LOOPS = ("auto", "asyncio", "uvloop")
 _LOG_FORMATS = ("auto", "json", "console", "off")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
-_UNCATCHABLE = ("SIGKILL", "SIGSTOP")
 
 #: Environment variable for each setting that can come from the environment.
 ENV_VARS: dict[str, str] = {
@@ -47,6 +48,8 @@ ENV_VARS: dict[str, str] = {
 class Config:
     """How a service starts and stops.
 
+    Durations are seconds, at most ``MAX_SECONDS`` (a day).
+
     Args:
         stop_timeout: seconds between the stop signal and SIGKILL (Docker: 10).
         delay: propagation delay after ``/readyz`` turns 503 and before the listeners close,
@@ -60,9 +63,12 @@ class Config:
             them; ``None`` derives it (20 % of stop_timeout, between 0.2 and 3 s).
         hook_timeout: default cap on one shutdown hook; ``None`` lets a hook use what is left
             of its phase.
-        signals: names of the signals that start a stop (an image's ``STOPSIGNAL``).
+        signals: names of the signals that start a stop (an image's ``STOPSIGNAL``), from
+            ``STOP_SIGNALS``: SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGPWR.
         loop: ``"auto"`` uses uvloop when installed, ``"asyncio"`` opts out.
-        admin_host: address of the admin server (``/livez``, ``/readyz``, ``/metrics``).
+        admin_host: address of the admin server (``/livez``, ``/readyz``, ``/metrics``), an
+            IP address or a host name; ``0.0.0.0`` when the kubelet or a load balancer
+            probes it from outside the container.
         admin_port: port of the admin server; ``None`` runs none.
         handle_signals: install signal handlers; off for embedding in another runner.
         reap_zombies: reap orphaned children; ``None`` does it only when running as PID 1.
@@ -71,7 +77,8 @@ class Config:
         log_level: minimum level of graceful's own log events.
 
     Raises:
-        ConfigError: a value cannot work; the message names the setting and the value.
+        ConfigError: a value cannot work; the message names the argument and the value
+            (``from_env`` names the environment variable when the value came from there).
 
     .. versionadded:: 0.1
     """
@@ -92,37 +99,25 @@ class Config:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        _check_seconds("stop_timeout", self.stop_timeout, positive=True)
-        _check_seconds("delay", self.delay)
-        _check_seconds("drain_timeout", self.drain_timeout, positive=True, optional=True)
-        _check_seconds("margin", self.margin, optional=True)
-        _check_seconds("reserve", self.reserve, optional=True)
-        _check_seconds("hook_timeout", self.hook_timeout, positive=True, optional=True)
-        if self.margin is not None and self.margin >= self.stop_timeout:
-            raise ConfigError(
-                f"margin={self.margin!r} must be smaller than stop_timeout={self.stop_timeout!r}"
-            )
-        _check_signals("signals", self.signals)
-        _check_choice("loop", self.loop, _LOOPS)
-        _check_choice("log_format", self.log_format, _LOG_FORMATS)
-        _check_choice("log_level", self.log_level, _LOG_LEVELS)
-        _check_port("admin_port", self.admin_port)
-        if not self.admin_host:
-            raise ConfigError("admin_host must not be empty")
+        _validate(self._values(), lambda name: f"{name}={getattr(self, name)!r}")
+
+    def _values(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @property
     def effective_margin(self) -> float:
-        """Seconds left before SIGKILL when the process must be gone."""
+        """Seconds left before SIGKILL when the process must be gone (derived: to the ms)."""
         if self.margin is not None:
             return self.margin
-        return min(max(0.1 * self.stop_timeout, 0.05), 1.0)
+        # Rounded to the millisecond: 0.1 * 3 is 0.30000000000000004, which logs read badly.
+        return round(min(max(0.1 * self.stop_timeout, 0.05), 1.0), 3)
 
     @property
     def effective_reserve(self) -> float:
-        """Seconds kept for cancel, flush and close."""
+        """Seconds kept for cancel, flush and close (derived: to the ms)."""
         if self.reserve is not None:
             return self.reserve
-        return min(max(0.2 * self.stop_timeout, 0.2), 3.0)
+        return round(min(max(0.2 * self.stop_timeout, 0.2), 3.0), 3)
 
     def fit_warnings(self) -> list[str]:
         """Explain, with the numbers, why this configuration cannot fit its stop timeout."""
@@ -169,80 +164,153 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         values: dict[str, Any] = {}
+        from_env: dict[str, str] = {}  # field -> "VARIABLE='raw value'", for error messages
         for name, var in ENV_VARS.items():
             raw = environ.get(var)
             if raw is None or raw.strip() == "" or name in overrides:
                 continue
-            values[name] = _parse_env(name, var, raw.strip())
+            from_env[name] = f"{var}={raw!r}"
+            values[name] = _parse_env(name, raw.strip(), from_env[name])
         values.update(overrides)
+        # Validate before construction, so that an error names the variable a value came from
+        # (construction would name the field); values from code are named as arguments.
+        defaults = cls()._values()
+        merged = {**defaults, **values}
+
+        def label(name: str) -> str:
+            if name in from_env:
+                return from_env[name]
+            if name in values:
+                return f"{name}={values[name]!r}"
+            return f"{ENV_VARS.get(name, name)} (default {defaults[name]!r})"
+
+        _validate(merged, label)
         return cls(**values)
 
 
-def _parse_env(name: str, var: str, raw: str) -> Any:
-    """Turn one environment value into a field value, naming the variable on error."""
-    try:
-        if name in ("stop_timeout", "delay", "drain_timeout", "margin", "reserve", "hook_timeout"):
-            if name in ("drain_timeout", "hook_timeout") and raw.lower() in ("none", "inf"):
-                return None
-            value: Any = float(raw)
-            _check_seconds(var, value, positive=name in ("stop_timeout", "drain_timeout"))
-            return value
-        if name == "admin_port":
-            if raw.lower() in ("none", "off"):
-                return None
-            value = int(raw)
-            _check_port(var, value)
-            return value
-        if name == "signals":
-            value = tuple(s.strip().upper() for s in raw.split(",") if s.strip())
-            value = tuple(s if s.startswith("SIG") else f"SIG{s}" for s in value)
-            _check_signals(var, value)
-            return value
-        if name == "loop":
-            _check_choice(var, raw, _LOOPS)
-        elif name == "log_format":
-            _check_choice(var, raw, _LOG_FORMATS)
-        elif name == "log_level":
-            raw = raw.lower()
-            _check_choice(var, raw, _LOG_LEVELS)
-        return raw
-    except ValueError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"{var}={raw!r} is not valid: {exc}") from None
+#: Longest accepted duration, in seconds: a day. Longer is a typo, and overflows the timers
+#: that enforce the deadline.
+MAX_SECONDS = 86400.0
+
+#: Signals that can start a stop. Others mean something else (SIGCHLD, SIGWINCH, SIGCONT,
+#: job control), report a crash (SIGSEGV, SIGBUS, SIGFPE, SIGILL) or cannot be caught
+#: (SIGKILL, SIGSTOP). SIGPWR is what LXC sends a container's init to shut it down.
+STOP_SIGNALS: tuple[str, ...] = tuple(
+    name
+    for name in ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGPWR")
+    if hasattr(signal, name)
+)
+
+_SECONDS = ("stop_timeout", "delay", "drain_timeout", "margin", "reserve", "hook_timeout")
+_POSITIVE = ("stop_timeout", "drain_timeout", "hook_timeout")
+_OPTIONAL = ("drain_timeout", "margin", "reserve", "hook_timeout")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
-def _check_seconds(
-    name: str, value: object, *, positive: bool = False, optional: bool = False
-) -> None:
+def _parse_env(name: str, raw: str, label: str) -> Any:
+    """Turn one environment value into a field value; ``label`` names the variable and value.
+
+    Only the type is checked here; ``_validate`` checks ranges, with the same label.
+    """
+    if name in _SECONDS:
+        if name in ("drain_timeout", "hook_timeout") and raw.lower() in ("none", "inf"):
+            return None
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{label} is not a number of seconds") from None
+    if name == "admin_port":
+        if raw.lower() in ("none", "off"):
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{label} is not a port number (or 'off')") from None
+    if name == "signals":
+        value = tuple(s.strip().upper() for s in raw.split(",") if s.strip())
+        return tuple(s if s.startswith("SIG") else f"SIG{s}" for s in value)
+    if name in ("loop", "log_format", "log_level"):
+        return raw.lower()
+    return raw
+
+
+def _validate(values: Mapping[str, Any], label: Callable[[str], str]) -> None:
+    """Check every setting; ``label(name)`` names one in an error (variable or argument)."""
+    for name in _SECONDS:
+        _check_seconds(
+            label(name), values[name], positive=name in _POSITIVE, optional=name in _OPTIONAL
+        )
+    margin, stop_timeout = values["margin"], values["stop_timeout"]
+    if margin is not None and margin >= stop_timeout:
+        raise ConfigError(f"{label('margin')} must be smaller than {label('stop_timeout')}")
+    _check_signals(label("signals"), values["signals"])
+    _check_choice(label("loop"), values["loop"], _LOOPS)
+    _check_choice(label("log_format"), values["log_format"], _LOG_FORMATS)
+    _check_choice(label("log_level"), values["log_level"], _LOG_LEVELS)
+    _check_port(label("admin_port"), values["admin_port"])
+    _check_host(label("admin_host"), values["admin_host"])
+    if not isinstance(values["handle_signals"], bool):
+        raise ConfigError(f"{label('handle_signals')} must be True or False")
+    if values["reap_zombies"] is not None and not isinstance(values["reap_zombies"], bool):
+        raise ConfigError(f"{label('reap_zombies')} must be True, False or None")
+
+
+def _check_seconds(label: str, value: object, *, positive: bool, optional: bool) -> None:
     if value is None:
         if optional:
             return
-        raise ConfigError(f"{name} must be a number of seconds, not None")
+        raise ConfigError(f"{label} must be a number of seconds, not None")
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name}={value!r} is not a number of seconds")
+        raise ConfigError(f"{label} is not a number of seconds")
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         need = "a positive" if positive else "a non-negative"
-        raise ConfigError(f"{name}={value!r} must be {need} finite number of seconds")
+        raise ConfigError(f"{label} must be {need} finite number of seconds")
+    if value > MAX_SECONDS:
+        raise ConfigError(f"{label} is more than a day ({MAX_SECONDS:g} seconds)")
 
 
-def _check_signals(name: str, value: tuple[str, ...]) -> None:
+def _check_signals(label: str, value: object) -> None:
+    if (
+        isinstance(value, str)
+        or not isinstance(value, tuple | list)
+        or not all(isinstance(sig, str) for sig in value)
+    ):
+        raise ConfigError(f"{label} must be a tuple of signal names, such as ('SIGTERM',)")
     if not value:
-        raise ConfigError(f"{name} must name at least one signal")
+        raise ConfigError(f"{label} must name at least one signal")
     for sig in value:
-        if sig in _UNCATCHABLE:
-            raise ConfigError(f"{name}: {sig} cannot be caught, so it cannot start a graceful stop")
-        if not isinstance(getattr(signal, sig, None), signal.Signals):
-            raise ConfigError(f"{name}: unknown signal name {sig!r}")
+        if sig in STOP_SIGNALS:
+            continue
+        if sig in ("SIGKILL", "SIGSTOP"):
+            why = "cannot be caught, so it cannot start a graceful stop"
+        elif isinstance(getattr(signal, sig, None), signal.Signals):
+            why = "is not a stop signal"
+        else:
+            why = "is not a signal name"
+        raise ConfigError(f"{label}: {sig} {why}; use {', '.join(STOP_SIGNALS)}")
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def _check_choice(label: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
+        raise ConfigError(f"{label} must be one of {', '.join(choices)}")
 
 
-def _check_port(name: str, value: object) -> None:
+def _check_port(label: str, value: object) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-        raise ConfigError(f"{name}={value!r} must be a TCP port number between 0 and 65535")
+        raise ConfigError(f"{label} must be a TCP port number between 0 and 65535")
+
+
+def _check_host(label: str, value: object) -> None:
+    """An IP address or a host name: what the admin server can bind without surprises."""
+    if isinstance(value, str) and value:
+        try:
+            ipaddress.ip_address(value)
+            return
+        except ValueError:
+            pass
+        name = value.removesuffix(".")
+        if len(name) <= 253 and all(_HOST_LABEL.fullmatch(part) for part in name.split(".")):
+            return
+    raise ConfigError(f"{label} must be an IP address (such as 127.0.0.1) or a host name")

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-import pytest
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 
-from graceful import Config, ConfigError
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from graceful import Config, ConfigError, cli
 from graceful.budget import Budget
+from graceful.config import ENV_VARS, MAX_SECONDS
+from tests.support import APPS, ServiceProcess
+
+LIFECYCLE_APP = APPS / "lifecycle_app.py"
 
 
 def test_defaults_follow_docker() -> None:
@@ -70,31 +85,217 @@ def test_config_that_cannot_fit_is_explained_with_numbers() -> None:
     assert Config(stop_timeout=2, delay=5).fit_warnings()
 
 
-def test_budget_splits_the_stop_timeout() -> None:
-    budget = Budget.plan(Config(stop_timeout=10, delay=2), start=100.0)
-    assert budget.exit_at == pytest.approx(109.0)  # 1 s margin
-    assert budget.delay_end == pytest.approx(102.0)
-    assert budget.drain_end == pytest.approx(107.0)  # 2 s reserve for cancel, flush, close
-    assert budget.drain_end < budget.cancel_end <= budget.exit_at
-    assert budget.share(4.5) == pytest.approx(0.5)
+# The budget's arithmetic (Budget.plan, skip_to_flush, share) is tested in test_budget.py.
 
 
-def test_budget_reserve_survives_a_delay_longer_than_the_timeout() -> None:
-    budget = Budget.plan(Config(stop_timeout=3, delay=60), start=0.0)
-    assert budget.delay_end == budget.drain_end
-    assert budget.exit_at - budget.drain_end == pytest.approx(
-        Config(stop_timeout=3).effective_reserve
+# --- errors name where a value came from (issue 9, item 13) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"GRACEFUL_HOOK_TIMEOUT": "0"}, ["GRACEFUL_HOOK_TIMEOUT='0'"]),
+        ({"GRACEFUL_DRAIN_TIMEOUT": "0"}, ["GRACEFUL_DRAIN_TIMEOUT='0'"]),
+        ({"GRACEFUL_RESERVE": "-1"}, ["GRACEFUL_RESERVE='-1'"]),
+        (
+            {"GRACEFUL_MARGIN": "20"},
+            ["GRACEFUL_MARGIN='20'", "GRACEFUL_STOP_TIMEOUT (default 10.0)"],
+        ),
+        (
+            {"GRACEFUL_MARGIN": "5", "GRACEFUL_STOP_TIMEOUT": "3"},
+            ["GRACEFUL_MARGIN='5'", "GRACEFUL_STOP_TIMEOUT='3'"],
+        ),
+        ({"ADMIN_HOST": "a..b"}, ["ADMIN_HOST='a..b'"]),
+        ({"GRACEFUL_STOP_TIMEOUT": "1e300"}, ["GRACEFUL_STOP_TIMEOUT='1e300'"]),
+    ],
+)
+def test_env_errors_name_the_variable_not_the_field(env: dict[str, str], named: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_env(env)
+    message = str(info.value)
+    for text in named:
+        assert text in message
+    fields = ("hook_timeout", "drain_timeout", "reserve", "margin", "stop_timeout", "admin_host")
+    assert not any(message.startswith(f"{name}=") for name in fields), message
+
+
+def test_code_errors_name_the_argument_not_a_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({"GRACEFUL_STOP_TIMEOUT": "3"}, margin=5)
+    assert "margin=5 must be smaller than GRACEFUL_STOP_TIMEOUT='3'" in str(info.value)
+    with pytest.raises(ConfigError, match=r"^hook_timeout=0 must be a positive"):
+        Config(hook_timeout=0)
+    with pytest.raises(ConfigError, match=r"^signals='SIGTERM' must be a tuple"):
+        Config(signals="SIGTERM")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^admin_host=9090 must be an IP address"):
+        Config(admin_host=9090)  # type: ignore[arg-type]
+
+
+REJECTED_SIGNALS = [
+    "CHLD", "SEGV", "KILL", "STOP", "BUS", "FPE", "ILL", "WINCH", "URG", "CONT", "TSTP",
+    "TTIN", "TTOU", "ALRM", "PIPE", "ABRT", "TRAP", "SYS", "XCPU", "PROF", "IO",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", REJECTED_SIGNALS)
+def test_signals_that_do_not_mean_stop_are_rejected(name: str) -> None:
+    """SIGCHLD arrives whenever a child exits, SIGWINCH when a terminal resizes, SIGSEGV on a
+    crash: any of them as a stop signal would stop a healthy service, or never come."""
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({"GRACEFUL_SIGNALS": f"TERM,{name}"})
+    assert f"GRACEFUL_SIGNALS='TERM,{name}'" in str(info.value)
+    assert f"SIG{name} " in str(info.value)
+    with pytest.raises(ConfigError, match=f"SIG{name}"):
+        Config(signals=("SIGTERM", f"SIG{name}"))
+
+
+def test_stop_signals_are_accepted() -> None:
+    env = {"GRACEFUL_SIGNALS": "term,int,quit,hup,usr1,usr2,pwr"}
+    assert Config.from_env(env).signals == (
+        "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGPWR",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "127.0.0.1", "::1", "localhost", "my_app.lan"])
+def test_admin_host_accepts_addresses_and_host_names(host: str) -> None:
+    assert Config.from_env({"ADMIN_HOST": host}).admin_host == host
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 64, "-", "http://x", "1.2.3.4:80", "é.com"])
+def test_admin_host_rejects_what_cannot_be_bound(host: str) -> None:
+    with pytest.raises(ConfigError, match="ADMIN_HOST="):
+        Config.from_env({"ADMIN_HOST": host})
+
+
+# --- numbers read well in logs (issue 9, item 14) ------------------------------------------------
+
+
+@given(st.floats(min_value=0.001, max_value=MAX_SECONDS))
+def test_derived_margin_and_reserve_are_whole_milliseconds(stop_timeout: float) -> None:
+    config = Config(stop_timeout=stop_timeout)
+    for value in (config.effective_margin, config.effective_reserve):
+        assert value == round(value, 3)
+        assert len(repr(value).split(".")[1]) <= 3, repr(value)
+
+
+def test_service_starting_logs_round_numbers() -> None:
+    """0.1 * 3 is 0.30000000000000004 in floating point; the log says 0.3."""
+    service = ServiceProcess.python(LIFECYCLE_APP, env={"GRACEFUL_STOP_TIMEOUT": "3"})
+    with service:
+        starting = service.wait_event("service.starting")
+        service.wait_for("APP serving")
+        service.signal(signal.SIGTERM)
+        assert service.wait() == 0
+    assert (starting["margin"], starting["reserve"]) == (0.3, 0.6)
+    line = next(line for line in service.lines if '"service.starting"' in line)
+    assert "0.30000000000000004" not in line
+    assert "0.6000000000000001" not in line
+
+
+# --- every variable, any string (issue 9: property test of the parser) --------------------------
+
+NUMBERISH = st.one_of(
+    st.floats().map(repr),
+    st.integers(min_value=-(10**30), max_value=10**30).map(str),
+    st.sampled_from(["none", "None", "inf", "-inf", "nan", "off", "1_0", "0x10", "1e400", "٣"]),
+)
+SIGNALISH = st.lists(
+    st.one_of(
+        st.sampled_from([s.name for s in signal.Signals] + ["term", "sig", "SIGBOGUS", " "]),
+        st.text(max_size=8),
+    ),
+    max_size=4,
+).map(",".join)
+ANY_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40)
+ENV_VALUES = st.one_of(ANY_TEXT, NUMBERISH, SIGNALISH, st.sampled_from(["auto", "JSON", "Info"]))
+TYPES: dict[str, tuple[type, ...]] = {
+    "signals": (tuple,),
+    "loop": (str,),
+    "admin_host": (str,),
+    "admin_port": (int, type(None)),
+    "log_format": (str,),
+    "log_level": (str,),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(var=st.sampled_from(sorted(ENV_VARS.values())), raw=ENV_VALUES)
+def test_any_string_in_any_variable_is_a_valid_value_or_names_it(var: str, raw: str) -> None:
+    """Either a ConfigError that quotes ``VAR='raw'``, or a value that works: the right type,
+    within range, and a budget that plans."""
+    name = next(field for field, env_var in ENV_VARS.items() if env_var == var)
+    try:
+        config = Config.from_env({var: raw})
+    except ConfigError as exc:
+        error = str(exc)
+    else:
+        error = ""
+    event("rejected" if error else "accepted")
+    if error:
+        assert f"{var}={raw!r}" in error
+        return
+    value = getattr(config, name)
+    if raw.strip():
+        assert isinstance(value, TYPES.get(name, (float, type(None))))
+    if isinstance(value, float):
+        assert 0 <= value <= MAX_SECONDS
+    budget = Budget.plan(config, start=0.0)
+    assert 0 <= budget.drain_end <= budget.exit_at < config.stop_timeout
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Set process environment variables for a block (``graceful config`` reads os.environ)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
+@settings(max_examples=40, deadline=None)
+@given(var=st.sampled_from(sorted(ENV_VARS.values())), raw=ENV_VALUES)
+def test_graceful_config_prints_or_explains_in_one_line(var: str, raw: str) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        environment(**{var: raw}),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        code = cli.main(["config", "--json"])
+    if code == 0:
+        assert json.loads(out.getvalue())["settings"]
+    else:
+        assert code == 1
+        assert err.getvalue().count("\n") == 1
+        assert f"{var}={raw!r}" in err.getvalue()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"GRACEFUL_HOOK_TIMEOUT": "0"},
+        {"GRACEFUL_MARGIN": "20"},
+        {"GRACEFUL_SIGNALS": "CHLD"},
+        {"ADMIN_PORT": "off", "GRACEFUL_LOOP": "trio"},
+        {"GRACEFUL_STOP_TIMEOUT": "1e400"},
+    ],
+)
+def test_graceful_config_command_explains_without_a_traceback(env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "graceful", "config"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-
-
-def test_drain_timeout_caps_the_drain() -> None:
-    budget = Budget.plan(Config(stop_timeout=30, delay=1, drain_timeout=4), start=0.0)
-    assert budget.drain_end == pytest.approx(5.0)
-
-
-def test_second_signal_moves_the_drain_deadline_to_now() -> None:
-    budget = Budget.plan(Config(stop_timeout=10), start=0.0)
-    skipped = budget.skip_to_flush(now=1.0)
-    assert skipped.drain_end == 1.0
-    assert skipped.exit_at == budget.exit_at
-    assert 1.0 <= skipped.cancel_end <= 1.5
+    assert proc.returncode == 1, proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert any(var in proc.stderr for var in env), proc.stderr

@@ -37,7 +37,7 @@ SERVICE = "/app/service.py"
 EXPECTED_ENV = {
     "PORT": "8080",
     "ADMIN_PORT": "9090",
-    "ADMIN_HOST": "0.0.0.0",
+    "ADMIN_HOST": "127.0.0.1",  # loopback unless the operator opts in (Kubernetes, harness)
     "GRACEFUL_STOP_TIMEOUT": "10",
     "STATE_PATH": "/data/state.sqlite",
     "PYTHONUNBUFFERED": "1",
