@@ -36,6 +36,8 @@ ENV_VARS: dict[str, str] = {
     "reserve": "GRACEFUL_RESERVE",
     "hook_timeout": "GRACEFUL_HOOK_TIMEOUT",
     "signals": "GRACEFUL_SIGNALS",
+    "repeat_window": "GRACEFUL_REPEAT_WINDOW",
+    "ownership_interval": "GRACEFUL_OWNERSHIP_INTERVAL",
     "loop": "GRACEFUL_LOOP",
     "admin_host": "ADMIN_HOST",
     "admin_port": "ADMIN_PORT",
@@ -65,6 +67,10 @@ class Config:
             of its phase.
         signals: names of the signals that start a stop (an image's ``STOPSIGNAL``), from
             ``STOP_SIGNALS``: SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGPWR.
+        repeat_window: seconds within which repeated stop signals count as one (a storm);
+            0 makes every signal escalate.
+        ownership_interval: seconds between the first checks that another library has not
+            replaced our signal handlers (later checks come ten times less often).
         loop: ``"auto"`` uses uvloop when installed, ``"asyncio"`` opts out.
         admin_host: address of the admin server (``/livez``, ``/readyz``, ``/metrics``), an
             IP address or a host name; ``0.0.0.0`` when the kubelet or a load balancer
@@ -90,6 +96,8 @@ class Config:
     reserve: float | None = None
     hook_timeout: float | None = None
     signals: tuple[str, ...] = ("SIGTERM", "SIGINT")
+    repeat_window: float = 0.5
+    ownership_interval: float = 0.5
     loop: LoopName = "auto"
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None
@@ -110,7 +118,9 @@ class Config:
         if self.margin is not None:
             return self.margin
         # Rounded to the millisecond: 0.1 * 3 is 0.30000000000000004, which logs read badly.
-        return round(min(max(0.1 * self.stop_timeout, 0.05), 1.0), 3)
+        # Never more than half the budget: a 10 ms stop timeout must not plan an exit before
+        # the signal.
+        return round(min(max(0.1 * self.stop_timeout, 0.05), 1.0, self.stop_timeout / 2), 3)
 
     @property
     def effective_reserve(self) -> float:
@@ -201,8 +211,20 @@ STOP_SIGNALS: tuple[str, ...] = tuple(
     if hasattr(signal, name)
 )
 
-_SECONDS = ("stop_timeout", "delay", "drain_timeout", "margin", "reserve", "hook_timeout")
-_POSITIVE = ("stop_timeout", "drain_timeout", "hook_timeout")
+#: The shortest stop budget that can be split into phases (whole milliseconds each).
+MIN_STOP_TIMEOUT = 0.01
+
+_SECONDS = (
+    "stop_timeout",
+    "delay",
+    "drain_timeout",
+    "margin",
+    "reserve",
+    "hook_timeout",
+    "repeat_window",
+    "ownership_interval",
+)
+_POSITIVE = ("stop_timeout", "drain_timeout", "hook_timeout", "ownership_interval")
 _OPTIONAL = ("drain_timeout", "margin", "reserve", "hook_timeout")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
@@ -241,6 +263,8 @@ def _validate(values: Mapping[str, Any], label: Callable[[str], str]) -> None:
             label(name), values[name], positive=name in _POSITIVE, optional=name in _OPTIONAL
         )
     margin, stop_timeout = values["margin"], values["stop_timeout"]
+    if stop_timeout < MIN_STOP_TIMEOUT:
+        raise ConfigError(f"{label('stop_timeout')} is under {MIN_STOP_TIMEOUT:g} s: no stop fits")
     if margin is not None and margin >= stop_timeout:
         raise ConfigError(f"{label('margin')} must be smaller than {label('stop_timeout')}")
     _check_signals(label("signals"), values["signals"])

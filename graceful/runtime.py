@@ -317,7 +317,11 @@ class Runtime(Registrations):
         if not self.config.handle_signals:
             return
         self._signals = StopSignals(
-            self.config.signals, self._on_signal, hard_exit_code=int(ExitCode.FORCED)
+            self.config.signals,
+            self._on_signal,
+            hard_exit_code=int(ExitCode.FORCED),
+            repeat_window=self.config.repeat_window,
+            ownership_interval=self.config.ownership_interval,
         )
         if not self._signals.install():
             self.log.warning("signals.not_installed", reason="not on the main thread")

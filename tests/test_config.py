@@ -170,7 +170,7 @@ def test_admin_host_rejects_what_cannot_be_bound(host: str) -> None:
 # --- numbers read well in logs (issue 9, item 14) ------------------------------------------------
 
 
-@given(st.floats(min_value=0.001, max_value=MAX_SECONDS))
+@given(st.floats(min_value=0.01, max_value=MAX_SECONDS))
 def test_derived_margin_and_reserve_are_whole_milliseconds(stop_timeout: float) -> None:
     config = Config(stop_timeout=stop_timeout)
     for value in (config.effective_margin, config.effective_reserve):
@@ -299,3 +299,12 @@ def test_graceful_config_command_explains_without_a_traceback(env: dict[str, str
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert any(var in proc.stderr for var in env), proc.stderr
+
+
+@pytest.mark.parametrize("raw", ["0.009", "1e-10"])
+def test_a_stop_timeout_too_short_to_split_is_a_clear_error(raw: str) -> None:
+    """Below 10 ms the margin would put the exit before the signal (a hypothesis find)."""
+    with pytest.raises(ConfigError, match=f"GRACEFUL_STOP_TIMEOUT='{raw}' is under 0.01 s"):
+        Config.from_env({"GRACEFUL_STOP_TIMEOUT": raw})
+    budget = Budget.plan(Config(stop_timeout=0.01), start=0.0)
+    assert 0 <= budget.drain_end <= budget.exit_at < 0.01

@@ -303,14 +303,16 @@ async def test_second_signal_skips_the_drain() -> None:
 
     Result: the stop goes straight to cancel and flush; it did *not* wait the drain budget.
     """
-    runtime = make_runtime(handle_signals=True, stop_timeout=30.0)
+    runtime = make_runtime(handle_signals=True, stop_timeout=30.0, repeat_window=0.0)
     flushed = asyncio.Event()
+    draining = asyncio.Event()
     runtime.on_shutdown(lambda: _set(flushed))
+    runtime.on_shutdown(lambda: _set(draining), phase="drain")
     async with asyncio.timeout(HANG_GUARD):
         async with run_runtime(runtime=runtime):
             runtime.create_task(asyncio.sleep(3600))
             signal.raise_signal(signal.SIGTERM)
-            await asyncio.sleep(0.6)  # past the repeat window: this one escalates
+            await draining.wait()
             assert runtime.phase is Phase.DRAIN
             signal.raise_signal(signal.SIGTERM)
             await flushed.wait()
@@ -333,11 +335,12 @@ async def test_signal_handlers_are_restored_after_serving() -> None:
 
 
 async def test_a_replaced_handler_is_noticed_and_taken_back() -> None:
-    runtime = make_runtime(handle_signals=True)
+    runtime = make_runtime(handle_signals=True, ownership_interval=0.01)
     with capture_logs() as logs:
         async with asyncio.timeout(HANG_GUARD), run_runtime(runtime=runtime):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # another library's doing
-            await asyncio.sleep(1.2)  # the ownership watch looks within a second
+            while signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+                await asyncio.sleep(0.01)  # the ownership watch takes it back
             signal.raise_signal(signal.SIGTERM)
             await runtime.wait_stopping()
     replaced = [e for e in logs if e["event"] == "signals.handler_replaced"]
@@ -433,7 +436,7 @@ async def test_drain_hooks_are_awaited_and_reported_even_when_nothing_is_in_flig
 
 
 async def test_a_second_signal_reports_the_drain_hooks_it_cut() -> None:
-    runtime = make_runtime(handle_signals=True, stop_timeout=30.0)
+    runtime = make_runtime(handle_signals=True, stop_timeout=30.0, repeat_window=0.0)
     hanging = asyncio.Event()
 
     @runtime.on_shutdown(phase="drain")
@@ -450,7 +453,6 @@ async def test_a_second_signal_reports_the_drain_hooks_it_cut() -> None:
             runtime.create_task(asyncio.sleep(3600))
             signal.raise_signal(signal.SIGTERM)
             await hanging.wait()
-            await asyncio.sleep(0.6)  # past the repeat window: this one escalates
             signal.raise_signal(signal.SIGTERM)
             await runtime.wait_stopped()
     report = next(e for e in logs if e["event"] == "shutdown.report")
