@@ -169,31 +169,75 @@ def hard_exit(code: int, sig: signal.Signals) -> None:
 
 
 def shell_pid1_warning() -> str | None:
-    """Explain the problem when our parent is a shell running as PID 1 (shell-form ``CMD``).
+    """Explain the problem when a shell stands between the stop signal and this process.
 
-    ``/bin/sh -c`` as PID 1 does not forward SIGTERM, so ``docker stop`` waits its full timeout
-    and kills us. Returns ``None`` when that is not the case or cannot be known.
+    Two shapes of it are common in containers, and both end with this process's work cut:
+
+    - Our parent is a shell running as PID 1: a shell-form ``CMD`` (``/bin/sh -c ...``) or an
+      entrypoint script that does not ``exec`` the server (``/bin/sh /entrypoint.sh``). The
+      shell does not forward SIGTERM, so ``docker stop`` waits its full timeout and SIGKILLs
+      us.
+    - Our parent is a shell that an init running as PID 1 started (``docker run --init``): the
+      init passes SIGTERM to the shell, which dies of it without passing it on, and this
+      process is killed with the container (exit 143).
+
+    Returns ``None`` when neither is the case or it cannot be known (no ``/proc``).
     """
-    if os.getpid() == 1 or os.getppid() != 1:
+    if os.getpid() == 1:
         return None
+    parent = os.getppid()
+    shell = _cmdline(parent)
+    if shell is None or not _is_shell(shell):
+        return None
+    shown = b" ".join(shell[:3]).decode(errors="replace")
+    advice = (
+        'use an exec-form CMD (CMD ["python", "app.py"]), or put `exec` before the '
+        "server's command in the entrypoint script (exec python app.py)"
+    )
+    if parent == 1:
+        return (
+            f"PID 1 is a shell ({shown}): it does not forward SIGTERM, so docker stop will wait "
+            f"its full timeout and SIGKILL this process; {advice}"
+        )
+    init = _cmdline(1)
+    if _parent_of(parent) == 1 and init is not None and _is_init(init):
+        return (
+            f"PID 1 is an init ({b' '.join(init[:2]).decode(errors='replace')}) whose child "
+            f"is a shell ({shown}): the init passes SIGTERM to the shell, which dies of it "
+            f"without passing it on, and this process goes down with the container; {advice}"
+        )
+    return None
+
+
+_SHELLS = {b"sh", b"bash", b"dash", b"ash", b"zsh", b"ksh", b"busybox"}
+_INITS = {b"docker-init", b"tini", b"dumb-init", b"catatonit"}
+
+
+def _cmdline(pid: int) -> list[bytes] | None:
     try:
-        with open("/proc/1/cmdline", "rb") as f:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
     except OSError:
         return None
-    if (
-        len(argv) >= 2
-        and os.path.basename(argv[0]) in (b"sh", b"bash", b"dash")
-        and (argv[1] == b"-c")
-    ):
-        return (
-            "PID 1 is a shell ({}): it does not forward SIGTERM, so docker stop will wait its "
-            "full timeout and SIGKILL this process; use an exec-form CMD "
-            '(CMD ["python", "app.py"]) or `exec` in the entrypoint script'.format(
-                b" ".join(argv[:2]).decode(errors="replace")
-            )
-        )
-    return None
+    return [a for a in argv if a] or None
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: fields after its last ")".
+    return int(stat.rsplit(b")", 1)[1].split()[1])
+
+
+def _is_shell(argv: list[bytes]) -> bool:
+    return os.path.basename(argv[0]).lstrip(b"-") in _SHELLS  # "-bash": a login shell
+
+
+def _is_init(argv: list[bytes]) -> bool:
+    return os.path.basename(argv[0]) in _INITS
 
 
 def _describe(handler: object) -> str:

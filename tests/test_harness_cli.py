@@ -31,3 +31,55 @@ def test_run_rejects_unknown_scenarios_and_missing_image(
     assert "unknown scenario nope" in capsys.readouterr().err
     assert cli.main(parser.parse_args(["run"])) == 2
     assert "--image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--admin-port", "0"], "random"),
+        (["--admin-port", "nine"], "not a port number"),
+        (["--work-url", "/slow"], "{ms} or {seconds}"),
+        (["--ready-path", "admin:/readyz", "--admin-port", "off"], "no admin port"),
+    ],
+)
+def test_run_rejects_a_workload_it_cannot_use(
+    capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    """Refused before any engine is asked: exit 2 with the reason."""
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["run", "--image", "x", *options])
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_options_describe_the_workload() -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "run",
+            "--image",
+            "x",
+            "--admin-port",
+            "off",
+            "--work-url",
+            "/slow?s={seconds}",
+            "--ready-path",
+            "main:/health",
+            "--stream-path",
+            "",
+            "--strict",
+        ]
+    )
+    w = cli._workload(args)
+    assert (w.admin_port, w.ready_on, w.ready_path, w.has_stream) == (
+        None,
+        "main",
+        "/health",
+        False,
+    )
+    assert w.work_target(2000) == "/slow?s=2"
+    assert args.strict
+    old = cli._workload(parser.parse_args(["run", "--image", "x", "--work-path", "/w"]))
+    assert old.work_target(5) == "/w?ms=5"

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 
 from graceful.harness.container import StopResult
-from graceful.harness.context import Findings, gather_bounded
+from graceful.harness.context import Findings, gather_bounded, not_ready_diagnosis
 from graceful.harness.load import Kind, Ledger, Record, RequestOutcome
+from graceful.harness.report import Verdict
+from graceful.harness.workload import Workload
 
 
 def test_findings_become_the_scenario_result() -> None:
@@ -17,15 +19,23 @@ def test_findings_become_the_scenario_result() -> None:
     f = Findings()
     f.note("seen")
     assert f.result("x", stop=StopResult(0, 0.5), ledger=ledger).passed
+    f.inconclusive("nothing was in flight")
+    assert f.result("x").verdict is Verdict.INCONCLUSIVE
     f.problem("broken")
     result = f.result("x", stop=StopResult(137, 3.2), ledger=ledger, lost=1)
     assert not result.passed
-    assert result.findings == ("broken", "note: seen")  # problems first
+    assert result.verdict is Verdict.FAIL  # a problem outweighs what was not established
+    # Problems first, then what could not be established, then notes.
+    assert result.findings == ("broken", "inconclusive: nothing was in flight", "note: seen")
     assert result.problems == ("broken",)
     assert (result.exit_code, result.stop_seconds) == (137, 3.2)
     assert (result.sent, result.ok, result.failed, result.acked, result.lost) == (2, 1, 1, 1, 1)
     empty = Findings().result("y")
     assert (empty.exit_code, empty.stop_seconds, empty.sent) == (None, None, 0)
+    skipped = Findings()
+    skipped.skip("needs items: no items path")
+    assert skipped.result("z").verdict is Verdict.SKIPPED
+    assert not skipped.result("z").passed
 
 
 async def test_gather_bounded_cancels_what_outlives_the_guard() -> None:
@@ -38,3 +48,23 @@ async def test_gather_bounded_cancels_what_outlives_the_guard() -> None:
     assert not quick.cancelled()
     assert stuck.cancelled()
     await gather_bounded([])  # nothing to wait for
+
+
+LISTENING = (
+    '{"host": "%s", "port": 9090, "level": "info", '
+    '"timestamp": "2026-11-28T04:37:49.467881Z", "event": "admin.listening"}'
+)
+
+
+def test_an_admin_server_on_loopback_is_diagnosed() -> None:
+    """The admin port never answers when the server binds the container's loopback; the log
+    line graceful writes says where it listens (here as a real container wrote it)."""
+    logs = '{"event": "service.starting"}\n' + LISTENING % "127.0.0.1" + "\n"
+    text = not_ready_diagnosis(logs, Workload())
+    assert "listens on 127.0.0.1 inside the container" in text
+    assert "ADMIN_HOST=0.0.0.0" in text
+    console = "2026-11-28 04:37:49 [info     ] admin.listening   host=127.0.0.1 port=9090"
+    assert "127.0.0.1" in not_ready_diagnosis(console, Workload())
+    # Controls: listening on every address; readiness not on the admin port.
+    assert not_ready_diagnosis(LISTENING % "0.0.0.0", Workload()) == ""
+    assert not_ready_diagnosis(logs, Workload(admin_port=None, ready_path="/health")) == ""

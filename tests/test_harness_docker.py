@@ -11,7 +11,6 @@ container scenario gains nothing from running twice.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from graceful.harness.pytest_plugin import in_ci
+from tests.harness_servers import harness_run, images_or_skip
 
 if TYPE_CHECKING:
     from graceful.harness.container import Container, ImageInfo
@@ -29,33 +29,13 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-IMAGES_DIR = Path(__file__).parent / "images"
-BASE_IMAGE = os.environ.get("GRACEFUL_TEST_BASE_IMAGE", "graceful-base:bookworm")
 STOP_TIMEOUT = 3  # short, so a SIGKILL verdict costs 3 s, yet room for a real drain
 
 
 @pytest.fixture(scope="session")
 def test_images(graceful_engine: Engine) -> dict[str, ImageInfo]:
     """Every image under tests/images/, built (from cache after the first time)."""
-    import docker.errors
-
-    try:
-        graceful_engine.client.images.get(BASE_IMAGE)
-    except docker.errors.ImageNotFound:
-        message = f"base image {BASE_IMAGE} is missing: run `make images` (docker/base-image.sh)"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    built = {}
-    for dockerfile in sorted(IMAGES_DIR.glob("*.Dockerfile")):
-        name = dockerfile.name.removesuffix(".Dockerfile")
-        built[name] = graceful_engine.build(
-            IMAGES_DIR,
-            tag=f"graceful-test-{name}:latest",
-            dockerfile=dockerfile.name,
-            buildargs={"BASE_IMAGE": BASE_IMAGE},
-        )
-    return built
+    return images_or_skip(graceful_engine)
 
 
 def run(engine: Engine, image: ImageInfo, *names: str) -> Report:
@@ -218,51 +198,24 @@ def test_cli_exit_status_and_json_report(
     import json
 
     out = tmp_path / "report.json"
-    good = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "graceful.harness",
-            "run",
-            "--image",
-            test_images["good"].ref,
-            "--scenario",
-            "stop-idle,signal-storm",
-            "--stop-timeout",
-            str(STOP_TIMEOUT),
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    good = harness_run(
+        "--image", test_images["good"].ref, "--scenario", "stop-idle,signal-storm",
+        "--stop-timeout", str(STOP_TIMEOUT), "--json", str(out),
+    )  # fmt: skip
     assert good.returncode == 0, good.stdout + good.stderr
     assert "stop-idle" in good.stdout
     assert "PASS" in good.stdout
+    assert "all 2 scenarios passed" in good.stdout
     data = json.loads(out.read_text())
     assert data["image"] == test_images["good"].ref
     assert [s["name"] for s in data["scenarios"]] == ["stop-idle", "signal-storm"]
+    assert [s["verdict"] for s in data["scenarios"]] == ["PASS", "PASS"]
+    assert data["summary"]["PASS"] == 2
 
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "graceful.harness",
-            "run",
-            "--image",
-            test_images["exit-at-once"].ref,
-            "--scenario",
-            "signals",
-            "--stop-timeout",
-            str(STOP_TIMEOUT),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    bad = harness_run(
+        "--image", test_images["exit-at-once"].ref, "--scenario", "signals",
+        "--stop-timeout", str(STOP_TIMEOUT),
+    )  # fmt: skip
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "FAIL" in bad.stdout
 

@@ -18,12 +18,14 @@ from graceful.harness.judges import (
     judge_connections,
     judge_exit,
     judge_inflight,
+    judge_long_inflight,
     judge_report_events,
     judge_traceback,
     sigkill_diagnosis,
 )
 from graceful.harness.load import Kind, Ledger, Record, RequestOutcome, Workload
 from graceful.harness.prober import ProbeEvent
+from graceful.harness.report import Verdict
 from graceful.runtime import ExitCode
 
 
@@ -206,3 +208,102 @@ def test_exit_code_words_follow_the_runtime() -> None:
     # Control: codes graceful does not define, and deaths by a signal, are not ExitCode's.
     assert describe_exit(2, StopResult(2, 1.0)) == "exited 2 after 1.00 s"
     assert "ExitCode" not in describe_exit(143, StopResult(143, 1.0))
+
+
+def test_a_wrapper_script_gets_the_exec_advice_only() -> None:
+    """Docker's init passes SIGTERM to the shell, which dies of it: --init makes a wrapper
+    that does not exec worse (143, work cut), so it is never suggested for one."""
+    for pid1 in (Pid1("/bin/sh /app/run.sh"), Pid1("/bin/bash -e /start.sh")):
+        text = sigkill_diagnosis(timeout=3, image=image(), pid1=pid1, sig="SIGTERM")
+        assert "`exec`" in text
+        assert "--init" not in text
+
+
+def test_an_init_with_a_shell_child_is_named_on_exit_143(engine: Engine) -> None:
+    pid1 = Pid1("/sbin/docker-init -- /app/run.sh", children=("/bin/sh /app/run.sh",))
+    assert pid1.shell_child == "/bin/sh /app/run.sh"
+    ctx, service = judged(engine, image(), pid1=pid1)
+    f = Findings()
+    judge_exit(f, ctx, service, StopResult(143, 0.2))
+    assert "a shell (/bin/sh /app/run.sh), which died of it" in f.problems[0]
+    assert "`exec`" in f.problems[0]
+    # Control: an init whose child is the server itself, and a shell that is not under an init.
+    assert (
+        Pid1("/sbin/docker-init -- python3 app.py", children=("python3 app.py",)).shell_child
+        is None
+    )
+    assert Pid1("/bin/sh /app/run.sh", children=("/bin/sh -c x",)).shell_child is None
+
+
+def test_judge_inflight_says_when_nothing_was_in_flight() -> None:
+    """Requests all answered before the stop prove nothing about draining."""
+    ledger = Ledger()
+    ledger.add(rec(Kind.WORK, 1.0, RequestOutcome.OK, status=200))  # answered at 1.1
+    f = Findings()
+    judge_inflight(f, ledger, stop_began=2.0)
+    assert f.verdict is Verdict.INCONCLUSIVE
+    assert "no request was in flight when the stop began" in f.reasons[0]
+    # Control: one request answered after the stop began.
+    ledger.add(Record(kind=Kind.LONG, sent=1.5, answered=2.5, outcome=RequestOutcome.OK))
+    f = Findings()
+    judge_inflight(f, ledger, stop_began=2.0)
+    assert f.verdict is Verdict.PASS
+    assert "1 still in flight when it began" in f.notes[0]
+
+
+def test_long_requests_must_really_be_in_flight_at_the_stop() -> None:
+    """An endpoint that ignores the duration answers the "long" requests at once."""
+    quick = Ledger([rec(Kind.LONG, 1.0, RequestOutcome.OK, status=200) for _ in range(4)])
+    f = Findings()
+    assert judge_long_inflight(f, quick, 2.0, asked_ms=15000, target="/slow?ms=15000") == []
+    assert f.verdict is Verdict.INCONCLUSIVE
+    assert "none of the 4 requests for 15 s (GET /slow?ms=15000)" in f.reasons[0]
+    assert "--work-url" in f.reasons[0]
+    held = Ledger(
+        [Record(kind=Kind.LONG, sent=1.8, answered=9.0, outcome=RequestOutcome.CLOSED)] * 4
+    )
+    f = Findings()
+    assert len(judge_long_inflight(f, held, 2.0, asked_ms=15000, target="/slow?s=15")) == 4
+    assert f.verdict is Verdict.PASS
+    assert "4 requests for 15 s (GET /slow?s=15) were in flight" in f.notes[0]
+
+
+def probes(t0: float, outcome: str, n: int, *, connected: bool = True) -> list[ProbeEvent]:
+    return [ProbeEvent(t0 + i * 0.02, "main", outcome, None, connected) for i in range(n)]
+
+
+def test_accepted_and_abandoned_connections_fail_with_numbers() -> None:
+    """A listener left open with nobody serving it: probes connect, get no answer (timeout)
+    and are reset when the process exits. The backlog race is a single such connection."""
+    abandoned = probes(1.0, "timeout", 30) + probes(1.7, "reset", 12)
+    f = Findings()
+    judge_connections(f, abandoned, stop_began=1.0, exited=2.0, where="netns", check_ready=False)
+    assert len(f.problems) == 1
+    assert "accepted and abandoned" in f.problems[0]
+    assert "30 of 42 probes got no answer within 1 s, 12 were reset" in f.problems[0]
+    # Control: the backlog race, one reset among refusals, is only a note.
+    race = probes(1.0, "reset", 1) + probes(1.02, "refused", 40, connected=False)
+    f = Findings()
+    judge_connections(f, race, stop_began=1.0, exited=2.0, where="netns", check_ready=False)
+    assert f.problems == []
+    assert "backlog race" in f.notes[0]
+    assert "1 were reset or closed after connecting, 40 were refused" in f.notes[0]
+
+
+def test_timeouts_of_a_slow_probe_path_are_not_called_abandoned() -> None:
+    """When the probed request is slow even before the stop, a timeout is no evidence."""
+    before = probes(0.0, "timeout", 3)
+    during = probes(1.0, "timeout", 3) + probes(1.1, "refused", 40, connected=False)
+    f = Findings()
+    judge_connections(
+        f, before + during, stop_began=1.0, exited=3.0, where="netns", check_ready=False
+    )
+    assert f.problems == []
+    assert any("cannot be told from slow ones" in n for n in f.notes)
+    # Control: the same timeouts with a fast probe path before the stop.
+    f = Findings()
+    fast = probes(0.0, "answered", 3)
+    judge_connections(
+        f, fast + during, stop_began=1.0, exited=3.0, where="netns", check_ready=False
+    )
+    assert any("accepted and abandoned" in p for p in f.problems)

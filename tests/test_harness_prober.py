@@ -4,6 +4,7 @@ and the parsing of what it prints."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -31,7 +32,7 @@ async def test_probe_script_sees_answers_and_refusals(contract_server: int) -> N
         probe_script(),
         str(contract_server),
         str(closed_port),
-        "/work",
+        "/work?ms=0",
         "/readyz",
         "0.01",
         "0.2",
@@ -45,6 +46,18 @@ async def test_probe_script_sees_answers_and_refusals(contract_server: int) -> N
     assert all(e.outcome == "answered" and e.status == 200 for e in main)
     assert ready
     assert all(e.outcome == "refused" for e in ready)
+
+
+def run_isolated(args: list[str]) -> list[ProbeEvent]:
+    """Run the script as a sidecar would (-I -S: no site-packages, no environment)."""
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe_script(), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return parse_probe_output(proc.stdout)
 
 
 def test_parse_probe_output_skips_noise() -> None:
@@ -63,14 +76,29 @@ def test_the_script_is_the_shipped_module() -> None:
 def test_the_script_needs_only_the_standard_library() -> None:
     """Sidecar images have a python3 but no graceful: with site-packages and the environment
     ignored (-I -S), the script still runs and reports a refused port."""
-    args = [str(free_port()), "0", "/work", "/readyz", "0.01", "0.05"]
-    proc = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", probe_script(), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    events = parse_probe_output(proc.stdout)
+    events = run_isolated([str(free_port()), "0", "/work?ms=0", "/readyz", "0.01", "0.05"])
     assert events
-    assert {(e.kind, e.outcome) for e in events} == {("main", "refused")}  # admin 0: not probed
+    assert {(e.kind, e.outcome) for e in events} == {("main", "refused")}  # ready 0: not probed
+
+
+def test_probes_run_side_by_side_and_see_a_listener_that_never_answers() -> None:
+    """Accept-and-abandon on loopback: a socket that listens but is never served. The kernel
+    completes each handshake into the backlog, so every probe connects and gets no answer:
+    many timeouts (probes do not wait for each other), each marked connected. (The prober
+    before this one waited for each probe, and reported one timeout, not connected, per
+    second: nothing a judge could tell from a slow server.)
+
+    Control: the same probes against a closed port are refused at once, never connected.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+        args = [str(port), "0", "/work?ms=0", "/readyz", "0.02", "0.3"]
+        events = run_isolated(args)
+    assert len(events) >= 5  # side by side: far more than one 1 s timeout in 0.3 s
+    assert {(e.outcome, e.connected) for e in events} == {("timeout", True)}
+    assert [e.t for e in events] == sorted(e.t for e in events)
+
+    refused = run_isolated(args)  # the listener is closed now
+    assert {(e.outcome, e.connected) for e in refused} == {("refused", False)}

@@ -3,12 +3,15 @@
 ::
 
     graceful harness run --image IMAGE [--scenario NAME ...] [--stop-timeout S] [--json PATH]
+                         [--work-url '/slow?s={seconds}'] [--ready-path main:/health]
+                         [--stream-path /events] [--admin-port off] [--strict]
     graceful harness list
-    graceful harness clean
+    graceful harness clean [--all]
 
-``run`` exits 0 only when every scenario passes (1 when one fails, 2 when the harness could
-not run: no engine, no image, a failed build). The main CLI calls :func:`add_arguments` and
-:func:`main`; ``python -m graceful.harness`` runs this module alone.
+``run`` exits 1 when a scenario FAILs, 0 otherwise; with ``--strict`` also 1 when one was
+SKIPPED or INCONCLUSIVE (2 when the harness could not run: no engine, no image, a failed
+build, a bad option). The main CLI calls :func:`add_arguments` and :func:`main`;
+``python -m graceful.harness`` runs this module alone.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ import asyncio
 import signal
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, Literal, TextIO
 
 from graceful.exceptions import GracefulError
+
+if TYPE_CHECKING:
+    from graceful.harness.workload import Workload
 
 __all__ = ["add_arguments", "main"]
 
@@ -32,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     .. versionadded:: 0.1
     """
-    from graceful.harness.load import Workload
+    from graceful.harness.workload import Workload
 
     defaults = Workload()
     sub = parser.add_subparsers(dest="harness_command", metavar="COMMAND", required=True)
@@ -71,20 +77,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="docker stop -t, also passed as GRACEFUL_STOP_TIMEOUT (default: 10, Docker's)",
     )
     run.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+    run.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 also when a scenario was SKIPPED or INCONCLUSIVE (not only on FAIL)",
+    )
     run.add_argument("--port", type=int, default=defaults.port, help="HTTP port in the container")
     run.add_argument(
         "--admin-port",
-        type=int,
-        default=defaults.admin_port,
-        help="admin port (/readyz) in the container; 0 turns readiness checks off",
+        default=str(defaults.admin_port),
+        metavar="PORT|off",
+        help=f"admin port (graceful's /readyz) in the container, passed as ADMIN_PORT with "
+        f"ADMIN_HOST=0.0.0.0; off for none (default: {defaults.admin_port}; 0, a random port "
+        "in graceful's runtime, cannot be published)",
     )
-    run.add_argument("--work-path", default=defaults.work_path, help="GET PATH?ms=N sleeps N ms")
+    work = run.add_mutually_exclusive_group()
+    work.add_argument(
+        "--work-url",
+        metavar="TEMPLATE",
+        help="GET target of a request that takes a given time, with {ms} or {seconds}: "
+        "'/slow?s={seconds}' (default: " + defaults.work_url.replace("%", "%%") + ")",
+    )
+    work.add_argument(
+        "--work-path",
+        metavar="PATH",
+        help="shorthand for --work-url 'PATH?ms={ms}'",
+    )
     run.add_argument(
         "--items-path",
         default=defaults.items_path,
         help="POST/GET durable items; empty turns write checks off",
     )
-    run.add_argument("--ready-path", default=defaults.ready_path, help="readiness path")
+    run.add_argument(
+        "--ready-path",
+        default=defaults.ready_path,
+        metavar="[main:|admin:]PATH",
+        help="readiness path (200 when ready): on the admin port when there is one, else on "
+        "the main port; prefix main: or admin: to choose; empty for none (a short work "
+        f"request then) (default: {defaults.ready_path})",
+    )
+    run.add_argument(
+        "--stream-path",
+        default=defaults.stream_path,
+        metavar="PATH",
+        help="a streaming response (SSE or chunked) that stays open until the stop, for "
+        f"stop-during-stream; empty for none (default: {defaults.stream_path})",
+    )
     run.add_argument(
         "--volume-path",
         default=defaults.volume_path,
@@ -108,7 +146,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--probe-image", help="image with python3 for the in-network prober")
     sub.add_parser("list", help="name the scenarios and what each asserts")
-    sub.add_parser("clean", help="remove containers and volumes left by interrupted runs")
+    clean = sub.add_parser(
+        "clean",
+        help="remove containers, volumes and networks left by harness runs that are over",
+        description="Remove what harness runs left behind (a killed run cannot clean up). "
+        "Objects of a run still going (its process alive on this machine) are kept.",
+    )
+    clean.add_argument(
+        "--all",
+        action="store_true",
+        help="also remove objects of runs that are still going, or whose owner cannot be told",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -120,7 +168,7 @@ def main(args: argparse.Namespace) -> int:
     if command == "list":
         return _list(sys.stdout)
     if command == "clean":
-        return _clean()
+        return _clean(everything=getattr(args, "all", False))
     if command == "run":
         return _run(args)
     print("graceful harness: choose a command: run, list, clean", file=sys.stderr)
@@ -137,16 +185,24 @@ def _list(out: TextIO) -> int:
     return 0
 
 
-def _clean() -> int:
-    from graceful.harness.engine import EngineUnavailable, connect, sweep
+def _clean(*, everything: bool) -> int:
+    from graceful.harness.engine import EngineUnavailable, clean_up, connect
 
     try:
         engine = connect()
     except EngineUnavailable as exc:
         print(f"graceful harness: {exc}", file=sys.stderr)
         return 2
-    removed = sweep(engine.client)
+    try:
+        removed, kept = clean_up(engine.client, everything=everything)
+    finally:
+        engine.client.close()
     print(f"removed {removed} harness containers/volumes/networks")
+    if kept:
+        print(
+            f"kept the objects of {len(kept)} run(s) still going ({', '.join(sorted(kept))}); "
+            "--all removes them too"
+        )
     return 0
 
 
@@ -160,13 +216,52 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
     return out
 
 
-def _run(args: argparse.Namespace) -> int:
-    from graceful.harness.scenarios import scenario_names
+def _workload(args: argparse.Namespace) -> Workload:
+    """The workload the options describe.
 
+    Raises:
+        ValueError: an option that does not describe one (the message says which).
+    """
+    from graceful.harness.workload import Workload, parse_admin_port
+
+    ready_port: Literal["admin", "main"] | None = None
+    ready_path = args.ready_path
+    for where in ("main", "admin"):
+        if ready_path.startswith(f"{where}:"):
+            ready_port, ready_path = where, ready_path.removeprefix(f"{where}:")
+    if args.work_path:
+        work_url = f"{args.work_path}{'&' if '?' in args.work_path else '?'}ms={{ms}}"
+    else:
+        work_url = args.work_url or Workload().work_url
+    try:
+        admin_port = parse_admin_port(args.admin_port)
+    except ValueError as exc:
+        raise ValueError(f"--admin-port: {exc}") from None
+    return Workload(
+        port=args.port,
+        admin_port=admin_port,
+        work_url=work_url,
+        items_path=args.items_path,
+        ready_path=ready_path,
+        ready_port=ready_port,
+        stream_path=args.stream_path,
+        volume_path=args.volume_path,
+        report_event=args.report_event,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from graceful.harness.scenarios import default_names, scenario_names
+
+    try:
+        workload = _workload(args)
+    except ValueError as exc:
+        print(f"graceful harness: {exc}", file=sys.stderr)
+        return 2
     # Opt-in scenarios (rolling-restart: it needs a load-balancer image) run only when named.
     known = scenario_names(opt_in=True)
     names: list[str] = []
-    for item in args.scenario or scenario_names():
+    for item in args.scenario or default_names(workload):
         names.extend(n.strip() for n in item.split(",") if n.strip())
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -182,16 +277,15 @@ def _run(args: argparse.Namespace) -> int:
         print("graceful harness: --stop-timeout must be at least 1 s", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_run_async(args, names))
+        return asyncio.run(_run_async(args, names, workload))
     except KeyboardInterrupt:
         print("\ngraceful harness: interrupted; containers removed", file=sys.stderr)
         return 130
 
 
-async def _run_async(args: argparse.Namespace, names: list[str]) -> int:
+async def _run_async(args: argparse.Namespace, names: list[str], workload: Workload) -> int:
     from graceful.harness.context import Settings
     from graceful.harness.engine import ContainerError, EngineUnavailable, connect
-    from graceful.harness.load import Workload
     from graceful.harness.scenarios import make_scenarios, run_scenarios
 
     # SIGTERM to the harness cancels the run like Ctrl-C does, so the finally below removes
@@ -228,15 +322,7 @@ async def _run_async(args: argparse.Namespace, names: list[str]) -> int:
             return 2
         settings = Settings(
             stop_timeout=args.stop_timeout,
-            workload=Workload(
-                port=args.port,
-                admin_port=args.admin_port,
-                work_path=args.work_path,
-                items_path=args.items_path,
-                ready_path=args.ready_path,
-                volume_path=args.volume_path,
-                report_event=args.report_event,
-            ),
+            workload=workload,
             env=tuple(env.items()),
             startup_timeout=args.startup_timeout,
             probe_image=args.probe_image,
@@ -264,7 +350,7 @@ async def _run_async(args: argparse.Namespace, names: list[str]) -> int:
     if args.json:
         report.write_json(args.json)
         print(f"JSON report: {args.json}")
-    return 0 if report.passed else 1
+    return report.exit_code(strict=args.strict)
 
 
 class Progress:
@@ -295,9 +381,8 @@ class Progress:
         assert isinstance(result, ScenarioResult)
         self.done += 1
         self.clear()
-        verdict = "PASS" if result.passed else "FAIL"
-        first = result.problems[0] if result.problems else ""
-        self.out.write(f"{verdict} {result.name}{': ' + first if first else ''}\n")
+        first = "" if result.passed else result.headline
+        self.out.write(f"{result.verdict.value} {result.name}{': ' + first if first else ''}\n")
         self.out.flush()
 
     def clear(self) -> None:

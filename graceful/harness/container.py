@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 _SHELLS = {"sh", "bash", "dash", "ash", "zsh", "ksh", "busybox"}
+# What `docker run --init` (docker-init, which is tini) and its cousins look like as PID 1.
+_INITS = {"docker-init", "tini", "dumb-init", "catatonit"}
 
 
 class ContainerError(GracefulError, RuntimeError):
@@ -91,6 +93,7 @@ class Pid1:
         cmdline: its command line, as ``docker top`` shows it.
         caught: signal numbers it has handlers for (None when unknown: a remote engine).
         ignored: signal numbers it ignores (None when unknown).
+        children: the command lines of its child processes, as ``docker top`` shows them.
 
     .. versionadded:: 0.1
     """
@@ -98,12 +101,23 @@ class Pid1:
     cmdline: str
     caught: frozenset[int] | None = None
     ignored: frozenset[int] | None = None
+    children: tuple[str, ...] = ()
 
     @property
     def is_shell(self) -> bool:
         """PID 1 is a shell (which does not forward signals to its children)."""
         first = self.cmdline.split(" ", 1)[0]
         return _is_shell(first)
+
+    @property
+    def shell_child(self) -> str | None:
+        """The command line of a shell PID 1 started, when PID 1 is an init (``--init``):
+        the init forwards the stop signal to that shell, which dies of it without passing
+        it on."""
+        first = os.path.basename(self.cmdline.split(" ", 1)[0])
+        if first not in _INITS:
+            return None
+        return next((c for c in self.children if _is_shell(c.split(" ", 1)[0])), None)
 
     def handles(self, sig: int) -> bool | None:
         """Whether PID 1 installed a handler for ``sig``; None when unknown."""
@@ -130,6 +144,15 @@ class StopResult:
     seconds: float
     oom_killed: bool = False
     finished_at: float | None = None
+
+    def exited_at(self, began: float, began_wall: float) -> float:
+        """When the process exited, on the monotonic clock of ``began`` (the stop request,
+        also given as wall-clock ``began_wall``): the engine's record of the exit when it has
+        one (the stop call returns later, after the engine's clean-up), else now."""
+        now = time.monotonic()
+        if self.finished_at is None:
+            return now
+        return min(now, began + max(self.finished_at - began_wall, 0.0))
 
 
 def _is_shell(arg: str) -> bool:
@@ -293,14 +316,17 @@ class Container:
         if not host_pid:
             return None
         cmdline = ""
+        children: list[str] = []
         try:
-            top = self.raw.top(ps_args="-o pid,args")
+            top = self.raw.top(ps_args="-o pid,ppid,args")
             titles = [t.upper() for t in top.get("Titles", [])]
-            pid_col, args_col = titles.index("PID"), len(titles) - 1
+            pid_col, ppid_col = titles.index("PID"), titles.index("PPID")
+            args_col = len(titles) - 1
             for row in top.get("Processes") or ():
                 if int(row[pid_col]) == host_pid:
                     cmdline = str(row[args_col])
-                    break
+                elif int(row[ppid_col]) == host_pid:
+                    children.append(str(row[args_col]))
         except (docker.errors.APIError, ValueError, IndexError):
             pass
         proc = Path("/proc") / str(host_pid)
@@ -308,13 +334,14 @@ class Container:
             local = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
             status = (proc / "status").read_text()
         except OSError:
-            return Pid1(cmdline) if cmdline else None
+            return Pid1(cmdline, children=tuple(children)) if cmdline else None
         if cmdline and local != cmdline.strip():
-            return Pid1(cmdline)
+            return Pid1(cmdline, children=tuple(children))
         return Pid1(
             cmdline or local,
             caught=_mask(status, "SigCgt"),
             ignored=_mask(status, "SigIgn"),
+            children=tuple(children),
         )
 
     def wait_handler(self, sig: int, timeout: float) -> Pid1 | None:

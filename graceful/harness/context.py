@@ -5,12 +5,18 @@ A :class:`Context` is a scenario's only way to the engine: it starts the image u
 it, makes load clients for it, and removes every container, volume and network it started
 when the scenario ends, through :func:`graceful.harness.engine.remove` like every other
 clean-up. :class:`Findings` collects what a scenario found and turns it into its
-:class:`~graceful.harness.report.ScenarioResult`.
+:class:`~graceful.harness.report.ScenarioResult`, with a verdict: FAIL when a problem was
+found, else INCONCLUSIVE when something could not be established, SKIPPED when the scenario
+did not run, else PASS.
+
+A context also carries the image's :class:`~graceful.harness.contract.Contract` (what the
+preflight established), so a scenario only relies on what the image honours.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,9 +25,11 @@ from typing import Any
 import httpx
 
 from graceful.harness.container import Container, ContainerError, ImageInfo, Pid1, StopResult
+from graceful.harness.contract import Contract
 from graceful.harness.engine import Engine, remove
-from graceful.harness.load import Ledger, LoadClient, Workload
-from graceful.harness.report import NOTE, ScenarioResult
+from graceful.harness.load import Ledger, LoadClient
+from graceful.harness.report import INCONCLUSIVE, NOTE, SKIPPED, ScenarioResult, Verdict
+from graceful.harness.workload import Workload
 
 __all__ = [
     "HANG_GUARD_S",
@@ -31,6 +39,7 @@ __all__ = [
     "Service",
     "Settings",
     "gather_bounded",
+    "not_ready_diagnosis",
 ]
 
 Progress = Callable[[str], None]
@@ -95,7 +104,9 @@ class Findings:
 
     def __init__(self) -> None:
         self.problems: list[str] = []
+        self.reasons: list[str] = []
         self.notes: list[str] = []
+        self._inconclusive = False
 
     def problem(self, text: str) -> None:
         """Add a finding that fails the scenario."""
@@ -105,6 +116,27 @@ class Findings:
         """Add an observation that does not fail the scenario."""
         self.notes.append(NOTE + text)
 
+    def skip(self, reason: str) -> None:
+        """The scenario did not run, for ``reason`` (SKIPPED unless a problem was found)."""
+        self.reasons.append(SKIPPED + reason)
+
+    def inconclusive(self, what: str) -> None:
+        """What the scenario had to establish and could not (INCONCLUSIVE unless a problem
+        was found)."""
+        self._inconclusive = True
+        self.reasons.append(INCONCLUSIVE + what)
+
+    @property
+    def verdict(self) -> Verdict:
+        """FAIL on a problem, else INCONCLUSIVE, else SKIPPED, else PASS."""
+        if self.problems:
+            return Verdict.FAIL
+        if self._inconclusive:
+            return Verdict.INCONCLUSIVE
+        if self.reasons:
+            return Verdict.SKIPPED
+        return Verdict.PASS
+
     def result(
         self,
         name: str,
@@ -113,11 +145,11 @@ class Findings:
         ledger: Ledger | None = None,
         lost: int = 0,
     ) -> ScenarioResult:
-        """The scenario's verdict: passed when no problem was found."""
+        """The scenario's result, with :attr:`verdict`."""
         counts = ledger.counts() if ledger is not None else None
         return ScenarioResult(
             name=name,
-            passed=not self.problems,
+            verdict=self.verdict,
             exit_code=stop.exit_code if stop is not None else None,
             stop_seconds=stop.seconds if stop is not None else None,
             sent=counts.sent if counts else 0,
@@ -125,7 +157,7 @@ class Findings:
             failed=counts.failed if counts else 0,
             acked=len(ledger.acked_ids()) if ledger is not None else 0,
             lost=lost,
-            findings=tuple(self.problems + self.notes),
+            findings=tuple(self.problems + self.reasons + self.notes),
         )
 
 
@@ -138,6 +170,8 @@ class Context:
         settings: what the run's scenarios share.
         scenario: the scenario's name (in progress lines and item ids).
         progress: called with a short status text as the scenario advances.
+        contract: what the preflight established about the image; what the settings
+            promise when None.
 
     .. versionadded:: 0.1
     """
@@ -150,11 +184,13 @@ class Context:
         *,
         scenario: str,
         progress: Progress | None = None,
+        contract: Contract | None = None,
     ) -> None:
         self.engine = engine
         self.image = image
         self.settings = settings
         self.workload = settings.workload
+        self.contract = contract if contract is not None else Contract.assumed(self.workload)
         self.scenario = scenario
         self._progress = progress
         self._containers: list[str] = []
@@ -200,15 +236,14 @@ class Context:
                 volume = await asyncio.to_thread(self.engine.volume)
                 self._volumes.append(volume)
         environment = {"GRACEFUL_STOP_TIMEOUT": str(self.stop_timeout), "PORT": str(w.port)}
-        if w.admin_port:
+        if w.admin_port is not None:
             environment["ADMIN_PORT"] = str(w.admin_port)
             # Reached through its published port (and by a load balancer over a private
-            # network), never on the container's loopback.
+            # network), never on the container's loopback, where graceful binds by default.
             environment["ADMIN_HOST"] = "0.0.0.0"
-            environment["ADMIN_HOST"] = "0.0.0.0"  # reached through its published port
         environment.update(self.settings.env)
         environment.update(env or {})
-        ports = [w.port] + ([w.admin_port] if w.admin_port else [])
+        ports = [w.port] + ([w.admin_port] if w.admin_port is not None else [])
         self.step(f"starting {what}")
         container = await asyncio.to_thread(
             self.engine.run,
@@ -224,30 +259,37 @@ class Context:
             container=container,
             volume=volume,
             main_port=container.host_port(w.port),
-            admin_port=container.host_port(w.admin_port) if w.admin_port else None,
+            admin_port=container.host_port(w.admin_port) if w.admin_port is not None else None,
         )
         if ready:
             await self.wait_ready(service)
             service.pid1 = await asyncio.to_thread(container.pid1)
         return service
 
+    def ready_url(self, service: Service) -> str:
+        """Where readiness is polled: the ready path on the admin or main port, or a work
+        request of 0 ms."""
+        w = self.workload
+        port = service.admin_port if w.ready_on == "admin" else service.main_port
+        return f"http://127.0.0.1:{port}{w.ready_target}"
+
     async def wait_ready(self, service: Service) -> None:
-        """Poll readiness (``/readyz``, or the work path without an admin port) until 200.
+        """Poll readiness (see :meth:`ready_url`) until it answers 200 (2xx for a work
+        request).
 
         Raises:
-            ContainerError: the container exited, or was not ready in time.
+            ContainerError: the container exited, or was not ready in time; the message
+                carries a diagnosis when the logs show one (an admin server on loopback).
         """
         w = self.workload
-        if w.has_admin and service.admin_port is not None:
-            url = f"http://127.0.0.1:{service.admin_port}{w.ready_path}"
-        else:
-            url = f"http://127.0.0.1:{service.main_port}{w.work_path}?ms=0"
+        url = self.ready_url(service)
         self.step("waiting until ready")
         deadline = time.monotonic() + self.settings.startup_timeout
         async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
             while True:
                 try:
-                    if (await client.get(url)).status_code == 200:
+                    status = (await client.get(url)).status_code
+                    if status == 200 or (w.ready_on == "work" and 200 <= status < 300):
                         return
                 except httpx.HTTPError:
                     pass
@@ -259,9 +301,12 @@ class Context:
                     )
                 if time.monotonic() > deadline:
                     logs = await asyncio.to_thread(service.container.logs)
+                    diagnosis = not_ready_diagnosis(logs, w)
                     raise ContainerError(
                         f"the container was not ready within {self.settings.startup_timeout} s "
-                        f"({url} never answered 200); its last log lines:\n{_tail(logs)}"
+                        f"({url} never answered 200)"
+                        + (f": {diagnosis}" if diagnosis else "")
+                        + f"; its last log lines:\n{_tail(logs)}"
                     )
                 await asyncio.sleep(0.05)
 
@@ -344,6 +389,35 @@ async def gather_bounded(tasks: Sequence[asyncio.Task[Any]], timeout: float = HA
     for task in pending:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# The host of graceful's `admin.listening` event, JSON (`"host": "127.0.0.1"`) or console
+# (`host=127.0.0.1`) rendering, when it is a loopback address.
+_LOOPBACK_HOST = re.compile(r"\bhost\W+(127\.\d+\.\d+\.\d+|localhost|::1)\b", re.IGNORECASE)
+
+
+def not_ready_diagnosis(logs: str, workload: Workload) -> str:
+    """Why readiness never answered, when the logs tell: the admin server listening on the
+    container's loopback, which no published port reaches.
+
+    .. versionadded:: 0.1
+    """
+    if workload.ready_on != "admin":
+        return ""
+    for line in logs.splitlines():
+        match = _LOOPBACK_HOST.search(line) if "admin.listening" in line else None
+        if match is not None:
+            break
+    else:
+        return ""
+    return (
+        f"the admin server listens on {match.group(1)} inside the container (its log says "
+        "admin.listening on loopback), which the published admin port cannot reach; the "
+        f"harness passes ADMIN_PORT={workload.admin_port} and ADMIN_HOST=0.0.0.0, so the "
+        "image sets ADMIN_HOST back or ignores it: read ADMIN_HOST from the environment "
+        "(graceful.Config.from_env does), or judge readiness on the main port "
+        "(--ready-path main:/PATH, or --admin-port off)"
+    )
 
 
 def _tail(text: str, lines: int = 10) -> str:

@@ -1,9 +1,15 @@
 """The Docker Engine, through the ``docker`` SDK: images, containers, volumes, cleanup.
 
-Every object the harness creates carries the label ``graceful.harness=<run id>`` and is
-removed when the :class:`Engine` closes, also when a scenario fails or the harness is
-interrupted; :func:`remove` is the one way objects are removed, by a scenario as by the final
-sweep. Containers publish their ports on 127.0.0.1 only and never run privileged. What one
+Every object the harness creates carries the label ``graceful.harness=<run id>`` and its
+owner (:mod:`graceful.harness.runs`), and is removed when the :class:`Engine` closes, also
+when a scenario fails or the harness is interrupted; :func:`remove` is the one way objects are
+removed, by a scenario as by the final sweep. :func:`clean_up` removes what runs that are over
+left behind (a killed run cannot clean up), never the objects of a run still going.
+
+The engine must be on this machine: containers are reached through ports published on its
+127.0.0.1, and PID 1's signal masks are read from its ``/proc``. :func:`connect` refuses a
+remote ``DOCKER_HOST`` with a message that says so, rather than reporting every scenario "not
+ready". Containers publish their ports on 127.0.0.1 only and never run privileged. What one
 container does (``docker stop``, ``docker kill``, logs, PID 1) is
 :mod:`graceful.harness.container`.
 
@@ -25,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from graceful.exceptions import GracefulError
 from graceful.harness.container import Container, ContainerError, ImageInfo, signal_name
+from graceful.harness.runs import OWNER_LABEL, RunState, owner, run_state
 
 if TYPE_CHECKING:
     # The SDK ships no type information (and the repository's docker/ scripts directory
@@ -36,7 +43,9 @@ __all__ = [
     "ContainerError",
     "Engine",
     "EngineUnavailable",
+    "clean_up",
     "connect",
+    "remote_engine",
     "remove",
     "sweep",
 ]
@@ -56,6 +65,27 @@ class EngineUnavailable(GracefulError, ConnectionError):
     """
 
 
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]", ""}
+
+
+def remote_engine(docker_host: str) -> str | None:
+    """The engine's host when ``docker_host`` (a ``DOCKER_HOST`` value) names another machine,
+    else None (a socket, or a TCP address on this machine's loopback).
+
+    .. versionadded:: 0.1
+    """
+    if not docker_host or docker_host.startswith(("unix://", "npipe://", "fd://")):
+        return None
+    scheme, sep, rest = docker_host.partition("://")
+    if not sep:
+        rest, scheme = docker_host, "tcp"
+    netloc = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    host = netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 or "]" in netloc else netloc
+    if scheme == "ssh" or host.lower() not in _LOCAL_HOSTS:
+        return host or docker_host
+    return None
+
+
 def connect(*, timeout: float = 30.0) -> Engine:
     """Connect to the Docker engine named by the environment (``DOCKER_HOST`` or the default
     socket) and check that it answers.
@@ -64,11 +94,20 @@ def connect(*, timeout: float = 30.0) -> Engine:
         timeout: seconds the SDK waits for an API answer (a stop adds its own timeout).
 
     Raises:
-        EngineUnavailable: the ``docker`` package is missing or no engine answered; the
-            message says how to get one.
+        EngineUnavailable: the ``docker`` package is missing, ``DOCKER_HOST`` names another
+            machine, or no engine answered; the message says what to do.
 
     .. versionadded:: 0.1
     """
+    remote = remote_engine(os.environ.get("DOCKER_HOST", ""))
+    if remote is not None:
+        raise EngineUnavailable(
+            f"DOCKER_HOST={os.environ['DOCKER_HOST']} is an engine on another machine "
+            f"({remote}); the harness reaches the containers it starts through ports published "
+            "on 127.0.0.1 and reads their PID 1 from /proc, both on the engine's own machine: "
+            "run the harness on that machine (e.g. over ssh), or unset DOCKER_HOST to use "
+            "this machine's engine"
+        )
     try:
         docker = importlib.import_module("docker")
     except ImportError as exc:
@@ -117,6 +156,7 @@ class Engine:
     def __init__(self, client: DockerClient, *, run_id: str | None = None) -> None:
         self.client = client
         self.run_id = run_id or uuid.uuid4().hex[:12]
+        self._owner = owner()
         self._containers: list[str] = []
         self._volumes: list[str] = []
         self._closed = False
@@ -134,8 +174,8 @@ class Engine:
 
     @property
     def labels(self) -> dict[str, str]:
-        """Labels put on every object this run creates."""
-        return {LABEL: self.run_id}
+        """Labels put on every object this run creates: its run id and its owner."""
+        return {LABEL: self.run_id, OWNER_LABEL: self._owner}
 
     def image(self, ref: str) -> ImageInfo:
         """Inspect a local image (nothing is pulled).
@@ -322,6 +362,41 @@ def sweep(
     with contextlib.suppress(docker.errors.APIError):
         networks = [str(n.id) for n in client.networks.list(filters=selector)]
     return remove(client, containers=ids, volumes=volumes, networks=networks)
+
+
+def clean_up(client: DockerClient, *, everything: bool = False) -> tuple[int, set[str]]:
+    """Remove what harness runs that are over left behind (``graceful harness clean``).
+
+    Args:
+        client: a connected ``docker.DockerClient``.
+        everything: also remove the objects of runs still going, or whose owner cannot be
+            told from here (another machine's).
+
+    Returns:
+        How many objects were removed, and the run ids whose objects were kept.
+
+    .. versionadded:: 0.1
+    """
+    import docker.errors
+
+    runs: dict[str, RunState] = {}
+    selector = {"label": LABEL}
+    found: list[Any] = []
+    with contextlib.suppress(docker.errors.APIError):
+        found += client.containers.list(all=True, filters=selector)
+    with contextlib.suppress(docker.errors.APIError):
+        found += client.volumes.list(filters=selector)
+    with contextlib.suppress(docker.errors.APIError):
+        found += client.networks.list(filters=selector)
+    for obj in found:
+        # Volumes and networks carry their labels at the top, containers in their config.
+        labels = obj.attrs.get("Labels") or (obj.attrs.get("Config") or {}).get("Labels") or {}
+        run = str(labels.get(LABEL) or "")
+        if run and runs.get(run) is not RunState.ALIVE:  # one live object keeps the run
+            runs[run] = run_state(labels.get(OWNER_LABEL))
+    kept = {run for run, state in runs.items() if state is not RunState.OVER and not everything}
+    removed = sum(sweep(client, run_id=run) for run in runs if run not in kept)
+    return removed, kept
 
 
 def remove(

@@ -24,15 +24,19 @@ from graceful.harness.container import (
     stop_signal_of,
 )
 from graceful.harness.context import Context, Findings, Service
-from graceful.harness.load import Kind, Ledger, Workload, describe_failures
+from graceful.harness.load import Kind, Ledger, Record, describe_failures
+from graceful.harness.probe_script import PROBE_TIMEOUT_S
 from graceful.harness.prober import PROBE_INTERVAL_S, ProbeEvent
+from graceful.harness.workload import Workload
 from graceful.runtime import ExitCode
 
 __all__ = [
     "describe_exit",
+    "judge_abandoned",
     "judge_connections",
     "judge_exit",
     "judge_inflight",
+    "judge_long_inflight",
     "judge_report_events",
     "judge_traceback",
     "judge_writes",
@@ -77,6 +81,16 @@ def judge_exit(
         diagnosis = sigkill_diagnosis(timeout=timeout, image=ctx.image, pid1=service.pid1, sig=sig)
         f.problem(prefix + diagnosis)
         return
+    shell = service.pid1.shell_child if service.pid1 is not None else None
+    if code == 143 and shell is not None:
+        f.problem(
+            f"{prefix}exited 143 after {stop.seconds:.2f} s: PID 1 is an init ("
+            f"{service.pid1.cmdline if service.pid1 else ''}) that passed the signal to its "
+            f"child, a shell ({shell}), which died of it without passing it on, so the server "
+            "went down with it and its work was cut; put `exec` before the server's command "
+            "in the script (then no init is needed)"
+        )
+        return
     f.problem(prefix + describe_exit(code, stop))
 
 
@@ -102,9 +116,13 @@ def sigkill_diagnosis(
             f'({which} ["python3", "app.py"]) or `exec` the server'
         )
     if pid1 is not None and pid1.is_shell:
+        # Not --init: Docker's init forwards the signal to its child, the shell, which dies
+        # of it (a shell does not forward it either), and the container ends with 143 and
+        # the server's work cut. Only `exec` makes the server the process that is signalled.
         return (
-            f"{head}{never}: PID 1 is a shell ({pid1.cmdline}) that does not forward signals; "
-            "`exec` the server at the end of the script, or run the container with --init"
+            f"{head}{never}: PID 1 is a shell ({pid1.cmdline}) that does not forward signals "
+            "to the server it started; put `exec` before the server's command in the script "
+            "(exec python3 app.py) so the server replaces the shell as PID 1"
         )
     if pid1 is not None and number is not None:
         handles = pid1.handles(number)
@@ -119,8 +137,9 @@ def sigkill_diagnosis(
                 return f"{head}{never}: PID 1 ({pid1.cmdline}) ignores {sig} (SIG_IGN)"
             return (
                 f"{head}{never}: PID 1 ({pid1.cmdline}) installs no {sig} handler, and the kernel "
-                "drops signals with the default action sent to PID 1; handle it (graceful.run "
-                "does) or run the container with --init"
+                f"drops signals with the default action sent to PID 1; handle {sig} and drain "
+                "(graceful.run does): under --init it would die of the signal instead (exit "
+                "143), cutting its in-flight work"
             )
     return (
         f"{head}{never} (shell-form CMD? a wrapper that does not forward signals? "
@@ -175,19 +194,77 @@ def describe_exit(code: int, stop: StopResult) -> str:
     return f"exited {code} {after}: {known.description} (graceful's ExitCode.{known.name})"
 
 
-def judge_inflight(f: Findings, ledger: Ledger, stop_began: float, *, prefix: str = "") -> None:
-    """Every request sent before the stop began must have been answered with 2xx."""
+def judge_inflight(
+    f: Findings,
+    ledger: Ledger,
+    stop_began: float,
+    *,
+    prefix: str = "",
+    require: bool = True,
+) -> None:
+    """Every request sent before the stop began must have been answered with 2xx.
+
+    Args:
+        f: where findings go.
+        ledger: the load's requests.
+        stop_began: when the stop (or signal) was sent, monotonic.
+        prefix: put before each finding.
+        require: when no request was still in flight at the stop, the drain was not tested:
+            say so as inconclusive (else as a note).
+    """
     inflight = ledger.select((Kind.WORK, Kind.LONG, Kind.WRITE), sent_before=stop_began)
     cut = [r for r in inflight if not r.ok]
     if cut:
         f.problem(
-            f"in-flight requests were cut ({len(cut)} of {len(inflight)}: {describe_failures(cut)})"
+            f"{prefix}in-flight requests were cut ({len(cut)} of {len(inflight)}: "
+            f"{describe_failures(cut)})"
         )
-    else:
-        longs = [r for r in inflight if r.kind is Kind.LONG]
-        f.note(
-            f"all {len(inflight)} requests sent before the stop were answered ({len(longs)} long)"
+        return
+    at_stop = [r for r in inflight if r.answered > stop_began]
+    if not at_stop:
+        text = (
+            f"{prefix}no request was in flight when the stop began ({len(inflight)} sent "
+            "before it were all answered before it), so answering in-flight work was not tested"
         )
+        if require:
+            f.inconclusive(text)
+        else:
+            f.note(text)
+        return
+    longs = [r for r in inflight if r.kind is Kind.LONG]
+    f.note(
+        f"{prefix}all {len(inflight)} requests sent before the stop were answered "
+        f"({len(at_stop)} still in flight when it began, {len(longs)} long)"
+    )
+
+
+def judge_long_inflight(
+    f: Findings, ledger: Ledger, stop_began: float, *, asked_ms: int, target: str
+) -> list[Record]:
+    """The long requests must really have been in flight when the stop began (an endpoint
+    that ignores the duration it is asked for answers them at once). Returns those that were.
+    """
+    longs = ledger.select((Kind.LONG,))
+    held = [r for r in longs if r.sent < stop_began < r.answered]
+    early = [r for r in longs if r.answered <= stop_began]
+    asked = f"{asked_ms / 1000:g} s"
+    if not held:
+        took = max((r.answered - r.sent for r in early), default=0.0)
+        f.inconclusive(
+            f"none of the {len(longs)} requests for {asked} (GET {target}) was in flight when "
+            f"the stop began (answered within {took:.2f} s): the endpoint does not hold a "
+            "request for the time asked, so work longer than the budget was not tried; judge "
+            "it with --work-url"
+        )
+        return held
+    if early:
+        f.note(f"{len(early)} of {len(longs)} requests for {asked} were answered before the stop")
+    lead = stop_began - max(r.sent for r in held)
+    f.note(
+        f"{len(held)} requests for {asked} (GET {target}) were in flight when the stop began "
+        f"(the last sent {lead:.2f} s before it)"
+    )
+    return held
 
 
 def judge_connections(
@@ -198,9 +275,20 @@ def judge_connections(
     exited: float,
     where: str,
     check_ready: bool,
+    ready_on: str = "admin",
 ) -> None:
     """Readiness must go 503 before the listener closes; new connections must then be refused,
-    never accepted and reset."""
+    never accepted and reset (nor accepted and abandoned: :func:`judge_abandoned`).
+
+    Args:
+        f: where findings go.
+        events: the prober's events.
+        stop_began: when the stop was sent, monotonic.
+        exited: when the process exited, monotonic.
+        where: where the prober ran (``netns`` or ``host``).
+        check_ready: readiness is graceful's (admin port): it must go 503 first.
+        ready_on: where readiness was probed; on the main port it is only described.
+    """
     during = [e for e in events if stop_began <= e.t <= exited]
     main = [e for e in during if e.kind == "main"]
     ready = [e for e in during if e.kind == "ready"]
@@ -227,22 +315,75 @@ def judge_connections(
                     f"/readyz went {went_unready[0].status} "
                     f"{went_unready[0].t - stop_began:.3f} s after the stop began"
                 )
+    if not check_ready and ready_on == "main":
+        unready = next(
+            (e for e in ready if not (e.outcome == "answered" and e.status == 200)), None
+        )
+        if unready is not None:
+            how = f"{unready.status}" if unready.outcome == "answered" else unready.outcome
+            f.note(
+                f"readiness (on the main port) went {how} {unready.t - stop_began:.3f} s after "
+                "the stop began"
+            )
     if where == "host":
         f.note(
             "new connections probed through Docker's userland proxy (no python3 image for an "
             "in-container prober): refused and reset cannot be told apart"
         )
         return
-    bad = [e for e in main if e.outcome in ("reset", "closed")]
+    before = [e for e in events if e.t < stop_began and e.kind == "main"]
+    judge_abandoned(f, main, slow=any(e.outcome == "timeout" for e in before))
+
+
+def judge_abandoned(f: Findings, main: Sequence[ProbeEvent], *, slow: bool = False) -> None:
+    """New connections after the stop began must be refused, not taken and dropped.
+
+    A listener left open with nobody serving it takes every connection (the kernel completes
+    the handshake into its backlog) and then either never answers (a probe timeout) or resets
+    it when the process exits. One such connection is the backlog race (a connection that
+    arrived as the listener closed); more are the fault, and the finding gives the numbers
+    that tell the two apart.
+
+    Args:
+        f: where findings go.
+        main: the probes of the service's port made while it stopped.
+        slow: probes timed out before the stop too (the probe path is slow even when
+            served), so a timeout during the stop is no sign of an abandoned connection.
+    """
+    timeouts = [e for e in main if e.outcome == "timeout"]
+    if slow and timeouts:
+        f.note(
+            f"{len(timeouts)} probes got no answer within {PROBE_TIMEOUT_S:g} s during the stop, "
+            "but probes timed out before it too (the probed work request is slow): abandoned "
+            "connections cannot be told from slow ones; pass a work URL whose 0 s request is "
+            "fast"
+        )
+        timeouts = []
+    dropped = [e for e in main if e.outcome in ("reset", "closed") and e.connected is not False]
     refused = sum(1 for e in main if e.outcome == "refused")
-    if len(bad) >= 2:
+    bad = len(timeouts) + len(dropped)
+    counts = (
+        f"{len(timeouts)} of {len(main)} probes got no answer within {PROBE_TIMEOUT_S:g} s, "
+        f"{len(dropped)} were reset or closed after connecting, {refused} were refused"
+    )
+    if bad >= 2 and timeouts:
         f.problem(
-            f"new connections were accepted then reset after the stop began ({len(bad)} of "
-            f"{len(main)} probes; {refused} refused): a listener stayed open with nobody "
-            "serving it; close it so connections are refused"
+            f"new connections were accepted and abandoned after the stop began ({counts}): "
+            "the listener stayed open with nobody serving it, so clients hang until the "
+            "process exits and are then reset; close the listener when the stop begins so "
+            "new connections are refused (more than the one connection of the backlog race "
+            "at the close)"
+        )
+    elif bad >= 2:
+        f.problem(
+            f"new connections were accepted then reset after the stop began ({counts}): a "
+            "listener stayed open with nobody serving it; close it so connections are refused"
         )
     elif bad:
-        f.note("one new connection arriving as the listener closed was reset (backlog race)")
+        f.note(
+            f"one new connection arriving as the listener closed was dropped (the backlog "
+            f"race: {counts})"
+        )
     elif refused:
         f.note(f"new connections after the listener closed were refused ({refused} probes)")
 

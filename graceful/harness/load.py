@@ -26,6 +26,8 @@ from types import TracebackType
 
 import httpx
 
+from graceful.harness.workload import Workload
+
 __all__ = [
     "Counts",
     "Kind",
@@ -37,44 +39,6 @@ __all__ = [
     "classify",
     "describe_failures",
 ]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Workload:
-    """Where the service under test answers, following the example HTTP contract.
-
-    Args:
-        port: the HTTP port inside the container.
-        admin_port: the admin port inside the container (``/readyz``); 0 when there is none,
-            which turns the readiness checks off.
-        work_path: ``GET {work_path}?ms=N`` sleeps N ms and answers 200.
-        items_path: ``POST`` stores ``{"id": ...}`` durably, ``GET`` lists ``{"ids": [...]}``;
-            empty when the service stores nothing, which turns the write checks off.
-        ready_path: readiness endpoint on the admin port.
-        volume_path: where the state volume is mounted in the container; empty for none.
-        report_event: the log event that summarises a stop (counted to check that a stop runs
-            once); empty to skip.
-
-    .. versionadded:: 0.1
-    """
-
-    port: int = 8080
-    admin_port: int = 9090
-    work_path: str = "/work"
-    items_path: str = "/items"
-    ready_path: str = "/readyz"
-    volume_path: str = "/data"
-    report_event: str = "shutdown.report"
-
-    @property
-    def has_admin(self) -> bool:
-        """Whether readiness can be polled."""
-        return self.admin_port > 0 and bool(self.ready_path)
-
-    @property
-    def has_items(self) -> bool:
-        """Whether the service stores writes the harness can check."""
-        return bool(self.items_path)
 
 
 class Kind(StrEnum):
@@ -289,8 +253,8 @@ class LoadClient:
         return f"{self._prefix}-{next(self._ids)}"
 
     async def work(self, ms: int, *, kind: Kind = Kind.WORK) -> Record:
-        """``GET {work_path}?ms=N``: one request that stays in flight for about ``ms``."""
-        return await self._request(kind, "GET", self.workload.work_path, params={"ms": ms})
+        """``GET`` the work URL: one request that stays in flight for about ``ms``."""
+        return await self._request(kind, "GET", self.workload.work_target(ms))
 
     async def write(self, item_id: str | None = None) -> Record:
         """``POST {items_path}`` with a client-chosen id; acknowledged when answered 2xx
@@ -301,25 +265,36 @@ class LoadClient:
         )
 
     async def stored_ids(self) -> set[str]:
-        """``GET {items_path}``: the ids the service holds.
+        """``GET {items_path}``: the ids the service holds, following ``next`` page by page.
+
+        A service that pages its list answers ``{"ids", "count", "next"}`` while more remain;
+        one that does not never sends ``next``, so a single page is the whole list.
 
         Raises:
             httpx.HTTPError: the service did not answer, or not with 2xx and JSON ids.
         """
-        sent = time.monotonic()
-        response = await self._client.get(self.workload.items_path)
-        self.ledger.add(
-            Record(
-                kind=Kind.READ,
-                sent=sent,
-                answered=time.monotonic(),
-                outcome=RequestOutcome.OK if response.is_success else RequestOutcome.HTTP_ERROR,
-                status=response.status_code,
+        ids: set[str] = set()
+        params: dict[str, str] = {}
+        while True:
+            sent = time.monotonic()
+            response = await self._client.get(self.workload.items_path, params=params)
+            ok = response.is_success
+            self.ledger.add(
+                Record(
+                    kind=Kind.READ,
+                    sent=sent,
+                    answered=time.monotonic(),
+                    outcome=RequestOutcome.OK if ok else RequestOutcome.HTTP_ERROR,
+                    status=response.status_code,
+                )
             )
-        )
-        response.raise_for_status()
-        body = response.json()
-        return {str(i) for i in body["ids"]}
+            response.raise_for_status()
+            body = response.json()
+            ids.update(str(i) for i in body["ids"])
+            after = body.get("next")
+            if not after or str(after) == params.get("after"):
+                return ids
+            params = {"limit": "1000", "after": str(after)}
 
     async def steady(
         self,
@@ -377,13 +352,12 @@ class LoadClient:
         method: str,
         path: str,
         *,
-        params: dict[str, int] | None = None,
         json: object = None,
         item_id: str | None = None,
     ) -> Record:
         sent = time.monotonic()
         try:
-            response = await self._client.request(method, path, params=params, json=json)
+            response = await self._client.request(method, path, json=json)
         except httpx.HTTPError as exc:
             outcome, detail = classify(exc)
             record = Record(

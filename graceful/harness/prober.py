@@ -36,9 +36,10 @@ def probe_script() -> str:
 
 @dataclass(frozen=True, slots=True)
 class ProbeEvent:
-    """One probe: a fresh connection to the service's port (``main``) or to ``/readyz``
-    (``ready``), at monotonic time ``t``; ``outcome`` is ``answered`` (with ``status``),
-    ``refused``, ``reset``, ``closed``, ``timeout`` or ``error``.
+    """One probe: a fresh connection to the service's port (``main``) or to its readiness
+    path (``ready``), started at monotonic time ``t``; ``outcome`` is ``answered`` (with
+    ``status``), ``refused``, ``reset``, ``closed``, ``timeout`` or ``error``; ``connected``
+    whether a listener had taken the connection (None when the prober did not say).
 
     .. versionadded:: 0.1
     """
@@ -47,10 +48,12 @@ class ProbeEvent:
     kind: str
     outcome: str
     status: int | None
+    connected: bool | None = None
 
 
 def parse_probe_output(text: str) -> list[ProbeEvent]:
-    """Probe events from the prober's output; lines that are not probe events are skipped."""
+    """Probe events from the prober's output, in the order the probes started; lines that
+    are not probe events are skipped."""
     events: list[ProbeEvent] = []
     for line in text.splitlines():
         line = line.strip()
@@ -59,21 +62,24 @@ def parse_probe_output(text: str) -> list[ProbeEvent]:
         try:
             raw = json.loads(line)
             status = raw.get("status")
+            connected = raw.get("connected")
             events.append(
                 ProbeEvent(
                     t=float(raw["t"]),
                     kind=str(raw["kind"]),
                     outcome=str(raw["outcome"]),
                     status=status if isinstance(status, int) else None,
+                    connected=connected if isinstance(connected, bool) else None,
                 )
             )
         except (ValueError, KeyError, TypeError):
             continue
-    return events
+    # Probes run side by side and are printed as they end.
+    return sorted(events, key=lambda e: e.t)
 
 
 class Prober:
-    """Opens fresh connections to the service's port and ``/readyz`` every 20 ms.
+    """Opens fresh connections to the service's port and its readiness path every 20 ms.
 
     Start it with :meth:`start` before the stop, and collect its events with :meth:`finish`.
 
@@ -98,13 +104,15 @@ class Prober:
         await prober._start()
         return prober
 
-    def _args(self, port: int, admin: int) -> list[str]:
+    def _args(self, port: int, admin: int | None) -> list[str]:
+        """The script's arguments, for the service's ports as the prober reaches them."""
         w = self.context.workload
         seconds = self.context.stop_timeout + HANG_GUARD_S
+        ready_port = {"admin": admin or 0, "main": port, "work": 0}[w.ready_on]
         return [
             str(port),
-            str(admin if w.has_admin else 0),
-            w.work_path,
+            str(ready_port),
+            w.work_target(0),
             w.ready_path or "/",
             str(PROBE_INTERVAL_S),
             str(seconds),
@@ -120,7 +128,7 @@ class Prober:
                 self._sidecar, self.where = sidecar, "netns"
                 return
         # No python3 in any candidate image: probe from the host through the published ports.
-        admin = self.service.admin_port or 0
+        admin = self.service.admin_port
         self._process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",

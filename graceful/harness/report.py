@@ -1,28 +1,61 @@
 """Verdicts: one result per scenario, as a plain-text table and as the JSON report.
 
+A scenario ends in one of four verdicts (:class:`Verdict`): ``PASS`` (it ran and every check held),
+``FAIL`` (a check did not hold), ``SKIPPED`` (it did not run: the image does not offer what it
+needs, say an items endpoint) or ``INCONCLUSIVE`` (it ran, but the harness could not establish
+what it had to, say work in flight at the stop). Only ``PASS`` counts as passed.
+
 The JSON shape is a contract (``docs/harness.md``)::
 
     {"image": "...",
-     "scenarios": [{"name", "passed", "exit_code", "stop_seconds",
+     "summary": {"PASS": n, "FAIL": n, "SKIPPED": n, "INCONCLUSIVE": n},
+     "contract": [...],
+     "scenarios": [{"name", "verdict", "passed", "exit_code", "stop_seconds",
                     "requests": {"sent", "ok", "failed"}, "acked", "lost",
                     "findings": [...]}]}
 
-Findings are plain sentences. Problems come first; a finding that starts with ``note:`` is
-an observation that did not fail the scenario.
+Findings are plain sentences. Problems come first, then what was skipped (``skipped: ...``)
+or could not be established (``inconclusive: ...``), then observations (``note: ...``).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NOTE", "Report", "ScenarioResult", "format_table"]
+__all__ = [
+    "INCONCLUSIVE",
+    "NOTE",
+    "SKIPPED",
+    "Report",
+    "ScenarioResult",
+    "Verdict",
+    "format_table",
+    "summary_line",
+]
 
 NOTE = "note: "
+SKIPPED = "skipped: "
+INCONCLUSIVE = "inconclusive: "
+_NOT_PROBLEMS = (NOTE, SKIPPED, INCONCLUSIVE)
+
+
+class Verdict(StrEnum):
+    """How a scenario ended.
+
+    .. versionadded:: 0.1
+    """
+
+    PASS = "PASS"  # it ran, and every check held
+    FAIL = "FAIL"  # a check did not hold
+    SKIPPED = "SKIPPED"  # it did not run: the image does not offer what it needs
+    INCONCLUSIVE = "INCONCLUSIVE"  # it ran, but what it had to establish could not be
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,7 +64,7 @@ class ScenarioResult:
 
     Attributes:
         name: the scenario's name.
-        passed: every assertion held.
+        verdict: PASS, FAIL, SKIPPED or INCONCLUSIVE.
         exit_code: the container's exit code at the end of the scenario (None when it
             never ran to an exit).
         stop_seconds: from the stop (or kill) request to the container's exit.
@@ -40,13 +73,14 @@ class ScenarioResult:
         failed: load requests that failed (any other outcome).
         acked: writes the service acknowledged.
         lost: acknowledged writes missing after a restart on the same volume.
-        findings: problems first, then notes (``note: ...``), in plain words.
+        findings: problems first, then reasons (``skipped: ...``, ``inconclusive: ...``),
+            then notes (``note: ...``), in plain words.
 
     .. versionadded:: 0.1
     """
 
     name: str
-    passed: bool
+    verdict: Verdict
     exit_code: int | None = None
     stop_seconds: float | None = None
     sent: int = 0
@@ -57,14 +91,31 @@ class ScenarioResult:
     findings: tuple[str, ...] = ()
 
     @property
+    def passed(self) -> bool:
+        """The scenario ran and every check held (SKIPPED and INCONCLUSIVE are not passes)."""
+        return self.verdict is Verdict.PASS
+
+    @property
     def problems(self) -> tuple[str, ...]:
         """Findings that failed the scenario."""
-        return tuple(f for f in self.findings if not f.startswith(NOTE))
+        return tuple(f for f in self.findings if not f.startswith(_NOT_PROBLEMS))
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Why it was skipped, or what could not be established."""
+        return tuple(f for f in self.findings if f.startswith((SKIPPED, INCONCLUSIVE)))
+
+    @property
+    def headline(self) -> str:
+        """The finding that explains the verdict: the first problem, else the first reason,
+        else the first note ("" when there is none)."""
+        return next(iter(self.problems + self.reasons + self.findings), "")
 
     def to_dict(self) -> dict[str, Any]:
         """The scenario's entry in the JSON report."""
         return {
             "name": self.name,
+            "verdict": self.verdict.value,
             "passed": self.passed,
             "exit_code": self.exit_code,
             "stop_seconds": None if self.stop_seconds is None else round(self.stop_seconds, 3),
@@ -84,15 +135,39 @@ class Report:
 
     image: str
     scenarios: list[ScenarioResult] = field(default_factory=list)
+    #: What the preflight established about the image, one line per check.
+    contract: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         """Every scenario passed (and there was at least one)."""
         return bool(self.scenarios) and all(s.passed for s in self.scenarios)
 
+    @property
+    def failed(self) -> bool:
+        """A scenario failed."""
+        return any(s.verdict is Verdict.FAIL for s in self.scenarios)
+
+    def counts(self) -> dict[Verdict, int]:
+        """How many scenarios ended in each verdict (every verdict present, in order)."""
+        seen = Counter(s.verdict for s in self.scenarios)
+        return {v: seen[v] for v in Verdict}
+
+    def exit_code(self, *, strict: bool = False) -> int:
+        """0, or 1 when a scenario failed (with ``strict``, also when one was skipped or
+        inconclusive, or none ran)."""
+        if self.failed or (strict and not self.passed):
+            return 1
+        return 0
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON report as a dict."""
-        return {"image": self.image, "scenarios": [s.to_dict() for s in self.scenarios]}
+        return {
+            "image": self.image,
+            "summary": {v.value: n for v, n in self.counts().items()},
+            "contract": list(self.contract),
+            "scenarios": [s.to_dict() for s in self.scenarios],
+        }
 
     def to_json(self) -> str:
         """The JSON report as text."""
@@ -106,26 +181,53 @@ class Report:
 
     def table(self, *, width: int | None = None) -> str:
         """The verdict table, then every finding of every scenario in full."""
-        return format_table(self.image, self.scenarios, width=width)
+        return format_table(self.image, self.scenarios, width=width, contract=self.contract)
 
 
 _COLUMNS = ("scenario", "verdict", "exit", "stop s", "sent", "ok", "failed", "acked", "lost")
 
 
-def format_table(image: str, results: Sequence[ScenarioResult], *, width: int | None = None) -> str:
-    """A plain-text table, one row per scenario, the first finding in the last column,
-    followed by the full findings.
+def summary_line(results: Sequence[ScenarioResult]) -> str:
+    """``all 7 scenarios passed``, or the count of each verdict: ``5 passed, 1 failed,
+    1 skipped (of 7 scenarios)``; never "all passed" unless every one did.
+
+    .. versionadded:: 0.1
+    """
+    total = len(results)
+    seen = Counter(r.verdict for r in results)
+    if total and seen[Verdict.PASS] == total:
+        return f"all {total} scenario{'s' * (total != 1)} passed"
+    words = {
+        Verdict.PASS: "passed",
+        Verdict.FAIL: "failed",
+        Verdict.SKIPPED: "skipped",
+        Verdict.INCONCLUSIVE: "inconclusive",
+    }
+    parts = [f"{seen[v]} {word}" for v, word in words.items() if seen[v] or v is Verdict.PASS]
+    return f"{', '.join(parts)} (of {total} scenario{'s' * (total != 1)})"
+
+
+def format_table(
+    image: str,
+    results: Sequence[ScenarioResult],
+    *,
+    width: int | None = None,
+    contract: Sequence[str] = (),
+) -> str:
+    """A plain-text table, one row per scenario, the finding that explains its verdict in the
+    last column, followed by the full findings.
 
     Args:
         image: the image the scenarios ran against.
         results: the verdicts.
         width: the line width to fit the first-finding column in (the terminal's by default).
+        contract: what the preflight established, shown above the table.
     """
     width = width or shutil.get_terminal_size((120, 24)).columns
     rows = [
         (
             r.name,
-            "PASS" if r.passed else "FAIL",
+            r.verdict.value,
             "-" if r.exit_code is None else str(r.exit_code),
             "-" if r.stop_seconds is None else f"{r.stop_seconds:.2f}",
             str(r.sent),
@@ -151,17 +253,20 @@ def format_table(image: str, results: Sequence[ScenarioResult], *, width: int | 
         return f"{head}  {last}".rstrip()
 
     out = [f"graceful harness: {image}", ""]
+    if contract:
+        out.append("contract (preflight):")
+        out.extend(f"  - {c}" for c in contract)
+        out.append("")
     out.append(line(_COLUMNS, "first finding"))
     out.append(line(["-" * w for w in widths], "-" * 13))
     for r, row in zip(results, rows, strict=True):
-        out.append(line(row, r.findings[0] if r.findings else "-"))
-    passed = sum(1 for r in results if r.passed)
+        out.append(line(row, r.headline or "-"))
     out.append("")
-    out.append(f"{passed} of {len(results)} scenarios passed")
+    out.append(summary_line(results))
     detailed = [r for r in results if r.findings]
     if detailed:
         out.append("")
         for r in detailed:
-            out.append(f"{r.name} ({'PASS' if r.passed else 'FAIL'}):")
+            out.append(f"{r.name} ({r.verdict.value}):")
             out.extend(f"  - {f}" for f in r.findings)
     return "\n".join(out) + "\n"

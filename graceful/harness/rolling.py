@@ -33,6 +33,7 @@ from graceful.harness.cluster import (
 )
 from graceful.harness.container import StopResult
 from graceful.harness.context import HANG_GUARD_S, Context, Findings, gather_bounded
+from graceful.harness.contract import Capability
 from graceful.harness.judges import describe_exit, judge_report_events, judge_traceback
 from graceful.harness.load import Ledger, Record, describe_failures
 from graceful.harness.report import ScenarioResult
@@ -88,6 +89,7 @@ class RollingRestart:
 
     name: ClassVar[str] = "rolling-restart"
     opt_in: ClassVar[bool] = True
+    needs: ClassVar[frozenset[Capability]] = frozenset({Capability.WORK, Capability.ADMIN_READY})
     summary: ClassVar[str] = (
         "opt-in: replace N replicas one at a time behind HAProxy under load (needs "
         "graceful-lb:bookworm): no request fails, every replica exits 0; also shows "
@@ -109,10 +111,10 @@ class RollingRestart:
 
     async def run(self, ctx: Context) -> ScenarioResult:
         f = Findings()
-        if not ctx.workload.has_admin:
-            f.problem(
-                "not run: a load balancer routes by readiness, and the workload has no admin "
-                "port with a readiness path (--admin-port, --ready-path)"
+        if not ctx.contract.has(Capability.ADMIN_READY):
+            f.skip(
+                "a load balancer routes by readiness, and the image has no admin port with a "
+                f"readiness path ({ctx.contract.why_not(Capability.ADMIN_READY)})"
             )
             return f.result(self.name)
         detection = lb_detection(lb_config())
@@ -166,7 +168,7 @@ class RollingRestart:
                 client.steady(
                     stop=stop_load,
                     concurrency=self.concurrency,
-                    ms=self.work_ms,
+                    ms=ctx.workload.short_ms(self.work_ms),
                     max_requests=_MAX_REQUESTS,
                     max_seconds=bound,
                     retry_after=0.01,

@@ -10,6 +10,12 @@
 - ``early-ack``: acknowledges writes from memory and writes them down every 30 s (and on a
   graceful stop); a SIGKILL loses what was acknowledged since the last write-down.
 - ``endless-drain``: drains without a deadline, waiting for in-flight work forever.
+- ``abandon``: stops well (unready, drains, exits 0) but leaves its listener open: connections
+  made after the stop began are accepted and never answered (each hangs until the process
+  exits, then is reset).
+
+``GET /stream`` is server-sent events, an event every 100 ms, until the stop begins; then a
+last ``bye`` event and the end of the response (so the drain waits for no stream).
 
 Only here to test the harness; the real examples use graceful's runtime on real servers.
 """
@@ -82,6 +88,9 @@ class App:
     # --- HTTP plumbing (HTTP/1.1, keep-alive, Content-Length bodies only) -----------------
 
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.stopping and MODE == "abandon":
+            # Taken after the stop began, by a listener left open: never answered.
+            await asyncio.Event().wait()
         try:
             while True:
                 self.idle_writers.add(writer)
@@ -99,6 +108,9 @@ class App:
                 assert task is not None
                 self.inflight.add(task)
                 try:
+                    if method == "GET" and urlsplit(target).path == "/stream":
+                        await self.stream(writer)
+                        break
                     status, payload = await self.route(method, target, body)
                 finally:
                     self.inflight.discard(task)
@@ -122,6 +134,26 @@ class App:
         finally:
             self.idle_writers.discard(writer)
             writer.close()
+
+    async def stream(self, writer: asyncio.StreamWriter) -> None:
+        """Server-sent events until the stop begins, then a last event and the last chunk."""
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
+        n = 0
+        while not self.stopping:
+            event = f"data: tick {n}\n\n".encode()
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+            n += 1
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), 0.1)
+            except TimeoutError:
+                pass
+        event = b"data: bye\n\n"
+        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
+        await writer.drain()
 
     async def route(self, method: str, target: str, body: bytes) -> tuple[int, object]:
         url = urlsplit(target)
@@ -196,8 +228,9 @@ class App:
         await self.stop_event.wait()
         started = time.monotonic()
         deadline = started + STOP_TIMEOUT - 1.0  # margin for flush, exit and a busy machine
-        # stop accepting: new connections are refused from here on
-        self.server.close()
+        # stop accepting: new connections are refused from here on (not so when abandoning)
+        if MODE != "abandon":
+            self.server.close()
         for w in list(self.idle_writers):
             w.close()
         at_signal = len(self.inflight)

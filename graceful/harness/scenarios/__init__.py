@@ -5,7 +5,8 @@ Every scenario is a frozen dataclass whose fields are its knobs (defaults follow
 HTTP contract); :func:`run_scenarios` runs a list of them against one image and returns a
 :class:`~graceful.harness.report.Report`. The ``docker stop`` scenarios live in
 :mod:`~graceful.harness.scenarios.stop`, the ``docker kill`` ones in
-:mod:`~graceful.harness.scenarios.kill`, ``rolling-restart`` in :mod:`graceful.harness.rolling`,
+:mod:`~graceful.harness.scenarios.kill`, ``stop-during-stream`` in
+:mod:`~graceful.harness.scenarios.stream`, ``rolling-restart`` in :mod:`graceful.harness.rolling`,
 and the registry in :mod:`~graceful.harness.scenarios.registry`.
 """
 
@@ -17,6 +18,7 @@ from graceful.harness.scenarios.kill import KillUnderLoad, Signals, SignalStorm
 from graceful.harness.scenarios.registry import (
     SCENARIOS,
     Scenario,
+    default_names,
     make_scenarios,
     opt_in_scenarios,
     run_scenarios,
@@ -28,6 +30,7 @@ from graceful.harness.scenarios.stop import (
     StopOverBudget,
     StopUnderLoad,
 )
+from graceful.harness.scenarios.stream import StopDuringStream
 
 __all__ = [
     "SCENARIOS",
@@ -38,9 +41,11 @@ __all__ = [
     "SignalStorm",
     "Signals",
     "StopDuringStartup",
+    "StopDuringStream",
     "StopIdle",
     "StopOverBudget",
     "StopUnderLoad",
+    "default_names",
     "make_scenarios",
     "opt_in_scenarios",
     "run_scenarios",

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from graceful.harness.container import signal_number_or_none, stop_signal_of
 from graceful.harness.context import HANG_GUARD_S, Context, Findings, gather_bounded
+from graceful.harness.contract import Capability
 from graceful.harness.judges import (
     judge_exit,
     judge_inflight,
@@ -43,14 +44,15 @@ class KillUnderLoad:
     summary: ClassVar[str] = (
         "docker kill (SIGKILL) under write load: exit 137, every acked write there after a restart"
     )
+    needs: ClassVar[frozenset[Capability]] = frozenset({Capability.ITEMS})
     writers: int = 16
     min_acked: int = 30
     max_wait: float = 10.0
 
     async def run(self, ctx: Context) -> ScenarioResult:
         f = Findings()
-        if not ctx.workload.has_items:
-            f.note("not run: the workload has no items path")
+        if not ctx.contract.has(Capability.ITEMS):
+            f.skip(f"needs {ctx.contract.why_not(Capability.ITEMS)}")
             return f.result(self.name)
         service = await ctx.start()
         ledger = Ledger()
@@ -99,6 +101,7 @@ class SignalStorm:
 
     name: ClassVar[str] = "signal-storm"
     summary: ClassVar[str] = "many SIGTERMs at once: one shutdown (one shutdown.report), clean exit"
+    needs: ClassVar[frozenset[Capability]] = frozenset()
     signals: int = 5
 
     async def run(self, ctx: Context) -> ScenarioResult:
@@ -146,18 +149,20 @@ class Signals:
         "SIGINT behaves like SIGTERM; the image's STOPSIGNAL is what docker stop sends, and it "
         "is handled"
     )
+    needs: ClassVar[frozenset[Capability]] = frozenset()
+    wants: ClassVar[frozenset[Capability]] = frozenset({Capability.LONG_WORK})
     inflight: int = 2
 
     async def run(self, ctx: Context) -> ScenarioResult:
         f = Findings()
         ledger = Ledger()
-        # 1. SIGINT with requests in flight.
+        # 1. SIGINT with requests in flight (when the image holds them for the time asked).
         service = await ctx.start()
-        work_ms = min(int(ctx.stop_timeout * 300), 2000)
+        work_ms = ctx.workload.long_ms(min(int(ctx.stop_timeout * 300), 2000))
+        inflight = self.inflight if ctx.contract.has(Capability.LONG_WORK) else 0
         async with ctx.client(service, ledger, timeout=ctx.stop_timeout + HANG_GUARD_S) as client:
             longs = [
-                asyncio.create_task(client.work(work_ms, kind=Kind.LONG))
-                for _ in range(self.inflight)
+                asyncio.create_task(client.work(work_ms, kind=Kind.LONG)) for _ in range(inflight)
             ]
             await client.settle()
             ctx.step("docker kill --signal SIGINT")
@@ -169,7 +174,7 @@ class Signals:
             await gather_bounded(longs)
         if stop is not None:
             judge_exit(f, ctx, service, stop, sig="SIGINT", prefix="SIGINT: ")
-            judge_inflight(f, ledger, started, prefix="SIGINT: ")
+            judge_inflight(f, ledger, started, prefix="SIGINT: ", require=bool(inflight))
             judge_traceback(f, await ctx.logs(service))
         # 2. docker stop sends the configured STOPSIGNAL.
         service = await ctx.start()

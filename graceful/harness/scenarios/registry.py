@@ -2,7 +2,13 @@
 
 Every scenario class is listed here once, in run order. A class with ``opt_in = True`` (such
 as ``rolling-restart``, which needs a load-balancer image) runs only when named; the others
-are the default set, :data:`SCENARIOS`.
+are the default set, :data:`SCENARIOS` (:func:`default_names` leaves out the ones a workload
+cannot feed, such as ``stop-during-stream`` without a stream path).
+
+A class names what it cannot run without in ``needs`` (a set of
+:class:`~graceful.harness.contract.Capability`) and what it uses when it is there in
+``wants``. :func:`run_scenarios` first runs the preflight for all of them, then runs each
+scenario whose needs were established and reports the others as SKIPPED, with the reason.
 """
 
 from __future__ import annotations
@@ -12,15 +18,20 @@ from typing import ClassVar, Protocol
 
 import graceful.harness.scenarios.kill as kill
 import graceful.harness.scenarios.stop as stop
+import graceful.harness.scenarios.stream as stream
 from graceful.harness.container import ImageInfo
-from graceful.harness.context import Context, Progress, Settings
+from graceful.harness.context import Context, Findings, Progress, Settings
+from graceful.harness.contract import Capability, Contract
 from graceful.harness.engine import Engine
-from graceful.harness.report import Report, ScenarioResult
+from graceful.harness.preflight import preflight
+from graceful.harness.report import Report, ScenarioResult, Verdict
 from graceful.harness.rolling import RollingRestart
+from graceful.harness.workload import Workload
 
 __all__ = [
     "SCENARIOS",
     "Scenario",
+    "default_names",
     "make_scenarios",
     "opt_in_scenarios",
     "run_scenarios",
@@ -31,13 +42,15 @@ __all__ = [
 class Scenario(Protocol):
     """A way to stop a container, and what must hold afterwards.
 
-    A class may also set ``opt_in: ClassVar[bool] = True`` to run only when named.
+    A class may also set ``opt_in: ClassVar[bool] = True`` to run only when named, and
+    ``wants: ClassVar[frozenset[Capability]]``: what it uses when the image offers it.
 
     .. versionadded:: 0.1
     """
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    needs: ClassVar[frozenset[Capability]]
 
     async def run(self, ctx: Context) -> ScenarioResult:
         """Run against ``ctx``'s image and judge the outcome."""
@@ -55,6 +68,7 @@ _REGISTRY: dict[str, type[Scenario]] = {
         kill.SignalStorm,
         stop.StopDuringStartup,
         kill.Signals,
+        stream.StopDuringStream,
         RollingRestart,
     )
 }
@@ -86,6 +100,37 @@ def scenario_names(*, opt_in: bool = False) -> list[str]:
     return list(SCENARIOS) + (list(opt_in_scenarios()) if opt_in else [])
 
 
+def default_names(workload: Workload) -> list[str]:
+    """The default scenarios a run with ``workload`` should try: every one, except those
+    that need a part of the contract the workload says is not there (a stream without a
+    stream path). Needs the workload promises are checked by the preflight instead.
+
+    .. versionadded:: 0.1
+    """
+    configured = Contract.assumed(workload)
+    return [
+        name
+        for name, cls in SCENARIOS.items()
+        if not configured.missing(cls.needs & {Capability.STREAM})
+    ]
+
+
+def needs_of(scenario: Scenario) -> frozenset[Capability]:
+    """What ``scenario`` cannot run without.
+
+    .. versionadded:: 0.1
+    """
+    return frozenset(getattr(scenario, "needs", frozenset()))
+
+
+def wants_of(scenario: Scenario) -> frozenset[Capability]:
+    """What ``scenario`` uses when the image offers it.
+
+    .. versionadded:: 0.1
+    """
+    return frozenset(getattr(scenario, "wants", frozenset()))
+
+
 def make_scenarios(names: Iterable[str]) -> list[Scenario]:
     """Default-configured scenarios by name (opt-in ones included).
 
@@ -110,12 +155,15 @@ async def run_scenarios(
     *,
     progress: Progress | None = None,
     on_result: Callable[[ScenarioResult], None] | None = None,
+    check_contract: bool = True,
 ) -> Report:
-    """Run scenarios one after the other against an image.
+    """Run the preflight, then scenarios one after the other against an image.
 
-    A scenario that cannot finish (the container never becomes ready, the engine errors)
-    fails with a finding that says so; the next one still runs. Each scenario's containers
-    and volumes are removed when it ends.
+    A scenario whose needs the preflight did not establish is SKIPPED with the reason. A
+    scenario that cannot finish (the container never becomes ready, the engine errors) fails
+    with a finding that says so; the next one still runs. When the preflight's container
+    never becomes ready, no scenario runs and each fails with that finding. Each scenario's
+    containers and volumes are removed when it ends.
 
     Args:
         engine: the connected engine.
@@ -124,26 +172,64 @@ async def run_scenarios(
         settings: what they share.
         progress: called with a short status text as scenarios advance.
         on_result: called with each verdict as soon as it is known.
+        check_contract: run the preflight; without it, what the workload's settings promise
+            is assumed.
 
     .. versionadded:: 0.1
     """
     report = Report(image=image.ref)
-    for scenario in scenarios:
-        ctx = Context(engine, image, settings, scenario=scenario.name, progress=progress)
+    contract = Contract.assumed(settings.workload)
+    failed_start = ""
+    if check_contract:
+        needs = frozenset().union(*(needs_of(s) | wants_of(s) for s in scenarios))
         try:
-            result = await scenario.run(ctx)
-        except Exception as exc:  # a broken image must not stop the other scenarios
-            result = ScenarioResult(
-                name=scenario.name,
-                passed=False,
-                findings=(f"the scenario could not finish: {_exception_text(exc)}",),
-            )
-        finally:
-            await ctx.close()
+            contract = await preflight(engine, image, settings, needs, progress=progress)
+            report.contract = contract.lines()
+        except Exception as exc:  # the image is broken: say so once, for every scenario
+            failed_start = _exception_text(exc)
+            report.contract = [f"the image could not be checked: {failed_start}"]
+    for scenario in scenarios:
+        result = await _run_one(engine, image, scenario, settings, contract, failed_start, progress)
         report.scenarios.append(result)
         if on_result is not None:
             on_result(result)
     return report
+
+
+async def _run_one(
+    engine: Engine,
+    image: ImageInfo,
+    scenario: Scenario,
+    settings: Settings,
+    contract: Contract,
+    failed_start: str,
+    progress: Progress | None,
+) -> ScenarioResult:
+    if failed_start:
+        return ScenarioResult(
+            name=scenario.name,
+            verdict=Verdict.FAIL,
+            findings=(f"not run: the preflight could not start the image: {failed_start}",),
+        )
+    missing = contract.missing(needs_of(scenario))
+    if missing:
+        f = Findings()
+        for capability in missing:
+            f.skip(f"needs {contract.why_not(capability)}")
+        return f.result(scenario.name)
+    ctx = Context(
+        engine, image, settings, scenario=scenario.name, progress=progress, contract=contract
+    )
+    try:
+        return await scenario.run(ctx)
+    except Exception as exc:  # a broken image must not stop the other scenarios
+        return ScenarioResult(
+            name=scenario.name,
+            verdict=Verdict.FAIL,
+            findings=(f"the scenario could not finish: {_exception_text(exc)}",),
+        )
+    finally:
+        await ctx.close()
 
 
 def _exception_text(exc: BaseException) -> str:

@@ -13,15 +13,16 @@ import httpx
 
 from graceful.harness.container import (
     ContainerError,
-    StopResult,
     signal_number_or_none,
     stop_signal_of,
 )
 from graceful.harness.context import HANG_GUARD_S, Context, Findings, gather_bounded
+from graceful.harness.contract import Capability
 from graceful.harness.judges import (
     judge_connections,
     judge_exit,
     judge_inflight,
+    judge_long_inflight,
     judge_report_events,
     judge_traceback,
     judge_writes,
@@ -46,6 +47,7 @@ class StopIdle:
 
     name: ClassVar[str] = "stop-idle"
     summary: ClassVar[str] = "docker stop with nothing in flight: exit 0, well before the timeout"
+    needs: ClassVar[frozenset[Capability]] = frozenset()
     idle_limit: float = 2.0
 
     async def run(self, ctx: Context) -> ScenarioResult:
@@ -74,8 +76,10 @@ class StopUnderLoad:
         concurrency: steady short requests in flight.
         work_ms: length of a steady request.
         writers: concurrent writers (0 for none).
-        long_requests: long requests in flight when the stop begins.
-        long_ms: their length; by default 40 % of the stop timeout, at most 3 s.
+        long_requests: long requests in flight when the stop begins (only when the image
+            holds a request for the time asked: the preflight's ``long work``).
+        long_ms: their length; by default 40 % of the stop timeout, at most 3 s (whole
+            seconds for a ``{seconds}`` work URL).
 
     .. versionadded:: 0.1
     """
@@ -85,6 +89,8 @@ class StopUnderLoad:
         "docker stop under load with long requests in flight: all answered, /readyz 503 first, "
         "new connections refused, exit 0 in time, acked writes kept"
     )
+    needs: ClassVar[frozenset[Capability]] = frozenset({Capability.WORK})
+    wants: ClassVar[frozenset[Capability]] = frozenset({Capability.LONG_WORK, Capability.ITEMS})
     concurrency: int = 4
     work_ms: int = 20
     writers: int = 2
@@ -94,7 +100,9 @@ class StopUnderLoad:
     async def run(self, ctx: Context) -> ScenarioResult:
         f = Findings()
         w = ctx.workload
-        long_ms = self.long_ms or min(int(ctx.stop_timeout * 400), 3000)
+        long_ms = w.long_ms(self.long_ms or min(int(ctx.stop_timeout * 400), 3000))
+        long_requests = self.long_requests if ctx.contract.has(Capability.LONG_WORK) else 0
+        writers = self.writers if ctx.contract.has(Capability.ITEMS) else 0
         service = await ctx.start()
         ledger = Ledger()
         prober = await Prober.start(ctx, service)
@@ -106,37 +114,40 @@ class StopUnderLoad:
                     client.steady(
                         stop=stop_load,
                         concurrency=self.concurrency,
-                        ms=self.work_ms,
+                        ms=w.short_ms(self.work_ms),
                         max_seconds=bound,
                     )
                 )
             ]
-            if self.writers and w.has_items:
+            if writers:
                 load.append(
                     asyncio.create_task(
                         client.steady(
                             stop=stop_load,
-                            concurrency=self.writers,
+                            concurrency=writers,
                             writes=True,
                             max_seconds=bound,
                         )
                     )
                 )
-            ctx.step(f"load running, {self.long_requests} requests of {long_ms} ms in flight")
+            ctx.step(f"load running, {long_requests} requests of {long_ms} ms in flight")
             await asyncio.sleep(0.3)
             longs = [
                 asyncio.create_task(client.work(long_ms, kind=Kind.LONG))
-                for _ in range(self.long_requests)
+                for _ in range(long_requests)
             ]
             await client.settle()
             stop_began, stop_began_wall = time.monotonic(), time.time()
             stop_load.set()
             stop = await ctx.stop(service)
-            exited = _exit_time(stop, stop_began, stop_began_wall)
+            exited = stop.exited_at(stop_began, stop_began_wall)
             await gather_bounded(load + longs)
         events = await prober.finish()
         judge_exit(f, ctx, service, stop)
         judge_inflight(f, ledger, stop_began)
+        if not long_requests:
+            why = ctx.contract.why_not(Capability.LONG_WORK)
+            f.note(f"no long requests were held across the stop ({why})")
         judge_connections(
             f,
             events,
@@ -144,6 +155,7 @@ class StopUnderLoad:
             exited=exited,
             where=prober.where,
             check_ready=w.has_admin,
+            ready_on=w.ready_on,
         )
         logs = await ctx.logs(service)
         judge_report_events(f, logs, w, strict=True)
@@ -170,6 +182,8 @@ class StopOverBudget:
         "docker stop with requests longer than the timeout: work cut, state flushed, "
         "exit before SIGKILL (not 137)"
     )
+    needs: ClassVar[frozenset[Capability]] = frozenset({Capability.LONG_WORK})
+    wants: ClassVar[frozenset[Capability]] = frozenset({Capability.ITEMS})
     long_requests: int = 4
     over_s: int = 5
     writes: int = 20
@@ -177,30 +191,34 @@ class StopOverBudget:
     async def run(self, ctx: Context) -> ScenarioResult:
         f = Findings()
         w = ctx.workload
-        long_ms = (ctx.stop_timeout + self.over_s) * 1000
+        long_ms = w.long_ms((ctx.stop_timeout + self.over_s) * 1000)
         service = await ctx.start()
         ledger = Ledger()
         guard = ctx.stop_timeout + self.over_s + HANG_GUARD_S
         async with ctx.client(service, ledger, timeout=guard) as client:
-            if w.has_items:
+            if ctx.contract.has(Capability.ITEMS):
                 await asyncio.gather(*(client.write() for _ in range(self.writes)))
-            ctx.step(f"{self.long_requests} requests of {long_ms} ms in flight")
+            ctx.step(f"{self.long_requests} requests of {long_ms / 1000:g} s in flight")
             longs = [
                 asyncio.create_task(client.work(long_ms, kind=Kind.LONG))
                 for _ in range(self.long_requests)
             ]
             await client.settle()
+            stop_began = time.monotonic()
             stop = await ctx.stop(service)
             await gather_bounded(longs)
         judge_exit(f, ctx, service, stop, expected=(ExitCode.OK, ExitCode.WORK_CUT))
-        if stop.exit_code == ExitCode.OK:
-            f.note(
-                "exited 0 although in-flight work was cut (graceful's contract uses "
-                f"{ExitCode.WORK_CUT:d})"
-            )
-        cut = [r for r in ledger.select((Kind.LONG,)) if not r.ok]
+        held = judge_long_inflight(
+            f, ledger, stop_began, asked_ms=long_ms, target=w.work_target(long_ms)
+        )
+        cut = [r for r in held if not r.ok]
         if cut:
             f.note(f"{len(cut)} requests longer than the budget were cut: {describe_failures(cut)}")
+            if stop.exit_code == ExitCode.OK:
+                f.note(
+                    "exited 0 although in-flight work was cut (graceful's contract uses "
+                    f"{ExitCode.WORK_CUT:d})"
+                )
         logs = await ctx.logs(service)
         judge_report_events(f, logs, w, strict=True)
         judge_traceback(f, logs, fail=False)
@@ -224,6 +242,8 @@ class StopDuringStartup:
     summary: ClassVar[str] = (
         "docker stop right after start: exit 0, and the state still opens after a restart"
     )
+    needs: ClassVar[frozenset[Capability]] = frozenset()
+    wants: ClassVar[frozenset[Capability]] = frozenset({Capability.ITEMS})
     handler_wait: float = 5.0
 
     async def run(self, ctx: Context) -> ScenarioResult:
@@ -239,7 +259,7 @@ class StopDuringStartup:
         judge_exit(f, ctx, service, stop, sig=sig)
         logs = await ctx.logs(service)
         judge_traceback(f, logs)
-        if ctx.workload.has_items:
+        if ctx.contract.has(Capability.ITEMS):
             try:
                 await ctx.stored_after_restart(service.volume)
             except (ContainerError, httpx.HTTPError, KeyError, ValueError) as exc:
@@ -250,12 +270,3 @@ class StopDuringStartup:
             else:
                 f.note("a new container on the same volume started and served its items")
         return f.result(self.name, stop=stop)
-
-
-def _exit_time(stop: StopResult, began: float, began_wall: float) -> float:
-    """The process's exit on the monotonic clock: the engine's record of it when available
-    (the stop call returns later, after the engine's clean-up), else now."""
-    now = time.monotonic()
-    if stop.finished_at is None:
-        return now
-    return min(now, began + max(stop.finished_at - began_wall, 0.0))

@@ -1,0 +1,166 @@
+"""The HTTP contract the harness drives an image through: ports, paths and URL templates.
+
+The defaults follow the project's examples (``GET /work?ms=N``, ``/items``, ``/stream``,
+``/readyz`` on admin port 9090). Any other app is judged by describing its own endpoints
+instead of adding ours: ``--work-url '/slow?s={seconds}'`` for a slow endpoint that reads
+whole seconds, ``--ready-path /health`` for readiness on the main port, ``--stream-path
+/events`` for its server-sent events, an empty items path when it stores nothing.
+
+What the image really honours is established by :mod:`graceful.harness.preflight` before any
+scenario runs; this module only says what to ask.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["ADMIN_PORT_ZERO", "WORK_FIELDS", "Workload", "parse_admin_port"]
+
+#: The fields a work URL template may use.
+WORK_FIELDS = frozenset({"ms", "seconds"})
+
+ADMIN_PORT_ZERO = (
+    "admin port 0 means a port picked at random when the service starts (as ADMIN_PORT=0 does "
+    "in graceful's runtime), which the harness cannot publish: name the port, or say off for "
+    "none"
+)
+
+
+def parse_admin_port(text: str) -> int | None:
+    """``"9090"`` → 9090; ``"off"`` (or ``"none"``) → None, no admin port.
+
+    Raises:
+        ValueError: not a port number or ``off``, or 0 (a random port, see
+            :data:`ADMIN_PORT_ZERO`).
+
+    .. versionadded:: 0.1
+    """
+    value = text.strip().lower()
+    if value in ("off", "none"):
+        return None
+    try:
+        port = int(value)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a port number (or off)") from None
+    _check_admin_port(port)
+    return port
+
+
+def _check_admin_port(port: int) -> None:
+    if port == 0:
+        raise ValueError(ADMIN_PORT_ZERO)
+    if not 0 < port < 65536:
+        raise ValueError(f"admin port {port} is not a TCP port")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Workload:
+    """Where and how the service under test answers.
+
+    Args:
+        port: the HTTP port inside the container.
+        admin_port: the admin port inside the container (graceful's ``/readyz``); None when
+            there is none. 0 is refused: in graceful's runtime it means a random port.
+        work_url: ``GET`` target of a request that takes a given time, a template with
+            ``{ms}`` (milliseconds) or ``{seconds}`` (whole seconds are asked for, so an
+            endpoint that parses an integer works): ``/work?ms={ms}``, ``/slow?s={seconds}``.
+        items_path: ``POST`` stores ``{"id": ...}`` durably, ``GET`` lists ``{"ids": [...]}``;
+            empty when the service stores nothing, which turns the write checks off.
+        ready_path: readiness endpoint (200 when ready); empty for none (then readiness is a
+            short work request answering 2xx).
+        ready_port: ``"admin"`` or ``"main"``: which port serves ``ready_path``; None for the
+            admin port when there is one, else the main port.
+        stream_path: ``GET`` target of a streaming response (SSE or chunked) that stays open
+            until the server stops; empty for none (``stop-during-stream`` then does not run).
+        volume_path: where the state volume is mounted in the container; empty for none.
+        report_event: the log event that summarises a stop (counted to check that a stop runs
+            once); empty to skip.
+
+    Raises:
+        ValueError: a work URL without ``{ms}`` or ``{seconds}`` (or with another field), a
+            path that does not start with ``/``, admin port 0.
+
+    .. versionadded:: 0.1
+    """
+
+    port: int = 8080
+    admin_port: int | None = 9090
+    work_url: str = "/work?ms={ms}"
+    items_path: str = "/items"
+    ready_path: str = "/readyz"
+    ready_port: Literal["admin", "main"] | None = None
+    stream_path: str = "/stream"
+    volume_path: str = "/data"
+    report_event: str = "shutdown.report"
+
+    def __post_init__(self) -> None:
+        if self.admin_port is not None:
+            _check_admin_port(self.admin_port)
+        fields = {f for _, f, _, _ in string.Formatter().parse(self.work_url) if f is not None}
+        if not fields & WORK_FIELDS or fields - WORK_FIELDS:
+            raise ValueError(
+                f"work URL {self.work_url!r} must hold {{ms}} or {{seconds}} (and no other "
+                "field), e.g. /work?ms={ms} or /slow?s={seconds}"
+            )
+        for what, path in (
+            ("work URL", self.work_url),
+            ("items path", self.items_path),
+            ("ready path", self.ready_path),
+            ("stream path", self.stream_path),
+        ):
+            if path and not path.startswith("/"):
+                raise ValueError(f"{what} {path!r} must start with /")
+        if self.ready_port == "admin" and self.admin_port is None:
+            raise ValueError("readiness on the admin port, but there is no admin port")
+
+    @property
+    def has_admin(self) -> bool:
+        """Whether readiness is graceful's: a ready path on an admin port."""
+        return self.ready_on == "admin"
+
+    @property
+    def ready_on(self) -> Literal["admin", "main", "work"]:
+        """Where readiness is polled: the admin port's or the main port's ready path, or
+        (``"work"``) a short work request on the main port."""
+        if not self.ready_path:
+            return "work"
+        if self.ready_port is not None:
+            return self.ready_port
+        return "admin" if self.admin_port is not None else "main"
+
+    @property
+    def ready_target(self) -> str:
+        """The readiness request's target (the ready path, or a work request of 0 ms)."""
+        return self.ready_path if self.ready_path else self.work_target(0)
+
+    @property
+    def has_items(self) -> bool:
+        """Whether the service stores writes the harness can check."""
+        return bool(self.items_path)
+
+    @property
+    def has_stream(self) -> bool:
+        """Whether a streaming endpoint is known."""
+        return bool(self.stream_path)
+
+    @property
+    def in_seconds(self) -> bool:
+        """The work URL asks for whole seconds (``{seconds}``), not milliseconds."""
+        return "{seconds}" in self.work_url
+
+    def long_ms(self, ms: int) -> int:
+        """A long request's length as the endpoint can be asked for it: for a ``{seconds}``
+        template, the nearest whole number of seconds, at least 1."""
+        return max(round(ms / 1000), 1) * 1000 if self.in_seconds else ms
+
+    def short_ms(self, ms: int) -> int:
+        """A short request's length as the endpoint can be asked for it: 0 for a
+        ``{seconds}`` template (a fraction may not parse)."""
+        return 0 if self.in_seconds else ms
+
+    def work_target(self, ms: int) -> str:
+        """The request target of work that takes ``ms`` milliseconds."""
+        seconds = ms // 1000 if ms % 1000 == 0 else ms / 1000
+        return self.work_url.format(ms=ms, seconds=seconds)
