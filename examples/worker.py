@@ -175,7 +175,16 @@ class SpoolWorker:
         self.log.info("worker.started", jobs_dir=str(self.jobs), state_path=self.store.path)
         self.runtime.mark_ready()
         while not self.runtime.stopping:
-            waiting = [p for p in sorted(self.jobs.glob("*.json")) if p.name not in self.claimed]
+            try:
+                found = sorted(self.jobs.glob("*.json"))
+            except OSError as exc:
+                if not passing(exc):
+                    raise
+                # Out of descriptors or memory for a moment: look again later, keep running.
+                self.log.warning("jobs.scan_deferred", error=describe(exc))
+                await self.until_stop(asyncio.sleep(RETRY_DELAY))
+                continue
+            waiting = [p for p in found if p.name not in self.claimed]
             if not waiting:
                 await self.until_stop(asyncio.sleep(self.settings.scan_interval))
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import resource
 import signal
 import sqlite3
 import time
@@ -282,3 +283,38 @@ def test_a_job_that_can_never_run_is_rejected_once(tmp_path: Path) -> None:
     assert set(records(tmp_path / "state.db")) == good
     assert (rejected / "deep.json").read_bytes() == bad["deep.json"]
     assert "Traceback" not in proc.output()
+
+
+def test_a_job_that_meets_a_passing_error_is_deferred_then_done(tmp_path: Path) -> None:
+    """1. The worker runs out of file descriptors (its limit lowered to what it holds).
+    2. A job arrives: opening it fails with EMFILE, a passing error.
+    3. The limit is raised again.
+
+    Result: ``jobs.scan_deferred`` (listing the directory needs a descriptor too) or
+    ``job.deferred`` lines, the file stays in place meanwhile, then the job is processed and
+    recorded; nothing is rejected, the worker keeps running (it used to crash with exit 1).
+    """
+    jobs = tmp_path / "jobs"
+    with running_worker(tmp_path) as proc:
+        limits = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
+        held = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (held, limits[1]))
+        try:
+            good = make_jobs(jobs, 1)
+            wait_until(
+                lambda: bool({"job.deferred", "jobs.scan_deferred"} & set(proc.event_names())),
+                "a job.deferred or jobs.scan_deferred line",
+            )
+            assert remaining(jobs) == good
+            assert proc.proc.poll() is None
+        finally:
+            resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, limits)
+        wait_until(lambda: not remaining(jobs), "the job done once the limit is back")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0, proc.output()
+    deferred = [
+        e for e in proc.events() if e.get("event") in ("job.deferred", "jobs.scan_deferred")
+    ]
+    assert "Too many open files" in deferred[0]["error"]
+    assert set(records(tmp_path / "state.db")) == good
+    assert not [e for e in proc.events() if e.get("event") == "job.rejected"]
