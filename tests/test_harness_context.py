@@ -68,3 +68,12 @@ def test_an_admin_server_on_loopback_is_diagnosed() -> None:
     # Controls: listening on every address; readiness not on the admin port.
     assert not_ready_diagnosis(LISTENING % "0.0.0.0", Workload()) == ""
     assert not_ready_diagnosis(logs, Workload(admin_port=None, ready_path="/health")) == ""
+
+
+def test_no_admin_server_at_all_is_diagnosed() -> None:
+    """An image with no graceful admin server (plain uvicorn) never answers /readyz on 9090:
+    the finding says how to judge it instead."""
+    logs = "INFO:     Uvicorn running on http://0.0.0.0:8080 (Press CTRL+C to quit)\n"
+    text = not_ready_diagnosis(logs, Workload())
+    assert "no admin server" in text
+    assert "--admin-port off" in text

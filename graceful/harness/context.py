@@ -409,7 +409,13 @@ def not_ready_diagnosis(logs: str, workload: Workload) -> str:
         if match is not None:
             break
     else:
-        return ""
+        if "admin.listening" in logs:
+            return ""
+        return (
+            f"the logs show no admin server (graceful logs admin.listening): if the image "
+            f"has none on port {workload.admin_port}, judge it with --admin-port off, and "
+            "readiness on the main port (--ready-path /health) or none (--ready-path '')"
+        )
     return (
         f"the admin server listens on {match.group(1)} inside the container (its log says "
         "admin.listening on loopback), which the published admin port cannot reach; the "

@@ -127,10 +127,16 @@ def sigkill_diagnosis(
     if pid1 is not None and number is not None:
         handles = pid1.handles(number)
         if handles is True:
+            hint = ""
+            if "uvicorn" in pid1.cmdline:
+                hint = (
+                    "; uvicorn waits for every open response unless given "
+                    "--timeout-graceful-shutdown (below the stop timeout), or run it with graceful"
+                )
             return (
                 f"{head}PID 1 ({pid1.cmdline}) handles {sig} but did not exit in time: its "
                 "drain is not bounded by the stop timeout (work longer than the budget is waited "
-                "for instead of cut)"
+                f"for instead of cut){hint}"
             )
         if handles is False:
             if pid1.ignored is not None and number in pid1.ignored:

@@ -206,10 +206,12 @@ async def _run_one(
     progress: Progress | None,
 ) -> ScenarioResult:
     if failed_start:
+        # The full text (with the container's last log lines) is the report's, once.
+        first = failed_start.splitlines()[0].removesuffix("; its last log lines:")
         return ScenarioResult(
             name=scenario.name,
             verdict=Verdict.FAIL,
-            findings=(f"not run: the preflight could not start the image: {failed_start}",),
+            findings=(f"not run: the preflight could not start the image: {first}",),
         )
     missing = contract.missing(needs_of(scenario))
     if missing:
