@@ -2,6 +2,7 @@
 
 ::
 
+    graceful serve module:attr      serve an ASGI app (FastAPI, Starlette) or an aiohttp app
     graceful run module:attr        serve an ``async def main(runtime)`` or a Runtime
     graceful config                 show the effective settings and the stop budget
     graceful probe livez|readyz     exit 0 when the admin endpoint answers 200 (HEALTHCHECK)
@@ -18,7 +19,9 @@ import json
 import math
 import os
 import sys
+import traceback
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 from graceful import __version__
@@ -26,6 +29,9 @@ from graceful.budget import Budget
 from graceful.config import ENV_VARS, Config
 from graceful.exceptions import ConfigError, TargetImportError
 from graceful.runtime import ExitCode, Runtime
+from graceful.serve.app import serve_target
+from graceful.serve.options import DEFAULT_HOST, DEFAULT_PORT, SERVE_ENV_VARS, ServeOptions
+from graceful.serve.target import import_from_string, load_target, web_app_kind
 
 __all__ = ["import_target", "main"]
 
@@ -40,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "run":
         return _run(parser, args)
     if args.command == "config":
@@ -67,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"graceful {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    _add_serve(sub)
+
     run = sub.add_parser(
         "run",
         help="serve `async def main(runtime)` (or a Runtime) from module:attr",
@@ -75,10 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         "Settings come from the environment (GRACEFUL_STOP_TIMEOUT, ...); options win.",
     )
     run.add_argument("target", metavar="module:attr")
-    run.add_argument("--stop-timeout", type=float, help="seconds between SIGTERM and SIGKILL")
-    run.add_argument("--delay", type=float, help="propagation delay after /readyz turns 503")
-    run.add_argument("--admin-port", type=int, help="port of /livez, /readyz, /metrics")
-    run.add_argument("--admin-host", help="address of the admin server")
+    _add_stop_options(run)
 
     config = sub.add_parser(
         "config",
@@ -116,6 +123,123 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_stop_options(parser: argparse.ArgumentParser | Any) -> None:
+    """graceful's own options, shared by ``run`` and ``serve`` (each also an env variable)."""
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        help="seconds between SIGTERM and SIGKILL [GRACEFUL_STOP_TIMEOUT; default 10]",
+    )
+    parser.add_argument(
+        "--delay", type=float, help="propagation delay after /readyz turns 503 [GRACEFUL_DELAY]"
+    )
+    parser.add_argument(
+        "--admin-port", type=int, help="port of /livez, /readyz, /metrics [ADMIN_PORT; none]"
+    )
+    parser.add_argument(
+        "--admin-host", help="address of the admin server [ADMIN_HOST; default 127.0.0.1]"
+    )
+
+
+def _stop_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    given = {
+        "stop_timeout": args.stop_timeout,
+        "delay": args.delay,
+        "admin_port": args.admin_port,
+        "admin_host": args.admin_host,
+    }
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _add_serve(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve an ASGI app (FastAPI, Starlette) or an aiohttp Application from module:attr",
+        description="Import module:attr and serve it under the graceful runtime: an ASGI app "
+        "on uvicorn, an aiohttp.web.Application on aiohttp (told apart by the object). Options "
+        "are uvicorn's where they mean the same; each also comes from the environment variable "
+        "in brackets; the command line wins. A target that cannot be served is one line on "
+        "stderr and exit code 1.",
+    )
+    serve.add_argument("target", metavar="module:attr")
+    server = serve.add_argument_group("server (uvicorn's names)")
+    env = SERVE_ENV_VARS
+    server.add_argument(
+        "--host",
+        help=f"address to bind [{env['host']}; default {DEFAULT_HOST}, every interface, "
+        "as a container needs (uvicorn: 127.0.0.1)]",
+    )
+    server.add_argument(
+        "--port", type=int, help=f"port to bind [{env['port']}; default {DEFAULT_PORT}]"
+    )
+    server.add_argument("--uds", help=f"bind a Unix domain socket at this path [{env['uds']}]")
+    server.add_argument(
+        "--fd", type=int, help=f"serve on this listening socket's descriptor [{env['fd']}]"
+    )
+    server.add_argument(
+        "--workers", type=int, help=f"worker processes [{env['workers']}; default 1]"
+    )
+    server.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        help="event loop [GRACEFUL_LOOP; default auto: uvloop when installed]",
+    )
+    server.add_argument(
+        "--lifespan",
+        choices=["auto", "on", "off"],
+        help=f"ASGI lifespan events [{env['lifespan']}; default auto]",
+    )
+    server.add_argument(
+        "--root-path", help=f"ASGI root_path, for an app below a prefix [{env['root_path']}]"
+    )
+    server.add_argument(
+        "--proxy-headers",
+        action=argparse.BooleanOptionalAction,
+        help="trust X-Forwarded-Proto/-For from --forwarded-allow-ips "
+        f"[{env['proxy_headers']}; default on]",
+    )
+    server.add_argument(
+        "--forwarded-allow-ips",
+        help=f"addresses trusted for proxy headers, or * [{env['forwarded_allow_ips']}; "
+        "default 127.0.0.1]",
+    )
+    server.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="[GRACEFUL_LOG_LEVEL; default info]",
+    )
+    server.add_argument(
+        "--limit-concurrency",
+        type=int,
+        help=f"answer 503 beyond this many connections and tasks [{env['limit_concurrency']}]",
+    )
+    server.add_argument(
+        "--backlog", type=int, help=f"listen backlog [{env['backlog']}; default 2048]"
+    )
+    server.add_argument(
+        "--timeout-keep-alive",
+        type=int,
+        help=f"seconds an idle keep-alive connection is kept [{env['timeout_keep_alive']}; "
+        "default 5]",
+    )
+    server.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        help="one line per request: method, path, status, duration "
+        f"[{env['access_log']}; default on]",
+    )
+    server.add_argument(
+        "--factory",
+        action="store_true",
+        default=None,
+        help=f"module:attr is a function that returns the app [{env['factory']}]",
+    )
+    server.add_argument(
+        "--app-dir", help=f"look for the module here first [{env['app_dir']}; default .]"
+    )
+    _add_stop_options(serve.add_argument_group("graceful"))
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -137,44 +261,64 @@ def _seconds(text: str) -> float:
 
 
 def import_target(target: str) -> Any:
-    """Import ``module:attr`` (dots allowed in ``attr``).
+    """Import ``module:attr`` (dots allowed in ``attr``) from the current directory.
 
     Raises:
         TargetImportError: the form is wrong, or the module or attribute is missing.
 
     .. versionadded:: 0.1
     """
-    module_name, _, attrs = target.partition(":")
-    if not module_name or not attrs:
-        raise TargetImportError(f'target {target!r} must be in the form "module:attribute"')
-    sys.path.insert(0, os.getcwd())
+    return import_from_string(target)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    given = {f.name: getattr(args, f.name) for f in fields(ServeOptions)}
     try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        raise TargetImportError(f'could not import module "{module_name}"') from None
-    for attr in attrs.split("."):
-        try:
-            obj = getattr(obj, attr)
-        except AttributeError:
-            raise TargetImportError(
-                f'attribute "{attrs}" not found in module "{module_name}"'
-            ) from None
-    return obj
+        options = ServeOptions.from_env(**{k: v for k, v in given.items() if v is not None})
+        config = Config.from_env(**{**_stop_overrides(args), **options.config_overrides()})
+    except ConfigError as exc:
+        return _serve_error(f"configuration error: {exc}")
+    if options.workers > 1:
+        # The supervisor's module is imported only when workers are asked for.
+        supervisor: Any = importlib.import_module("graceful.serve.supervisor")
+        code: int = supervisor.run_supervisor(args.target, options, config)
+        return code
+    try:
+        target = load_target(args.target, factory=options.factory, app_dir=options.app_dir)
+    except TargetImportError as exc:
+        return _serve_error(str(exc))
+    except Exception as exc:  # the app's own code failed while importing: show where
+        _print_app_traceback(exc)
+        return _serve_error(f"{args.target} failed to load: {type(exc).__name__}: {exc}")
+
+    async def main(runtime: Runtime) -> None:
+        await serve_target(runtime, target, options)
+
+    return Runtime(config).run(main)
+
+
+def _print_app_traceback(exc: BaseException) -> None:
+    """The traceback of an error in the app's code, without graceful's and importlib's frames."""
+    ours = os.path.dirname(os.path.abspath(__file__))
+    shown = traceback.TracebackException.from_exception(exc)
+    shown.stack = traceback.StackSummary.from_list(
+        [
+            frame
+            for frame in shown.stack
+            if not frame.filename.startswith((ours, "<frozen"))
+            and "importlib" not in frame.filename
+        ]
+    )
+    print("".join(shown.format()), end="", file=sys.stderr, flush=True)
+
+
+def _serve_error(message: str) -> int:
+    print(f"graceful serve: {message}", file=sys.stderr, flush=True)
+    return int(ExitCode.ERROR)
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    overrides = {
-        name: value
-        for name, value in (
-            ("stop_timeout", args.stop_timeout),
-            ("delay", args.delay),
-            ("admin_port", args.admin_port),
-            ("admin_host", args.admin_host),
-        )
-        if value is not None
-    }
+    overrides = _stop_overrides(args)
     try:
         target = import_target(args.target)
         config = Config.from_env(**overrides)
@@ -184,6 +328,15 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if overrides:
             parser.error("options cannot change a Runtime built in code; use its Config")
         return target.run()
+    kind = web_app_kind(target)
+    if kind is not None:
+        app = "an aiohttp Application" if kind == "aiohttp" else "an ASGI app"
+        print(
+            f"graceful run: {args.target} is {app}, not an async main(runtime): "
+            f"serve it with `graceful serve {args.target}`",
+            file=sys.stderr,
+        )
+        return 2
     if not callable(target):
         parser.error(f"{args.target} is neither a Runtime nor an async main(runtime)")
     return Runtime(config).run(target)

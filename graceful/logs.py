@@ -2,7 +2,10 @@
 
 ``configure_logging()`` is what ``graceful.run`` calls unless structlog is already configured
 or ``log_format="off"``: pretty lines on a TTY, one JSON object per line otherwise (what
-container log collectors parse).
+container log collectors parse). Unless the application has configured ``logging`` itself,
+the standard library's records (uvicorn's, aiohttp's, the app's own ``logging`` calls, Python
+warnings) are rendered by the same structlog processors, so every line of the container's log
+is one JSON object.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import os
 import sys
 import threading
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger", "last_line"]
+__all__ = ["StdlibHandler", "configure_logging", "get_logger", "last_line"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -47,36 +51,97 @@ def get_logger(*, level: str | None = None, **initial: Any) -> Any:
     )
 
 
-def configure_logging(*, format: str = "auto", level: str = "info") -> None:
+def configure_logging(*, format: str = "auto", level: str = "info", stdlib: bool = True) -> None:
     """Configure structlog for a service: JSON when not on a TTY, pretty on one.
 
     Args:
         format: ``"auto"``, ``"json"`` or ``"console"``.
         level: minimum level: ``"debug"``, ``"info"``, ``"warning"`` or ``"error"``.
+        stdlib: also render the standard library's log records (and warnings) with the same
+            processors, through a :class:`StdlibHandler` on the root logger at ``level``;
+            skipped when the root logger already has a handler of the application's.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.1
+       ``stdlib``: the standard library's records as structlog events.
     """
     if format == "auto":
         format = "console" if sys.stdout.isatty() else "json"
-    processors: list[Any] = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if format == "json":
-        processors += [
-            structlog.processors.dict_tracebacks,
+        render: list[Any] = [
+            # Without the frames' local variables: a log line must not carry request data
+            # or credentials that happened to be in scope.
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
             structlog.processors.EventRenamer("event"),
             structlog.processors.JSONRenderer(),
         ]
     else:
-        processors.append(structlog.dev.ConsoleRenderer())
+        render = [structlog.dev.ConsoleRenderer()]
     structlog.configure(
-        processors=processors,
+        processors=shared + render,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=False,
     )
+    if stdlib:
+        _route_stdlib(shared, render, _LEVELS[level])
+
+
+class StdlibHandler(logging.Handler):
+    """Writes standard library records, rendered by structlog, to stdout.
+
+    Lines go through a ``structlog.PrintLogger`` on the same stream as graceful's own events,
+    so both share one lock and a line is never split by another thread's.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, formatter: logging.Formatter, stream: Any = None) -> None:
+        super().__init__()
+        self.setFormatter(formatter)
+        self._printer = structlog.PrintLogger(sys.stdout if stream is None else stream)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Render ``record`` as one line and print it."""
+        try:
+            self._printer.msg(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def _route_stdlib(shared: list[Any], render: list[Any], level: int) -> None:
+    root = logging.getLogger()
+    if any(not isinstance(handler, StdlibHandler) for handler in root.handlers):
+        return  # the application configured logging: its handlers, its format
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            *shared,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ExtraAdder(),
+            _drop_color_message,
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render],
+    )
+    for handler in list(root.handlers):  # configured again: replace ours
+        root.removeHandler(handler)
+    root.addHandler(StdlibHandler(formatter))
+    root.setLevel(level)
+    logging.captureWarnings(True)
+
+
+def _drop_color_message(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # uvicorn passes its message again with ANSI colours as an extra; the JSON needs it once.
+    event.pop("color_message", None)
+    return event
 
 
 def last_line(event: str, *, level: str = "error", **fields: Any) -> None:

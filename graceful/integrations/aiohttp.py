@@ -26,21 +26,25 @@ opens.
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.log import access_logger
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
 from graceful.draining import TaskSet, WorkTracker, abort_deadline, close_listeners
 from graceful.hooks import Phase
+from graceful.integrations._access import log_access
 from graceful.integrations._deprecation import renamed
 
 if TYPE_CHECKING:
     from graceful.runtime import Runtime
 
-__all__ = ["AiohttpServer", "draining", "serve", "stopping"]
+__all__ = ["AccessLogger", "AiohttpServer", "draining", "serve", "stopping"]
 
 _SERVER_KEY: web.AppKey[AiohttpServer] = web.AppKey("graceful_server")
 
@@ -48,18 +52,51 @@ _SERVER_KEY: web.AppKey[AiohttpServer] = web.AppKey("graceful_server")
 def draining(request: web.BaseRequest) -> asyncio.Event:
     """The event set when the server starts draining; await it to end a stream in time.
 
-    Raises:
-        LookupError: the app is not served by :func:`serve`.
+    Works everywhere: when the app is not served by :func:`serve` (aiohttp's test client,
+    ``web.run_app``) it returns a new event that is never set, so a stream awaiting it runs
+    as it would without graceful.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.1
+       Outside graceful, an event that is never set instead of ``LookupError``.
     """
-    if not isinstance(request, web.Request) or _SERVER_KEY not in request.config_dict:
-        raise LookupError("this app is not served by graceful.integrations.aiohttp.serve")
-    return request.config_dict[_SERVER_KEY].draining
+    if isinstance(request, web.Request) and _SERVER_KEY in request.config_dict:
+        return request.config_dict[_SERVER_KEY].draining
+    return asyncio.Event()
 
 
 #: Deprecated name of :func:`draining` (``runtime.stopping`` is the bool set at the signal).
 stopping = renamed(draining, "graceful.integrations.aiohttp.stopping")
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access lines in the shape graceful writes for uvicorn.
+
+    uvicorn's message (``'%s - "%s %s HTTP/%s" %d'``) with ``method``, ``path``, ``status``,
+    ``duration_s`` and ``client`` as fields of the record, on ``aiohttp.access``.
+
+    .. versionadded:: 0.1
+    """
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a line would be written (aiohttp skips the call otherwise)."""
+        return self.logger.isEnabledFor(logging.INFO)
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Write the line for one request (``time``: seconds it took)."""
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        log_access(
+            self.logger,
+            client=(peer[0], peer[1]) if isinstance(peer, tuple) else None,
+            method=request.method,
+            path=request.path,
+            query=request.query_string,
+            http_version=f"{request.version.major}.{request.version.minor}",
+            status=response.status,
+            duration=time,
+        )
 
 
 class AiohttpServer:
@@ -215,11 +252,13 @@ async def serve(
     port: int = 8080,
     name: str = "http",
     keepalive_timeout: float = 75.0,
-    access_log: bool = False,
+    access_log: bool = True,
     backlog: int = 128,
     ws_close_code: int = 1001,
+    sock: socket.socket | None = None,
+    path: str | None = None,
 ) -> AiohttpServer:
-    """Serve ``app`` with aiohttp's ``AppRunner`` on a TCP listener; the runtime stops it.
+    """Serve ``app`` with aiohttp's ``AppRunner`` on a listener; the runtime stops it.
 
     Runs the app's ``on_startup`` signal and cleanup contexts, opens the listener and returns. The
     app must not be frozen yet: a middleware and an ``on_response_prepare`` handler are
@@ -232,9 +271,13 @@ async def serve(
         port: port to bind; 0 picks a free one (see :attr:`AiohttpServer.port`).
         name: the server's label in logs, metrics (``server=name``) and the shutdown report.
         keepalive_timeout: seconds an idle keep-alive connection is kept while serving.
-        access_log: log each request with aiohttp's access logger.
+        access_log: log each request on ``aiohttp.access``, as ``web.run_app`` does by
+            default, in the shape of :class:`AccessLogger` (with the duration).
         backlog: listen backlog.
         ws_close_code: close code sent to open websockets on a stop.
+        sock: serve on this listening socket instead of binding ``host`` and ``port`` (what
+            ``web.SockSite`` does; a socket shared by a supervisor). Closed in ``stop_accept``.
+        path: bind a Unix domain socket at this path instead of ``host`` and ``port``.
 
     Returns:
         The started server.
@@ -256,14 +299,19 @@ async def serve(
         app,
         handle_signals=False,
         keepalive_timeout=keepalive_timeout,
+        access_log_class=AccessLogger,
         access_log=access_logger if access_log else None,
     )
     await runner.setup()
     server.runner = runner
     runtime.on_shutdown(server._cleanup, phase=Phase.CLOSE, name=f"{name}.cleanup")
     assert runner.server is not None
-    server.listener = await asyncio.get_running_loop().create_server(
-        runner.server, host, port, backlog=backlog
-    )
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        server.listener = await loop.create_server(runner.server, sock=sock, backlog=backlog)
+    elif path is not None:
+        server.listener = await loop.create_unix_server(runner.server, path, backlog=backlog)
+    else:
+        server.listener = await loop.create_server(runner.server, host, port, backlog=backlog)
     runtime.add_drainable(server)
     return server

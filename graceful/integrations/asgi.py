@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, MutableMapping
+import logging
+import socket
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import uvicorn
@@ -35,6 +37,7 @@ import uvicorn
 from graceful.draining import TaskSet, WorkTracker, abort_deadline, close_listeners
 from graceful.exceptions import GracefulError
 from graceful.hooks import Phase
+from graceful.integrations._access import log_access, only_graceful_access_lines
 from graceful.integrations._deprecation import renamed
 
 if TYPE_CHECKING:
@@ -66,6 +69,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 SCOPE_KEY = "graceful"
 
 _CLOSE_HEADER = (b"connection", b"close")
+
+#: uvicorn's access logger: graceful writes the access lines on it (see ``_access``).
+_access_logger = logging.getLogger("uvicorn.access")
 
 
 class ServerStatus:
@@ -122,12 +128,18 @@ def status(scope: Scope) -> ServerStatus:
 def draining(scope: Scope) -> asyncio.Event:
     """The event set when the server starts draining; await it to end a stream in time.
 
-    Raises:
-        LookupError: the app does not run behind :class:`GracefulMiddleware`.
+    Works everywhere: when the app is not served by graceful (Starlette's ``TestClient``,
+    plain ``uvicorn app:app``, ``uvicorn --reload``) it returns a new event that is never
+    set, so a stream awaiting it runs as it would without graceful.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.1
+       Outside graceful, an event that is never set instead of ``LookupError``.
     """
-    return status(scope).draining
+    found = scope.get(SCOPE_KEY)
+    if isinstance(found, ServerStatus):
+        return found.draining
+    return asyncio.Event()
 
 
 #: Deprecated name of :func:`draining` (``runtime.stopping`` is the bool set at the signal).
@@ -156,7 +168,10 @@ class GracefulMiddleware:
     - counts HTTP requests and websocket sessions in flight (``inflight``);
     - adds ``Connection: close`` to responses started once a stop has begun;
     - closes open websockets with ``ws_close_code`` when the drain begins;
-    - publishes a :class:`ServerStatus` in ``scope["graceful"]``.
+    - publishes a :class:`ServerStatus` in ``scope["graceful"]``;
+    - with ``access_log``, writes one line per HTTP request once its response has ended, on
+      the ``uvicorn.access`` logger in uvicorn's format, with ``method``, ``path``,
+      ``status`` and ``duration_s`` as fields.
 
     :func:`serve` installs it; use it directly only to run another ASGI server.
 
@@ -165,18 +180,26 @@ class GracefulMiddleware:
         runtime: the runtime that owns the stop.
         name: the server's label.
         ws_close_code: close code sent to websockets on a stop (1001, going away).
+        access_log: write an access line per HTTP request.
 
     .. versionadded:: 0.1
     """
 
     def __init__(
-        self, app: ASGIApp, *, runtime: Runtime, name: str = "http", ws_close_code: int = 1001
+        self,
+        app: ASGIApp,
+        *,
+        runtime: Runtime,
+        name: str = "http",
+        ws_close_code: int = 1001,
+        access_log: bool = False,
     ) -> None:
         self.app = app
         self.tracker = WorkTracker(name)
         self.status = ServerStatus(runtime, name, self.tracker)
         self.tasks = TaskSet(name)
         self.runtime = runtime
+        self.access_log = access_log
         self._ws_close_code = ws_close_code
         self.aborting = False
 
@@ -186,13 +209,16 @@ class GracefulMiddleware:
             await self.app(scope, receive, send)
             return
         scope[SCOPE_KEY] = self.status
-        started: list[bool] = []
+        started: list[int] = []  # the response's status, once it has started
+        began = asyncio.get_running_loop().time()
+        failed = True
         with self.tasks.track(), self.tracker.track():
             try:
                 if kind == "http":
                     await self.app(scope, receive, self._http_send(send, started))
                 else:
                     await self._websocket(scope, receive, send)
+                failed = False
             except asyncio.CancelledError:
                 if not self.aborting:
                     raise
@@ -200,15 +226,36 @@ class GracefulMiddleware:
                 # instead of uvicorn's 500 and a traceback for a cancellation we caused.
                 if kind == "http" and not started:
                     await _send_cut_response(send)
+                    started.append(503)
+            finally:
+                if self.access_log and kind == "http":
+                    self._log_access(scope, started, failed, began)
 
-    def _http_send(self, send: Send, started: list[bool]) -> Send:
+    def _log_access(self, scope: Scope, started: list[int], failed: bool, began: float) -> None:
+        # An app that failed before answering gets uvicorn's 500; one that returned without
+        # answering (its client left) has no status to log.
+        status = started[0] if started else 500 if failed else None
+        if status is None:
+            return
+        log_access(
+            _access_logger,
+            client=scope.get("client"),
+            method=scope["method"],
+            path=scope["path"],
+            query=scope.get("query_string", b"").decode("latin-1"),
+            http_version=scope.get("http_version", "1.1"),
+            status=status,
+            duration=asyncio.get_running_loop().time() - began,
+        )
+
+    def _http_send(self, send: Send, started: list[int]) -> Send:
         runtime = self.runtime
 
         async def send_with_close(message: Message) -> None:
             # Decided when the headers leave, so a response that started before the stop
             # keeps its keep-alive and the server closes the connection after it instead.
             if message["type"] == "http.response.start":
-                started.append(True)
+                started.append(message["status"])
                 if runtime.stopping:
                     headers = list(message.get("headers", ()))
                     if _CLOSE_HEADER not in headers:
@@ -286,16 +333,17 @@ class UvicornServer:
         """Open client connections (HTTP and websocket)."""
         return len(self.server.server_state.connections)
 
-    async def _start(self) -> None:
+    async def _start(self, sockets: list[socket.socket] | None) -> None:
         config = self.server.config
         self.server.lifespan = config.lifespan_class(config)
         try:
-            await self.server.startup()
+            await self.server.startup(sockets=sockets)
         except SystemExit:
             # uvicorn exits the process when the lifespan startup fails or the port cannot
             # be bound; the runtime decides how the process ends.
+            where = "the given socket" if sockets else config.uds or f"{config.host}:{config.port}"
             raise GracefulError(
-                f"uvicorn server {self.name!r} could not start on {config.host}:{config.port}"
+                f"uvicorn server {self.name!r} could not start on {where}"
                 " (lifespan startup failed or the address is unavailable; see the log)"
             ) from None
         self._ticker = asyncio.create_task(self._tick(), name=f"graceful-{self.name}-date")
@@ -349,7 +397,12 @@ class UvicornServer:
 
 
 async def serve_config(
-    runtime: Runtime, config: uvicorn.Config, *, name: str = "http", ws_close_code: int = 1001
+    runtime: Runtime,
+    config: uvicorn.Config,
+    *,
+    name: str = "http",
+    ws_close_code: int = 1001,
+    sockets: Sequence[socket.socket] | None = None,
 ) -> UvicornServer:
     """Start a uvicorn server from a :class:`uvicorn.Config`; the runtime stops it.
 
@@ -358,11 +411,19 @@ async def serve_config(
     shutdown runs in the ``close`` phase. The settings of ``config`` that concern stopping
     (``timeout_graceful_shutdown``, signal handling) are not used: the runtime's budget applies.
 
+    With ``config.access_log`` (uvicorn's default) graceful writes the access lines, after
+    each response, on the ``uvicorn.access`` logger in uvicorn's format plus the request's
+    ``method``, ``path``, ``status`` and ``duration_s`` as fields; uvicorn's own lines
+    (written when a response starts, without a duration) are filtered out.
+
     Args:
         runtime: the runtime that owns the signals and the stop.
         config: uvicorn's configuration (app, host, port, protocols, ...).
         name: the server's label in logs, metrics (``server=name``) and the shutdown report.
         ws_close_code: close code sent to open websockets on a stop.
+        sockets: serve on these listening sockets instead of binding ``config``'s address
+            (a socket shared by a supervisor with its workers). They are closed in
+            ``stop_accept``.
 
     Returns:
         The started server.
@@ -375,11 +436,16 @@ async def serve_config(
     if not config.loaded:
         config.load()
     middleware = GracefulMiddleware(
-        config.loaded_app, runtime=runtime, name=name, ws_close_code=ws_close_code
+        config.loaded_app,
+        runtime=runtime,
+        name=name,
+        ws_close_code=ws_close_code,
+        access_log=config.access_log,
     )
     config.loaded_app = middleware
+    only_graceful_access_lines(_access_logger)
     server = UvicornServer(uvicorn.Server(config), middleware, name)
-    await server._start()
+    await server._start(list(sockets) if sockets is not None else None)
     runtime.add_drainable(server)
     runtime.on_shutdown(server._lifespan_shutdown, phase=Phase.CLOSE, name=f"{name}.lifespan")
     return server
@@ -396,7 +462,7 @@ async def serve(
     ws: Literal["auto", "none", "websockets", "websockets-sansio", "wsproto"] = "auto",
     lifespan: Literal["auto", "on", "off"] = "auto",
     timeout_keep_alive: int = 5,
-    access_log: bool = False,
+    access_log: bool = True,
     proxy_headers: bool = False,
     root_path: str = "",
     ws_close_code: int = 1001,
@@ -417,7 +483,8 @@ async def serve(
         ws: uvicorn's websocket implementation.
         lifespan: whether to run the app's lifespan events.
         timeout_keep_alive: seconds an idle keep-alive connection is kept while serving.
-        access_log: log each request through uvicorn's access logger.
+        access_log: log each request on uvicorn's access logger (``uvicorn.access``), as
+            uvicorn does by default, with the duration (see :func:`serve_config`).
         proxy_headers: trust ``X-Forwarded-*`` headers (from loopback).
         root_path: ASGI ``root_path`` for apps mounted below a prefix.
         ws_close_code: close code sent to open websockets on a stop.
@@ -434,9 +501,12 @@ async def serve(
         ws=ws,
         lifespan=lifespan,
         timeout_keep_alive=timeout_keep_alive,
-        access_log=access_log,
         proxy_headers=proxy_headers,
         root_path=root_path,
         log_config=None,
     )
+    # Set after construction: ``uvicorn.Config(access_log=False)`` also stops the
+    # ``uvicorn.access`` logger from propagating, for the whole process.
+    config.access_log = access_log
     return await serve_config(runtime, config, name=name, ws_close_code=ws_close_code)
+

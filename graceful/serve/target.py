@@ -1,0 +1,197 @@
+"""Find the app ``graceful serve module:attr`` serves, and tell what kind of app it is.
+
+The kind is read from the object: an ``aiohttp.web.Application`` is served by aiohttp, any
+other callable that takes ``(scope, receive, send)`` is an ASGI app served by uvicorn
+(FastAPI, Starlette, plain ASGI). A target that is not one (a missing module or attribute, a
+number, an app factory without ``--factory``, an ``async def main(runtime)``) is a
+:class:`~graceful.TargetImportError` whose message is one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from graceful.exceptions import TargetImportError
+from graceful.runtime import Runtime
+
+__all__ = ["AppKind", "Target", "import_from_string", "load_target", "web_app_kind"]
+
+AppKind = Literal["asgi", "aiohttp"]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """An app found by :func:`load_target`.
+
+    Attributes:
+        spec: what was asked for, ``"module:attr"``.
+        kind: ``"asgi"`` (served by uvicorn) or ``"aiohttp"``.
+        app: the ASGI callable or the ``aiohttp.web.Application``.
+
+    .. versionadded:: 0.1
+    """
+
+    spec: str
+    kind: AppKind
+    app: Any
+
+
+def import_from_string(spec: str, *, app_dir: str | None = None) -> Any:
+    """Import ``module:attr`` (dots allowed in ``attr``) and return the attribute.
+
+    Args:
+        spec: ``"module:attr"``.
+        app_dir: directory searched first for the module (uvicorn's ``--app-dir``); the
+            current directory when ``None``.
+
+    Raises:
+        TargetImportError: the form is wrong, the module or one it imports is not installed,
+            or the attribute is missing. Errors raised by the module's own code propagate.
+
+    .. versionadded:: 0.1
+    """
+    module_name, _, attrs = spec.partition(":")
+    if not module_name or not attrs:
+        raise TargetImportError(f'target {spec!r} must be in the form "module:attribute"')
+    directory = os.path.abspath(app_dir if app_dir is not None else os.getcwd())
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing == module_name or module_name.startswith(f"{missing}."):
+            raise TargetImportError(
+                f'could not import module "{module_name}": not found in {directory} or on sys.path'
+            ) from None
+        raise TargetImportError(
+            f'could not import module "{module_name}": it imports "{missing}", '
+            "which is not installed"
+        ) from None
+    for attr in attrs.split("."):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError:
+            raise TargetImportError(
+                f'attribute "{attrs}" not found in module "{module_name}"'
+            ) from None
+    return obj
+
+
+def load_target(spec: str, *, factory: bool = False, app_dir: str | None = None) -> Target:
+    """Import ``spec`` and find the app to serve.
+
+    Args:
+        spec: ``"module:attr"``.
+        factory: the attribute is a function that takes no arguments and returns the app
+            (uvicorn's ``--factory``); it is called once, here.
+        app_dir: directory searched first for the module; the current directory when ``None``.
+
+    Returns:
+        The app and its kind.
+
+    Raises:
+        TargetImportError: no such module or attribute, or the object is not an app; the
+            message is one line. Errors raised by the module's or the factory's own code
+            propagate, with their traceback.
+
+    .. versionadded:: 0.1
+    """
+    obj = import_from_string(spec, app_dir=app_dir)
+    if factory:
+        obj = _call_factory(spec, obj)
+    kind = web_app_kind(obj)
+    if kind is None:
+        raise TargetImportError(f"{spec} {_why_not_an_app(obj, factory=factory)}")
+    return Target(spec=spec, kind=kind, app=obj)
+
+
+def web_app_kind(obj: object) -> AppKind | None:
+    """``"aiohttp"`` for an ``aiohttp.web.Application``, ``"asgi"`` for an ASGI app, else ``None``.
+
+    An ASGI app is a callable that accepts ``(scope, receive, send)`` and not a single
+    argument (which would be an ``async def main(runtime)``). A callable whose signature
+    cannot be read (a C extension) is taken for an ASGI app: the server will tell.
+
+    .. versionadded:: 0.1
+    """
+    # aiohttp is imported by the app's module when it is an aiohttp app: do not import it
+    # for everyone else (it is an optional dependency).
+    aiohttp_web = sys.modules.get("aiohttp.web")
+    if aiohttp_web is not None and isinstance(obj, aiohttp_web.Application):
+        return "aiohttp"
+    if not callable(obj) or _is_runtime(obj):
+        return None
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return "asgi"
+    if _accepts(signature, 3) and not _accepts(signature, 1):
+        return "asgi"
+    if isinstance(obj, type) and _accepts(signature, 1) and not _accepts(signature, 0):
+        return "asgi"  # an ASGI 2 app: a class built from the scope (uvicorn runs those)
+    return None
+
+
+def _call_factory(spec: str, factory: Any) -> Any:
+    if not callable(factory):
+        raise TargetImportError(f"{spec} is not callable: --factory needs a function")
+    try:
+        inspect.signature(factory).bind()
+    except TypeError:
+        raise TargetImportError(
+            f"{spec} cannot be called without arguments: an app factory takes none"
+        ) from None
+    except ValueError:  # no signature to read: call it and see
+        pass
+    app = factory()
+    if inspect.isawaitable(app):
+        if inspect.iscoroutine(app):
+            app.close()  # never awaited, on purpose: no "was never awaited" warning
+        raise TargetImportError(
+            f"{spec} is an async factory: make it a plain function that returns the app "
+            "(open resources in the app's lifespan or cleanup contexts)"
+        )
+    if web_app_kind(app) is None:
+        raise TargetImportError(
+            f"{spec}() returned {_describe(app)}, not an ASGI app or an aiohttp Application"
+        )
+    return app
+
+
+def _why_not_an_app(obj: Any, *, factory: bool) -> str:
+    if _is_runtime(obj):
+        return "is a graceful.Runtime: serve it with `graceful run`"
+    if not callable(obj):
+        return f"is {_describe(obj)}, not an ASGI app or an aiohttp Application"
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):  # pragma: no cover - web_app_kind accepted these
+        return "is not an ASGI app or an aiohttp Application"
+    if not factory and _accepts(signature, 0):
+        return "takes no arguments: if it returns the app, add --factory"
+    if inspect.iscoroutinefunction(obj) and _accepts(signature, 1):
+        return "looks like an `async def main(runtime)`: serve it with `graceful run`"
+    return f"is not an ASGI app: it takes {signature}, an ASGI app takes (scope, receive, send)"
+
+
+def _accepts(signature: inspect.Signature, count: int) -> bool:
+    try:
+        signature.bind(*range(count))
+    except TypeError:
+        return False
+    return True
+
+
+def _is_runtime(obj: object) -> bool:
+    return isinstance(obj, Runtime)
+
+
+def _describe(obj: object) -> str:
+    name = type(obj).__name__
+    return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"

@@ -1,0 +1,463 @@
+"""``graceful serve module:attr`` in real processes: real uvicorn and aiohttp, real SIGTERM.
+
+Every test starts ``graceful serve`` (the console script, as a Dockerfile's ``CMD`` would) on
+an app of ``tests/apps`` that knows nothing of graceful but ``draining()``, talks to it over
+real sockets on 127.0.0.1 and checks what the clients saw, the exit code and the log. Timeouts
+are hang guards only; the tests wait on output lines and on bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import APPS, ServiceProcess, free_port
+from tests.test_pid1 import UNSHARE, namespace_pid1
+
+GRACEFUL = str(Path(sys.executable).parent / "graceful")
+HANG_GUARD = 30.0
+
+pytestmark = pytest.mark.slow
+
+
+# -- clients --------------------------------------------------------------------------------------
+
+
+def get(port: int, path: str, timeout: float = HANG_GUARD) -> tuple[int, bytes]:
+    """GET over a new connection (http.client: no proxy settings apply)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+class Background:
+    """A GET running in a thread; ``result()`` waits for its status and body."""
+
+    def __init__(self, port: int, path: str) -> None:
+        self._outcome: list[Any] = []
+        self._thread = threading.Thread(target=self._run, args=(port, path), daemon=True)
+        self._thread.start()
+
+    def _run(self, port: int, path: str) -> None:
+        try:
+            self._outcome.append(get(port, path))
+        except Exception as exc:
+            self._outcome.append(exc)
+
+    def result(self) -> tuple[int, bytes]:
+        self._thread.join(HANG_GUARD)
+        assert self._outcome, "the request never finished"
+        outcome = self._outcome[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome  # type: ignore[no-any-return]
+
+
+class RawStream:
+    """A streaming GET on a raw socket: every byte the server sent, until it closed."""
+
+    def __init__(self, port: int, path: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=HANG_GUARD)
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        self.data = bytearray()
+        self.first_event = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with self.sock:
+            while chunk := self._recv():
+                self.data += chunk
+                if b"data:" in self.data:
+                    self.first_event.set()
+
+    def _recv(self) -> bytes:
+        try:
+            return self.sock.recv(65536)
+        except OSError:
+            return b""
+
+    def wait_first_event(self) -> None:
+        assert self.first_event.wait(HANG_GUARD), bytes(self.data)
+
+    def result(self) -> bytes:
+        self._thread.join(HANG_GUARD)
+        assert not self._thread.is_alive(), "the server never closed the stream"
+        return bytes(self.data)
+
+
+def ended_cleanly(raw: bytes) -> bool:
+    """The chunked body ended with its last chunk (not cut with the connection)."""
+    return raw.endswith(b"0\r\n\r\n")
+
+
+# -- the service ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serving(
+    target: str, *options: str, env: dict[str, str] | None = None, argv: list[str] | None = None
+) -> Iterator[tuple[ServiceProcess, int]]:
+    """``graceful serve target`` on a free port of 127.0.0.1, ready when yielded."""
+    port = free_port()
+    command = [
+        GRACEFUL,
+        "serve",
+        target,
+        "--app-dir",
+        str(APPS),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *options,
+    ]
+    with ServiceProcess((argv or []) + command, env=env) as service:
+        service.wait_event("service.ready")
+        yield service, port
+
+
+def report(service: ServiceProcess) -> dict[str, Any]:
+    return service.wait_event("shutdown.report")
+
+
+# -- serving and stopping -------------------------------------------------------------------------
+
+APPS_SERVED = [
+    pytest.param("serve_starlette:app", [], id="starlette"),
+    pytest.param("serve_aiohttp:app", [], id="aiohttp"),
+    pytest.param("serve_aiohttp:make_app", ["--factory"], id="aiohttp-factory"),
+]
+
+
+@pytest.mark.parametrize(("target", "options"), APPS_SERVED)
+def test_sigterm_answers_inflight_requests_and_ends_streams_cleanly(
+    target: str, options: list[str]
+) -> None:
+    """Issue 12 items 1 and 3: an app that knows nothing of graceful, stopped by SIGTERM.
+
+    1. ``graceful serve`` starts; the admin server answers (ready, metrics by server).
+    2. A slow request is in flight and an SSE stream is open when SIGTERM arrives.
+    3. Result: the slow request is answered 200; the stream gets its last event and the
+       chunked terminator; the process exits 0 with a clean ``shutdown.report``.
+    """
+    admin = free_port()
+    with serving(target, *options, "--admin-port", str(admin)) as (service, port):
+        assert get(admin, "/readyz")[0] == 200
+        assert b'graceful_inflight_requests{server="http"}' in get(admin, "/metrics")[1]
+        slow = Background(port, "/slow?s=1.0")
+        service.wait_for('"event": "slow started"')
+        stream = RawStream(port, "/sse")
+        stream.wait_first_event()
+        service.signal(signal.SIGTERM)
+
+        assert slow.result() == (200, b"done")
+        body = stream.result()
+        assert b"event: bye" in body
+        assert ended_cleanly(body), body[-200:]
+        assert service.wait() == 0
+        stop = report(service)
+        assert stop["exit_code"] == 0
+        assert stop["inflight_at_signal"] == 2
+        assert stop["drained"] is True
+
+
+def test_control_a_stream_deaf_to_the_stop_is_cut_at_the_deadline() -> None:
+    """Control for the test above: the clean end is the app's doing, and the test can see a cut.
+
+    The same stream without ``draining()`` is cut at the drain deadline: no last event, no
+    chunked terminator, exit code 3 (work cut).
+    """
+    with serving("serve_starlette:app", "--stop-timeout", "2") as (service, port):
+        stream = RawStream(port, "/sse-deaf")
+        stream.wait_first_event()
+        service.signal(signal.SIGTERM)
+        body = stream.result()
+        assert b"event: bye" not in body
+        assert not ended_cleanly(body)
+        assert service.wait() == 3
+        assert report(service)["cancelled"] == 1
+
+
+def test_pid1_in_a_pid_namespace_stops_on_sigterm_with_inflight_answered() -> None:
+    """``CMD ["graceful", "serve", "app:app"]`` as a container's PID 1 (``unshare``).
+
+    The kernel drops default-action signals for PID 1, so this only passes because graceful
+    installs its handlers (the control is ``test_pid1.test_without_a_handler_pid1_ignores_sigterm``:
+    plain Python as PID 1 never sees the SIGTERM).
+    """
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to make a PID namespace")
+    with serving("serve_starlette:app", argv=UNSHARE) as (service, port):
+        pid1 = namespace_pid1(service.pid)
+        try:
+            assert service.wait_event("service.starting")["pid1"] is True
+            slow = Background(port, "/slow?s=1.0")
+            service.wait_for('"event": "slow started"')
+            os.kill(pid1, signal.SIGTERM)
+            assert slow.result() == (200, b"done")
+            assert service.wait() == 0
+            assert report(service)["exit_code"] == 0
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid1, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["uds", "fd"])
+def test_unix_socket_and_inherited_fd_listeners_close_at_stop(how: str, tmp_path: Path) -> None:
+    """``--uds PATH`` and ``--fd N``: served, and closed for good at ``stop_accept``.
+
+    With ``--fd`` the descriptor must be the listener's only one: a duplicate left open would
+    keep the kernel queueing connections nobody accepts (a client hangs instead of being
+    refused). A new connection while a slow request drains is refused.
+    """
+    port = free_port()
+    if how == "uds":
+        path = str(tmp_path / "app.sock")
+        argv = [GRACEFUL, "serve", "serve_starlette:app", "--app-dir", str(APPS), "--uds", path]
+    else:
+        # A parent that binds the socket and execs graceful with it, as systemd or a
+        # supervisor hands over a listening socket.
+        launcher = (
+            "import os, socket, sys\n"
+            "s = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n"
+            "os.set_inheritable(s.fileno(), True)\n"
+            "os.execv(sys.argv[2], [*sys.argv[2:], '--fd', str(s.fileno())])\n"
+        )
+        argv = [sys.executable, "-c", launcher, str(port), GRACEFUL, "serve"]
+        argv += ["serve_starlette:app", "--app-dir", str(APPS)]
+
+    def connect() -> socket.socket:
+        if how == "uds":
+            sock = socket.socket(socket.AF_UNIX)
+            try:
+                sock.settimeout(HANG_GUARD)
+                sock.connect(path)
+            except OSError:
+                sock.close()
+                raise
+            return sock
+        return socket.create_connection(("127.0.0.1", port), timeout=HANG_GUARD)
+
+    with ServiceProcess(argv) as service:
+        service.wait_event("service.ready")
+        slow = connect()
+        slow.sendall(b"GET /slow?s=1.0 HTTP/1.1\r\nHost: test\r\n\r\n")
+        service.wait_for('"event": "slow started"')
+        service.signal(signal.SIGTERM)
+        service.wait_for('"phase": "stop_accept"')  # the listener is closed
+        with pytest.raises((ConnectionRefusedError, FileNotFoundError)):
+            connect().close()
+        with slow:
+            answer = slow.makefile("rb").read()
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert answer.endswith(b"done")
+        assert service.wait() == 0
+
+
+# -- logs: one JSON object per line ---------------------------------------------------------------
+
+
+def json_lines(service: ServiceProcess) -> tuple[list[dict[str, Any]], list[str]]:
+    """The output's lines that parse as JSON objects, and those that do not."""
+    parsed: list[dict[str, Any]] = []
+    plain: list[str] = []
+    for line in service.lines:
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            value = None
+        if isinstance(value, dict):
+            parsed.append(value)
+        else:
+            plain.append(line)
+    return parsed, plain
+
+
+def exercise(service: ServiceProcess, port: int) -> None:
+    assert get(port, "/log") == (200, b"logged")
+    assert get(port, "/boom")[0] == 500
+    assert get(port, "/sse?limit=1")[0] == 200
+    assert get(port, "/slow?s=0") == (200, b"done")
+    service.signal(signal.SIGTERM)
+    assert service.wait() == 0
+
+
+def access_lines(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        if event.get("logger") == "uvicorn.access":
+            found.setdefault(event.get("path", "?"), []).append(event)
+    return found
+
+
+def test_every_line_is_json_with_access_fields_app_logs_and_tracebacks() -> None:
+    """Issue 12 item 3: in a container every line is one JSON object.
+
+    uvicorn's lines, the app's ``logging`` lines (with their ``extra`` fields), its exception
+    traceback and one access line per request (method, path, status, duration as fields)
+    come out as JSON, among graceful's own events. stderr is merged in, so it is checked too.
+    """
+    with serving("serve_starlette:app") as (service, port):
+        exercise(service, port)
+    events, plain = json_lines(service)
+    assert plain == []
+    by_path = access_lines(events)
+    assert sorted(by_path) == ["/boom", "/log", "/slow", "/sse"]
+    for path, lines in by_path.items():
+        assert len(lines) == 1, lines  # uvicorn's own line (no duration) is not there too
+        line = lines[0]
+        assert line["method"] == "GET"
+        assert line["status"] == (500 if path == "/boom" else 200)
+        assert isinstance(line["duration_s"], float)
+        assert line["duration_s"] >= 0
+        assert f"GET {path}" in line["event"]
+    app_lines = {e["event"]: e for e in events if e.get("logger") == "app"}
+    assert app_lines["user logged in"]["user"] == "ada"
+    assert app_lines["disk almost full"]["level"] == "warning"
+    assert {"lifespan startup", "lifespan shutdown"} <= set(app_lines)
+    crash = next(e for e in events if e.get("logger") == "uvicorn.error" and "exception" in e)
+    assert crash["exception"][0]["exc_value"] == "boom"
+    assert "locals" not in crash["exception"][0]["frames"][-1]  # no request data in logs
+
+
+def test_control_an_app_that_configured_logging_keeps_its_format() -> None:
+    """Control for the test above: the check sees plain lines, and graceful leaves an app's
+    own logging configuration alone (its lines stay in its format; graceful's are JSON)."""
+    env = {"APP_BASIC_LOGGING": "1"}
+    with serving("serve_starlette:app", env=env) as (service, port):
+        exercise(service, port)
+    events, plain = json_lines(service)
+    assert "INFO app: slow started" in plain
+    assert "shutdown.report" in [e.get("event") for e in events]
+
+
+def test_no_access_log_option_and_variable_turn_access_lines_off() -> None:
+    """``--no-access-log`` (and ``GRACEFUL_ACCESS_LOG=0``): no access line; the other
+    test's access lines (the control) show the check can see them."""
+    with serving("serve_starlette:app", "--no-access-log") as (service, port):
+        exercise(service, port)
+    assert access_lines(json_lines(service)[0]) == {}
+    with serving("serve_starlette:app", env={"GRACEFUL_ACCESS_LOG": "0"}) as (service, port):
+        exercise(service, port)
+    assert access_lines(json_lines(service)[0]) == {}
+
+
+# -- bad targets: one line, exit 1 ----------------------------------------------------------------
+
+BAD_TARGETS = [
+    ("nope_no_such_module:app", [], 'could not import module "nope_no_such_module"'),
+    ("serve_missing_dependency:app", [], 'it imports "not_installed_dependency_for_graceful_'),
+    ("serve_bad:missing", [], 'attribute "missing" not found in module "serve_bad"'),
+    ("serve_bad:number", [], "serve_bad:number is an int, not an ASGI app"),
+    ("serve_bad:create_app", [], "takes no arguments: if it returns the app, add --factory"),
+    ("serve_bad:main", [], "serve it with `graceful run`"),
+    ("serve_bad:runtime", [], "is a graceful.Runtime: serve it with `graceful run`"),
+    ("serve_bad:make_number", ["--factory"], "returned an int, not an ASGI app"),
+    ("serve_bad:make_app_async", ["--factory"], "is an async factory"),
+    ("serve_bad:number", ["--factory"], "is not callable"),
+    ("no_colon", [], 'must be in the form "module:attribute"'),
+]
+
+
+def run_serve(*args: str, cwd: Path = APPS, env: dict[str, str] | None = None) -> Any:
+    return subprocess.run(
+        [GRACEFUL, "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(("target", "options", "message"), BAD_TARGETS)
+def test_a_bad_target_is_one_line_and_exit_1(target: str, options: list[str], message: str) -> None:
+    """Issue 12 item 1. The control is every serving test above: the same command line with a
+    good target serves (so these fail for the target's reason, not the command's)."""
+    result = run_serve(target, *options)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("graceful serve: ")
+    assert message in lines[0]
+
+
+def test_an_error_in_the_apps_own_import_shows_its_traceback_then_one_line() -> None:
+    """Not a bad target but a bug in the app: its traceback (the app's frames only) helps."""
+    result = run_serve("serve_raises:app")
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+    assert "serve_raises.py" in result.stderr
+    assert "importlib" not in result.stderr
+    assert "graceful/cli.py" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "graceful serve: serve_raises:app failed to load: RuntimeError: the app's own import failed"
+    )
+
+
+def test_a_bad_setting_names_its_variable_in_one_line() -> None:
+    result = run_serve("serve_starlette:app", env={"PORT": "eighty"})
+    assert result.returncode == 1
+    assert (
+        result.stderr
+        == "graceful serve: configuration error: PORT='eighty' is not a whole number\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "kind"),
+    [("serve_starlette:app", "an ASGI app"), ("serve_aiohttp:app", "an aiohttp Application")],
+)
+def test_graceful_run_with_a_web_app_says_to_use_serve(target: str, kind: str) -> None:
+    """``graceful run main:app`` (a uvicorn user's first try) used to crash with
+    ``TypeError: ...__call__() missing 2 required positional arguments``."""
+    result = subprocess.run(
+        [GRACEFUL, "run", target],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+        cwd=APPS,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"graceful run: {target} is {kind}, not an async main(runtime): "
+        f"serve it with `graceful serve {target}`\n"
+    )
+
+
+# -- draining() outside graceful: plain uvicorn ---------------------------------------------------
+
+
+def test_draining_under_plain_uvicorn_is_an_event_never_set() -> None:
+    """The same app under ``uvicorn app:app`` (no graceful): its stream runs as without
+    graceful instead of failing with ``LookupError`` (a 500 before this change)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "serve_starlette:app", "--app-dir", str(APPS)]
+    argv += ["--host", "127.0.0.1", "--port", str(port)]
+    with ServiceProcess(argv) as service:
+        service.wait_for("Uvicorn running on")
+        status, body = get(port, "/sse?limit=2")
+        assert status == 200
+        assert body.endswith(b"event: done\n\n")
+        assert "LookupError" not in service.output()
