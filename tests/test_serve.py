@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import APPS, ServiceProcess, free_port
+from tests.support import APPS, ROOT, ServiceProcess, free_port
 from tests.test_pid1 import UNSHARE, namespace_pid1
 
 GRACEFUL = str(Path(sys.executable).parent / "graceful")
@@ -461,3 +462,72 @@ def test_draining_under_plain_uvicorn_is_an_event_never_set() -> None:
         assert status == 200
         assert body.endswith(b"event: done\n\n")
         assert "LookupError" not in service.output()
+
+
+# -- the README's FastAPI section, run ------------------------------------------------------------
+
+README_BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+def readme_block(first_line: str) -> str:
+    found = [block for block in README_BLOCKS if block.startswith(f"{first_line}\n")]
+    assert len(found) == 1, f"the README has no single block starting {first_line!r}"
+    return found[0]
+
+
+@pytest.fixture
+def fastapi_app(tmp_path: Path) -> Path:
+    pytest.importorskip("fastapi")
+    (tmp_path / "app.py").write_text(readme_block("# app.py"))
+    (tmp_path / "test_app.py").write_text(readme_block("# test_app.py"))
+    return tmp_path
+
+
+def test_readme_fastapi_app_served_stopped_and_restarted_keeps_its_state(
+    fastapi_app: Path,
+) -> None:
+    """The README's FastAPI app under ``graceful serve app:app`` (as its Dockerfile's CMD).
+
+    1. PUT an item; open the progress stream; start the reindex task; SIGTERM.
+    2. Result: the stream says bye and ends cleanly, the task is awaited (drained, not cut),
+       exit 0. Served again on the same state file, the item is there.
+    """
+    port = free_port()
+    env = {"STATE_PATH": str(fastapi_app / "state.sqlite")}
+    argv = [GRACEFUL, "serve", "app:app", "--host", "127.0.0.1", "--port", str(port)]
+    with ServiceProcess(argv, env=env, cwd=fastapi_app) as service:
+        service.wait_event("service.ready")
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=HANG_GUARD)
+        connection.request("PUT", "/items/a", body=b'{"n": 1}')
+        assert connection.getresponse().read() == b'{"stored":"a"}'
+        connection.request("POST", "/reindex")
+        assert connection.getresponse().status == 202
+        connection.close()
+        stream = RawStream(port, "/progress")
+        stream.wait_first_event()
+        service.signal(signal.SIGTERM)
+        body = stream.result()
+        assert b"event: bye" in body
+        assert ended_cleanly(body)
+        assert service.wait() == 0
+        stop = report(service)
+        assert (stop["exit_code"], stop["cancelled"], stop["drained"]) == (0, 0, True)
+    with ServiceProcess(argv, env=env, cwd=fastapi_app) as again:
+        again.wait_event("service.ready")
+        assert get(port, "/items/a") == (200, b'{"n":1}')
+        again.signal(signal.SIGTERM)
+        assert again.wait() == 0
+
+
+def test_readme_fastapi_tests_pass_with_testclient(fastapi_app: Path) -> None:
+    """The README's ``test_app.py``: the app's TestClient tests run unchanged."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_app.py"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=fastapi_app,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
