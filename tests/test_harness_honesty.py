@@ -206,7 +206,8 @@ def test_a_server_that_accepts_and_abandons_connections_fails_stop_under_load(
 ) -> None:
     """The ``abandon`` image stops well in every other respect (in-flight answered, /readyz
     503, exit 0, writes kept), but its listener stays open after the stop began and what it
-    takes is never answered. The numbers tell it from the one-connection backlog race.
+    takes is never answered (its stop lasts about 2 s: what it took hangs past the probes' 1 s,
+    or is reset when it exits). The numbers tell it from the one-connection backlog race.
 
     Control: everything else held, so the harness without this check (probes that time out
     counted as nothing) passed it; the ``good`` image, which closes its listener, passes the
@@ -296,3 +297,36 @@ def test_clean_spares_the_objects_of_runs_still_going(graceful_engine: Engine) -
         assert client.volumes.get(ours) is not None
     finally:
         client.api.remove_volume(ours, force=True)
+
+
+def test_a_container_that_fails_to_start_is_removed_with_its_volume(
+    graceful_engine: Engine, test_images: dict[str, ImageInfo]
+) -> None:
+    """A sidecar from an image without ``python3`` fails to start; what was created for it
+    (the container, the anonymous volume of the image's ``VOLUME /data``) goes at once, not
+    when the run ends (or never, if the run is killed).
+
+    Control: the SDK's own ``containers.run`` (what the harness called before) leaves the
+    created container, and with it its volume.
+    """
+    import docker.errors
+
+    client = graceful_engine.client
+    ref = test_images["good"].ref
+    missing = ["/no/such/executable"]
+    leaky_name = f"graceful-harness-{graceful_engine.run_id}-leaky"
+    with pytest.raises(docker.errors.APIError):
+        client.containers.run(ref, entrypoint=missing, name=leaky_name, detach=True)
+    leaky = client.containers.get(leaky_name)
+    (mount,) = [m for m in leaky.attrs["Mounts"] if m["Destination"] == "/data"]
+    client.api.remove_container(leaky.id, force=True, v=True)
+    with pytest.raises(docker.errors.NotFound):
+        client.volumes.get(mount["Name"])  # removed only now, by hand
+
+    name = f"graceful-harness-{graceful_engine.run_id}-failed"
+    with pytest.raises(docker.errors.APIError):
+        graceful_engine.run(ref, entrypoint=missing, healthcheck=False, name=name)
+    # Removed through engine.remove(), which takes the anonymous volumes with the container
+    # (test_clean_up_removes_anonymous_volumes), before the run ends.
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get(name)

@@ -287,7 +287,6 @@ class Engine:
         """
         index = len(self._containers) + 1
         kwargs: dict[str, Any] = {
-            "detach": True,
             "labels": dict(self.labels),
             "environment": dict(env or {}),
             "name": name or f"graceful-harness-{self.run_id}-{index}",
@@ -312,8 +311,15 @@ class Engine:
             kwargs.update(read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"])
         if not healthcheck:
             kwargs["healthcheck"] = {"test": ["NONE"]}
-        raw = self.client.containers.run(image, **kwargs)
+        # Create, then start: a container that fails to start (no such executable, a port
+        # taken) is removed at once, with its anonymous volumes, not left until the run ends.
+        raw = self.client.containers.create(image, **kwargs)
         self._containers.append(str(raw.id))
+        try:
+            raw.start()
+        except Exception:
+            remove(self.client, containers=[str(raw.id)])
+            raise
         container = Container(raw)
         container.reload()
         return container

@@ -10,9 +10,9 @@
 - ``early-ack``: acknowledges writes from memory and writes them down every 30 s (and on a
   graceful stop); a SIGKILL loses what was acknowledged since the last write-down.
 - ``endless-drain``: drains without a deadline, waiting for in-flight work forever.
-- ``abandon``: stops well (unready, drains, exits 0) but leaves its listener open: connections
-  made after the stop began are accepted and never answered (each hangs until the process
-  exits, then is reset).
+- ``abandon``: stops well (unready, drains, a slow flush, exits 0) but leaves its listener
+  open: connections made after the stop began are accepted and never answered (each hangs
+  until the process exits, then is reset).
 
 ``GET /stream`` is server-sent events, an event every 100 ms, until the stop begins; then a
 last ``bye`` event and the end of the response (so the drain waits for no stream).
@@ -249,6 +249,8 @@ class App:
                     await asyncio.sleep(0)
         if flusher is not None:
             flusher.cancel()
+        if MODE == "abandon":
+            await asyncio.sleep(1.2)  # a slow flush: what the open listener took hangs meanwhile
         flushed = self.store.flush()
         self.store.db.close()
         admin.close()
