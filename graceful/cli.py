@@ -28,10 +28,11 @@ from graceful import __version__
 from graceful.budget import Budget
 from graceful.config import ENV_VARS, Config
 from graceful.exceptions import ConfigError, TargetImportError
+from graceful.logs import last_line
 from graceful.runtime import ExitCode, Runtime
 from graceful.serve.app import serve_target
 from graceful.serve.options import DEFAULT_HOST, DEFAULT_PORT, SERVE_ENV_VARS, ServeOptions
-from graceful.serve.target import import_from_string, load_target, web_app_kind
+from graceful.serve.target import LoadingStopped, import_from_string, load_target, web_app_kind
 
 __all__ = ["import_target", "main"]
 
@@ -284,7 +285,18 @@ def _serve(args: argparse.Namespace) -> int:
         code: int = supervisor.run_supervisor(args.target, options, config)
         return code
     try:
-        target = load_target(args.target, factory=options.factory, app_dir=options.app_dir)
+        target = load_target(
+            args.target,
+            factory=options.factory,
+            app_dir=options.app_dir,
+            stop_signals=config.signals,
+        )
+    except LoadingStopped as stopped:
+        # Nothing serves yet, so nothing to drain: a clean stop, said in one JSON line.
+        last_line(
+            "serve.stopped_while_loading", level="info", app=args.target, signal=stopped.signal
+        )
+        return int(ExitCode.OK)
     except TargetImportError as exc:
         return _serve_error(str(exc))
     except Exception as exc:  # the app's own code failed while importing: show where

@@ -273,6 +273,38 @@ def test_unix_socket_and_inherited_fd_listeners_close_at_stop(how: str, tmp_path
         assert service.wait() == 0
 
 
+@pytest.mark.parametrize("pid1", [False, True], ids=["child", "pid1"])
+def test_a_stop_while_the_app_is_imported_ends_at_once_and_cleanly(pid1: bool) -> None:
+    """A stop signal during a long import (before any server runs) ends the process at once
+    with exit 0 and one JSON line, also as PID 1, where a signal nobody handles is dropped
+    and ``docker stop`` would wait for SIGKILL. The controls follow."""
+    if pid1 and (os.geteuid() != 0 or shutil.which("unshare") is None):
+        pytest.skip("needs root and unshare(1) to make a PID namespace")
+    argv = [*UNSHARE] if pid1 else []
+    argv += [GRACEFUL, "serve", "serve_slow_import:app", "--app-dir", str(APPS)]
+    with ServiceProcess(argv) as service:
+        target = namespace_pid1(service.pid) if pid1 else service.pid
+        try:
+            service.wait_for("importing")
+            os.kill(target, signal.SIGTERM)
+            assert service.wait() == 0
+            stopped = service.wait_event("serve.stopped_while_loading")
+            assert (stopped["signal"], stopped["app"]) == ("SIGTERM", "serve_slow_import:app")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGKILL)
+
+
+def test_control_without_graceful_the_same_import_dies_by_the_signal() -> None:
+    """Control: the same import with no handler is killed by SIGTERM (exit -15, 143 in a
+    shell); as PID 1 it would ignore it (``test_pid1``'s control)."""
+    code = f"import sys; sys.path.insert(0, {str(APPS)!r}); import serve_slow_import"
+    with ServiceProcess([sys.executable, "-c", code]) as service:
+        service.wait_for("importing")
+        service.signal(signal.SIGTERM)
+        assert service.wait() == -signal.SIGTERM
+
+
 # -- logs: one JSON object per line ---------------------------------------------------------------
 
 

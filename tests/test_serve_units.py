@@ -4,6 +4,7 @@ and ``draining()`` where no graceful server runs (Starlette's TestClient, aiohtt
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import string
 import sys
@@ -183,6 +184,44 @@ async def test_serve_target_serves_on_a_given_socket_and_closes_it_at_stop(
     assert sock.fileno() == -1
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+# -- access lines from asgi.serve and aiohttp.serve ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "factory", "logger"),
+    [
+        ("serve_starlette:app", False, "uvicorn.access"),
+        ("serve_aiohttp:make_app", True, "aiohttp.access"),
+    ],
+)
+async def test_serve_logs_one_access_line_per_request_by_default(
+    spec: str, factory: bool, logger: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``asgi.serve``/``aiohttp.serve`` keep the server's access log on by default (it used to
+    be off, and ``asgi.serve`` stopped ``uvicorn.access`` from propagating for the process).
+
+    One line per request, with the request as fields; uvicorn's own line (it writes one as
+    the response starts, since caplog gives the logger a handler) is filtered out.
+    """
+    caplog.set_level(logging.INFO, logger=logger)
+    target = load_target(spec, factory=factory, app_dir=str(APPS))
+    async with run_runtime(Config(handle_signals=False, stop_timeout=5)) as runtime:
+        if target.kind == "asgi":
+            port = (await asgi.serve(runtime, target.app, host="127.0.0.1", port=0)).port
+        else:
+            port = (await graceful_aiohttp.serve(runtime, target.app, port=0)).port
+        async with httpx.AsyncClient(trust_env=False) as client:
+            response = await client.get(f"http://127.0.0.1:{port}/slow?s=0")
+        assert response.status_code == 200
+    lines = [r for r in caplog.records if r.name == logger]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    line: Any = lines[0]
+    assert (line.method, line.path, line.status) == ("GET", "/slow", 200)
+    assert line.duration_s >= 0
+    assert '"GET /slow?s=0 HTTP/1.1" 200' in line.getMessage()
+    assert logging.getLogger(logger).propagate
 
 
 # -- draining() where graceful does not serve ----------------------------------------------------

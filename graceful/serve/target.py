@@ -9,17 +9,29 @@ number, an app factory without ``--factory``, an ``async def main(runtime)``) is
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, Literal
 
 from graceful.exceptions import TargetImportError
 from graceful.runtime import Runtime
 
-__all__ = ["AppKind", "Target", "import_from_string", "load_target", "web_app_kind"]
+__all__ = [
+    "AppKind",
+    "LoadingStopped",
+    "Target",
+    "import_from_string",
+    "load_target",
+    "web_app_kind",
+]
 
 AppKind = Literal["asgi", "aiohttp"]
 
@@ -39,6 +51,23 @@ class Target:
     spec: str
     kind: AppKind
     app: Any
+
+
+class LoadingStopped(BaseException):
+    """A stop signal arrived while the target was being imported (see :func:`load_target`).
+
+    A ``BaseException``, as ``KeyboardInterrupt``: the app's own ``except Exception`` must
+    not swallow it.
+
+    Attributes:
+        signal: the signal's name.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, signal: str) -> None:
+        super().__init__(f"{signal} while the app was being imported")
+        self.signal = signal
 
 
 def import_from_string(spec: str, *, app_dir: str | None = None) -> Any:
@@ -83,7 +112,13 @@ def import_from_string(spec: str, *, app_dir: str | None = None) -> Any:
     return obj
 
 
-def load_target(spec: str, *, factory: bool = False, app_dir: str | None = None) -> Target:
+def load_target(
+    spec: str,
+    *,
+    factory: bool = False,
+    app_dir: str | None = None,
+    stop_signals: Sequence[str] = (),
+) -> Target:
     """Import ``spec`` and find the app to serve.
 
     Args:
@@ -91,6 +126,10 @@ def load_target(spec: str, *, factory: bool = False, app_dir: str | None = None)
         factory: the attribute is a function that takes no arguments and returns the app
             (uvicorn's ``--factory``); it is called once, here.
         app_dir: directory searched first for the module; the current directory when ``None``.
+        stop_signals: signal names (``"SIGTERM"``) that abort the import with
+            :class:`LoadingStopped` (on the main thread; the previous handlers are back
+            afterwards). An import can take seconds (a framework, a model); as a container's
+            PID 1 a signal nobody handles is dropped, and ``docker stop`` would end in SIGKILL.
 
     Returns:
         The app and its kind.
@@ -99,12 +138,14 @@ def load_target(spec: str, *, factory: bool = False, app_dir: str | None = None)
         TargetImportError: no such module or attribute, or the object is not an app; the
             message is one line. Errors raised by the module's or the factory's own code
             propagate, with their traceback.
+        LoadingStopped: one of ``stop_signals`` arrived first.
 
     .. versionadded:: 0.1
     """
-    obj = import_from_string(spec, app_dir=app_dir)
-    if factory:
-        obj = _call_factory(spec, obj)
+    with _stopped_by(stop_signals):
+        obj = import_from_string(spec, app_dir=app_dir)
+        if factory:
+            obj = _call_factory(spec, obj)
     kind = web_app_kind(obj)
     if kind is None:
         raise TargetImportError(f"{spec} {_why_not_an_app(obj, factory=factory)}")
@@ -136,6 +177,29 @@ def web_app_kind(obj: object) -> AppKind | None:
     if isinstance(obj, type) and _accepts(signature, 1) and not _accepts(signature, 0):
         return "asgi"  # an ASGI 2 app: a class built from the scope (uvicorn runs those)
     return None
+
+
+@contextlib.contextmanager
+def _stopped_by(names: Sequence[str]) -> Iterator[None]:
+    """Turn the signals ``names`` into :class:`LoadingStopped` raised where the import is.
+
+    An exception out of a signal handler, unlike the runtime's handlers (which only record
+    and wake the loop): no loop runs yet and nothing was accepted, so there is nothing to
+    drain, and waiting for the import to finish could take longer than the stop timeout.
+    """
+    if not names or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        raise LoadingStopped(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.Signals[n] for n in names)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _call_factory(spec: str, factory: Any) -> Any:
