@@ -509,4 +509,3 @@ async def serve(
     # ``uvicorn.access`` logger from propagating, for the whole process.
     config.access_log = access_log
     return await serve_config(runtime, config, name=name, ws_close_code=ws_close_code)
-
