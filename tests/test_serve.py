@@ -393,6 +393,34 @@ def test_no_access_log_option_and_variable_turn_access_lines_off() -> None:
     assert access_lines(json_lines(service)[0]) == {}
 
 
+@pytest.mark.parametrize("proxy_headers", [True, False], ids=["proxy-headers", "control"])
+def test_uvicorn_options_reach_the_app(proxy_headers: bool) -> None:
+    """``--root-path``, ``--forwarded-allow-ips`` and ``--proxy-headers`` (on by default, as
+    in uvicorn) reach the app through uvicorn; ``--no-proxy-headers`` is the control."""
+    options = ["--root-path", "/api", "--forwarded-allow-ips", "*", "--loop", "asyncio"]
+    if not proxy_headers:
+        options.append("--no-proxy-headers")
+    with serving("serve_starlette:app", *options) as (service, port):
+        assert "asyncio" in service.wait_event("service.starting")["loop"]
+        # The proxy in front strips /api: the app gets /whoami and the root path.
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=HANG_GUARD)
+        try:
+            headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+            connection.request("GET", "/whoami", headers=headers)
+            seen = json.loads(connection.getresponse().read())
+        finally:
+            connection.close()
+        service.signal(signal.SIGTERM)
+        assert service.wait() == 0
+    assert seen["root_path"] == "/api"
+    if proxy_headers:
+        assert (seen["client"], seen["scheme"]) == ("203.0.113.7", "https")
+    else:
+        assert (seen["client"], seen["scheme"]) == ("127.0.0.1", "http")
+    access = next(e for e in service.events() if e.get("logger") == "uvicorn.access")
+    assert access["client"].startswith(f"{seen['client']}:")
+
+
 # -- bad targets: one line, exit 1 ----------------------------------------------------------------
 
 BAD_TARGETS = [

@@ -9,6 +9,7 @@ It logs through the standard library only, as most apps do.
 - ``GET /sse-deaf``: the same stream, deaf to the stop (a control: cut at the deadline).
 - ``GET /log``: logs an info line with an extra field and a warning.
 - ``GET /boom``: raises (uvicorn logs the traceback).
+- ``GET /whoami``: the client, scheme and root_path the app sees (proxy headers, root path).
 
 ``APP_BASIC_LOGGING=1`` configures ``logging.basicConfig`` at import, as an app that owns its
 logging does.
@@ -24,7 +25,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from graceful.integrations.asgi import draining
@@ -77,6 +78,14 @@ async def boom(request: Request) -> Response:
     raise RuntimeError("boom")
 
 
+async def whoami(request: Request) -> Response:
+    client = request.client.host if request.client else None
+    scope = request.scope
+    return JSONResponse(
+        {"client": client, "scheme": scope["scheme"], "root_path": scope["root_path"]}
+    )
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     log.info("lifespan startup")
@@ -91,6 +100,7 @@ app = Starlette(
         Route("/sse-deaf", sse_deaf),
         Route("/log", log_lines),
         Route("/boom", boom),
+        Route("/whoami", whoami),
     ],
     lifespan=lifespan,
 )
