@@ -62,6 +62,11 @@ def test_admin_port_off_and_zero() -> None:
 def test_where_readiness_is_polled() -> None:
     assert Workload().ready_on == "admin"
     assert Workload().has_admin
+    assert Workload().ready_target == "/readyz"
+    # No admin port, no ready path given: graceful's /readyz is not looked for on the main
+    # port (where an app that has no admin port has no /readyz either).
+    assert Workload(admin_port=None).ready_on == "work"
+    assert Workload(admin_port=None).ready_target == "/work?ms=0"
     no_admin = Workload(admin_port=None, ready_path="/health")
     assert (no_admin.ready_on, no_admin.has_admin) == ("main", False)
     assert Workload(ready_path="/health", ready_port="main").ready_on == "main"

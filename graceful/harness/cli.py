@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     .. versionadded:: 0.1
     """
-    from graceful.harness.workload import Workload
+    from graceful.harness.workload import GRACEFUL_READY_PATH, Workload
 
     defaults = Workload()
     sub = parser.add_subparsers(dest="harness_command", metavar="COMMAND", required=True)
@@ -110,11 +110,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--ready-path",
-        default=defaults.ready_path,
         metavar="[main:|admin:]PATH",
         help="readiness path (200 when ready): on the admin port when there is one, else on "
         "the main port; prefix main: or admin: to choose; empty for none (a short work "
-        f"request then) (default: {defaults.ready_path})",
+        f"request then) (default: {GRACEFUL_READY_PATH} on the admin port; none without one)",
     )
     run.add_argument(
         "--stream-path",
@@ -227,7 +226,7 @@ def _workload(args: argparse.Namespace) -> Workload:
     ready_port: Literal["admin", "main"] | None = None
     ready_path = args.ready_path
     for where in ("main", "admin"):
-        if ready_path.startswith(f"{where}:"):
+        if ready_path is not None and ready_path.startswith(f"{where}:"):
             ready_port, ready_path = where, ready_path.removeprefix(f"{where}:")
     if args.work_path:
         work_url = f"{args.work_path}{'&' if '?' in args.work_path else '?'}ms={{ms}}"

@@ -27,7 +27,7 @@ import httpx
 from graceful.harness.container import Container, ContainerError, ImageInfo, Pid1, StopResult
 from graceful.harness.contract import Contract
 from graceful.harness.engine import Engine, remove
-from graceful.harness.load import Ledger, LoadClient
+from graceful.harness.load import Ledger, LoadClient, classify
 from graceful.harness.report import INCONCLUSIVE, NOTE, SKIPPED, ScenarioResult, Verdict
 from graceful.harness.workload import Workload
 
@@ -285,14 +285,18 @@ class Context:
         url = self.ready_url(service)
         self.step("waiting until ready")
         deadline = time.monotonic() + self.settings.startup_timeout
-        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+        last = "no answer"
+        # A bound per poll, not a speed claim: a 0 s work request may be slow (an endpoint
+        # that ignores the duration asked), and timing out each poll would never see it ready.
+        async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
             while True:
                 try:
                     status = (await client.get(url)).status_code
                     if status == 200 or (w.ready_on == "work" and 200 <= status < 300):
                         return
-                except httpx.HTTPError:
-                    pass
+                    last = f"HTTP {status}"
+                except httpx.HTTPError as exc:
+                    last = classify(exc)[0].value
                 if not await asyncio.to_thread(lambda: service.container.running):
                     logs = await asyncio.to_thread(service.container.logs)
                     raise ContainerError(
@@ -304,7 +308,7 @@ class Context:
                     diagnosis = not_ready_diagnosis(logs, w)
                     raise ContainerError(
                         f"the container was not ready within {self.settings.startup_timeout} s "
-                        f"({url} never answered 200)"
+                        f"({url} never answered 200; last: {last})"
                         + (f": {diagnosis}" if diagnosis else "")
                         + f"; its last log lines:\n{_tail(logs)}"
                     )

@@ -197,9 +197,9 @@ def _check_admin(ctx: Context, service: Service) -> Check:
     if w.admin_port is None:
         return Check(Capability.ADMIN_READY, False, "no admin port (--admin-port off)")
     if not w.has_admin:
-        where = "a work request" if w.ready_on == "work" else f"{w.ready_path} on the main port"
+        where = "a work request" if w.ready_on == "work" else f"{w.readiness_path} on the main port"
         return Check(Capability.ADMIN_READY, False, f"readiness is {where}")
-    detail = f"GET {w.ready_path} on admin port {w.admin_port} answered 200"
+    detail = f"GET {w.readiness_path} on admin port {w.admin_port} answered 200"
     return Check(Capability.ADMIN_READY, True, detail)
 
 

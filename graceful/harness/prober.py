@@ -113,7 +113,7 @@ class Prober:
             str(port),
             str(ready_port),
             w.work_target(0),
-            w.ready_path or "/",
+            w.readiness_path or "/",
             str(PROBE_INTERVAL_S),
             str(seconds),
         ]

@@ -16,8 +16,10 @@ import string
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["ADMIN_PORT_ZERO", "WORK_FIELDS", "Workload", "parse_admin_port"]
+__all__ = ["ADMIN_PORT_ZERO", "GRACEFUL_READY_PATH", "WORK_FIELDS", "Workload", "parse_admin_port"]
 
+#: graceful's readiness endpoint, on its admin port.
+GRACEFUL_READY_PATH = "/readyz"
 #: The fields a work URL template may use.
 WORK_FIELDS = frozenset({"ms", "seconds"})
 
@@ -68,8 +70,9 @@ class Workload:
             endpoint that parses an integer works): ``/work?ms={ms}``, ``/slow?s={seconds}``.
         items_path: ``POST`` stores ``{"id": ...}`` durably, ``GET`` lists ``{"ids": [...]}``;
             empty when the service stores nothing, which turns the write checks off.
-        ready_path: readiness endpoint (200 when ready); empty for none (then readiness is a
-            short work request answering 2xx).
+        ready_path: readiness endpoint (200 when ready); None for graceful's ``/readyz`` on
+            the admin port (none without an admin port); empty for none. Without one,
+            readiness is a short work request answering 2xx.
         ready_port: ``"admin"`` or ``"main"``: which port serves ``ready_path``; None for the
             admin port when there is one, else the main port.
         stream_path: ``GET`` target of a streaming response (SSE or chunked) that stays open
@@ -89,7 +92,7 @@ class Workload:
     admin_port: int | None = 9090
     work_url: str = "/work?ms={ms}"
     items_path: str = "/items"
-    ready_path: str = "/readyz"
+    ready_path: str | None = None
     ready_port: Literal["admin", "main"] | None = None
     stream_path: str = "/stream"
     volume_path: str = "/data"
@@ -107,7 +110,7 @@ class Workload:
         for what, path in (
             ("work URL", self.work_url),
             ("items path", self.items_path),
-            ("ready path", self.ready_path),
+            ("ready path", self.ready_path or ""),
             ("stream path", self.stream_path),
         ):
             if path and not path.startswith("/"):
@@ -121,10 +124,18 @@ class Workload:
         return self.ready_on == "admin"
 
     @property
+    def readiness_path(self) -> str:
+        """The ready path in effect: the one given, else graceful's ``/readyz`` when there is
+        an admin port; "" for none."""
+        if self.ready_path is None:
+            return GRACEFUL_READY_PATH if self.admin_port is not None else ""
+        return self.ready_path
+
+    @property
     def ready_on(self) -> Literal["admin", "main", "work"]:
         """Where readiness is polled: the admin port's or the main port's ready path, or
         (``"work"``) a short work request on the main port."""
-        if not self.ready_path:
+        if not self.readiness_path:
             return "work"
         if self.ready_port is not None:
             return self.ready_port
@@ -133,7 +144,7 @@ class Workload:
     @property
     def ready_target(self) -> str:
         """The readiness request's target (the ready path, or a work request of 0 ms)."""
-        return self.ready_path if self.ready_path else self.work_target(0)
+        return self.readiness_path or self.work_target(0)
 
     @property
     def has_items(self) -> bool:
