@@ -37,9 +37,20 @@ class Budget:
     exit_at: float
 
     @classmethod
-    def plan(cls, config: Config, start: float) -> Budget:
-        """Split ``config.stop_timeout`` into phase deadlines starting at ``start``."""
-        exit_at = start + config.stop_timeout - config.effective_margin
+    def plan(cls, config: Config, start: float, *, exit_by: float | None = None) -> Budget:
+        """Split ``config.stop_timeout`` into phase deadlines starting at ``start``.
+
+        Args:
+            config: the stop timeout, margin, reserve, delay and drain cap.
+            start: when the stop began (event-loop time).
+            exit_by: an exit deadline given from outside (a supervisor's, on the same clock
+                as ``start``): ``exit_at`` is then ``exit_by`` (never before ``start``) instead
+                of ``stop_timeout - margin`` after ``start``, and the phases split what is left.
+        """
+        if exit_by is None:
+            exit_at = start + config.stop_timeout - config.effective_margin
+        else:
+            exit_at = max(exit_by, start)
         reserve = min(config.effective_reserve, exit_at - start)
         last_drain = exit_at - reserve
         delay_end = min(start + config.delay, last_drain)

@@ -10,6 +10,10 @@ __all__ = ["Metrics"]
 class Metrics:
     """Every metric graceful exports, registered in one registry.
 
+    Under prometheus-client's multiprocess mode (the workers of ``graceful serve --workers``),
+    the gauges add up across live processes (in-flight work, connections) or are kept per live
+    process (phase durations), and a process's share goes when it exits.
+
     Args:
         registry: where to register; tests pass a fresh ``CollectorRegistry``.
 
@@ -35,6 +39,7 @@ class Metrics:
             "Duration of each phase of the last shutdown.",
             ["phase"],
             registry=registry,
+            multiprocess_mode="liveall",
         )
         self.hooks_failed = Counter(
             "graceful_hooks_failed_total",
@@ -52,12 +57,14 @@ class Metrics:
             "Units of work (requests, messages, jobs) in flight.",
             ["server"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.connections = Gauge(
             "graceful_open_connections",
             "Open client connections.",
             ["server"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.cancelled = Counter(
             "graceful_work_cancelled_total",

@@ -109,6 +109,7 @@ class Runtime(Registrations):
         self._crashed = False
         self._signals: StopSignals | None = None
         self._signal_at: float | None = None
+        self._exit_by: float | None = None
         self._main_ready = False
         self._owns_loop = False
         self._watchdog: Watchdog | None = None
@@ -181,12 +182,28 @@ class Runtime(Registrations):
     def _closing(self) -> bool:
         return self.phase is Phase.CLOSE or self.state is LifecycleState.STOPPED
 
-    def request_stop(self, reason: str = "requested") -> None:
-        """Start the stop sequence, exactly as a stop signal does. Later calls do nothing."""
+    def request_stop(self, reason: str = "requested", *, exit_by: float | None = None) -> None:
+        """Start the stop sequence, exactly as a stop signal does. Later calls do nothing.
+
+        ``exit_by``: a deadline from outside (a supervisor's), on the ``time.monotonic()``
+        clock, which is system-wide on Linux: the budget then ends there, not ``stop_timeout``
+        after now.
+        """
         if self._stop_requested.is_set():
             return
-        self.stop_reason = reason
+        self.stop_reason, self._exit_by = reason, exit_by
         self._stop_requested.set()
+
+    def skip_drain(self, reason: str = "requested") -> None:
+        """Skip the rest of the drain and go to flush, as a second stop signal does."""
+        self.request_stop(reason)
+        if not self._force.is_set():
+            self._force.set()
+            self.log.warning(
+                "shutdown.escalated",
+                reason=reason,
+                action="skip the rest of drain, go to flush; a third signal exits at once",
+            )
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -348,13 +365,8 @@ class Runtime(Registrations):
         self.log.info("signal.received", signal=sig.name, level=int(level), phase=self.phase)
         if level is Escalation.STOP:
             self.request_stop(f"signal {sig.name}")
-        elif level is Escalation.SKIP_TO_FLUSH and not self._force.is_set():
-            self._force.set()
-            self.log.warning(
-                "shutdown.escalated",
-                signal=sig.name,
-                action="skip the rest of drain, go to flush; a third signal exits at once",
-            )
+        elif level is Escalation.SKIP_TO_FLUSH:
+            self.skip_drain(f"signal {sig.name}")
 
     # -- stopping ----------------------------------------------------------------------------
 
@@ -364,7 +376,9 @@ class Runtime(Registrations):
             self._signals.check_ownership(self.log)
         now = loop.time()
         start = now if self._signal_at is None else min(self._signal_at, now)
-        budget = Budget.plan(self.config, start)
+        # A deadline given from outside is on the monotonic clock: move it onto the loop's.
+        exit_by = None if self._exit_by is None else now + self._exit_by - time.monotonic()
+        budget = Budget.plan(self.config, start, exit_by=exit_by)
         if self._watchdog is not None:
             self._watchdog.arm(time.monotonic() + budget.exit_at - now)
             self._watchdog.arm_backstop()

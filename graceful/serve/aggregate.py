@@ -1,0 +1,141 @@
+"""The container's ``/metrics``: every worker's metrics added up, and the supervisor's own.
+
+Workers run prometheus-client in multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` is set in
+their environment, so every metric they create writes its samples to a file there, and the
+supervisor's registry reads them all with a ``MultiProcessCollector`` (counters and histograms
+summed, gauges by their ``multiprocess_mode``). The directory is the user's
+``PROMETHEUS_MULTIPROC_DIR`` if set (emptied of old files at start), else a fresh temporary
+one removed at exit. When a worker exits, its live gauges are dropped (``mark_process_dead``);
+its counters stay, so totals never go down.
+
+The supervisor's own metrics come from a collector that reads its state at scrape time, with
+names no worker writes (a worker's ``graceful_state`` is an Enum, which multiprocess mode does
+not export), so no family appears twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
+
+from graceful.status import LifecycleState
+
+__all__ = ["ENV_VAR", "MetricsDirectory", "SupervisorStats", "container_registry"]
+
+ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsDirectory:
+    """Where the workers write their metrics.
+
+    Attributes:
+        path: the directory.
+        owned: created here (and removed at exit), not the user's.
+
+    .. versionadded:: 0.1
+    """
+
+    path: str
+    owned: bool
+
+    @classmethod
+    def prepare(cls, environ: Mapping[str, str]) -> MetricsDirectory:
+        """The user's directory emptied of old samples, or a new temporary one.
+
+        Raises:
+            OSError: it cannot be created or cleaned.
+        """
+        path = environ.get(ENV_VAR, "").strip()
+        if not path:
+            return cls(tempfile.mkdtemp(prefix="graceful-metrics-"), owned=True)
+        os.makedirs(path, exist_ok=True)
+        for stale in glob.glob(os.path.join(path, "*.db")):
+            os.remove(stale)
+        return cls(path, owned=False)
+
+    def process_dead(self, pid: int) -> None:
+        """Drop an exited worker's live gauges."""
+        with contextlib.suppress(OSError):
+            mark_process_dead(pid, self.path)  # type: ignore[no-untyped-call]
+
+    def remove(self) -> None:
+        """Remove the directory if it was created here."""
+        if self.owned:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+@dataclass(slots=True)
+class SupervisorStats:
+    """What the supervisor counts, read by its collector at scrape time.
+
+    .. versionadded:: 0.1
+    """
+
+    state: LifecycleState = LifecycleState.STARTING
+    ready: int = 0
+    starting: int = 0
+    restarts: int = 0
+    signals: Counter[str] = field(default_factory=Counter)
+
+
+class _SupervisorCollector(Collector):
+    def __init__(self, stats: SupervisorStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        state = GaugeMetricFamily(
+            "graceful_state", "Lifecycle state of the service.", labels=["graceful_state"]
+        )
+        for value in LifecycleState:
+            state.add_metric([str(value)], 1.0 if stats.state is value else 0.0)
+        yield state
+        workers = GaugeMetricFamily(
+            "graceful_workers", "Worker processes, by state.", labels=["state"]
+        )
+        workers.add_metric(["ready"], stats.ready)
+        workers.add_metric(["starting"], stats.starting)
+        yield workers
+        yield CounterMetricFamily(
+            "graceful_worker_restarts",
+            "Workers started to replace one that exited while serving.",
+            value=stats.restarts,
+        )
+        signals = CounterMetricFamily(
+            "graceful_supervisor_signals_received",
+            "Stop signals the supervisor received, by signal name.",
+            labels=["signal"],
+        )
+        for name, count in sorted(stats.signals.items()):
+            signals.add_metric([name], count)
+        yield signals
+
+
+def container_registry(
+    directory: MetricsDirectory | None, stats: SupervisorStats
+) -> CollectorRegistry:
+    """The registry the supervisor's admin server exposes.
+
+    Args:
+        directory: the workers' samples (``None``: they could not be collected).
+        stats: the supervisor's own counts.
+
+    .. versionadded:: 0.1
+    """
+    registry = CollectorRegistry()
+    if directory is not None:
+        MultiProcessCollector(registry, path=directory.path)  # type: ignore[no-untyped-call]
+    registry.register(_SupervisorCollector(stats))
+    return registry

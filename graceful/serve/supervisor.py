@@ -1,0 +1,360 @@
+"""``graceful serve --workers N``: a supervisor that owns the signals and N worker processes.
+
+The supervisor is the container's main process (PID 1 under Docker): it binds the listening
+socket once, starts N workers (:mod:`graceful.serve.worker`, each the full graceful runtime)
+that share it, serves the one admin server of the container, and reaps every child. It never
+imports the app.
+
+While serving, a worker that exits is replaced (:mod:`graceful.serve.pool`). ``/livez``
+fails once no worker has been ready for ``GRACEFUL_NO_WORKERS_TIMEOUT`` seconds; ``/readyz``
+answers 200 once all N started, while at least one is ready, and never after a stop began.
+
+On a stop signal (see :class:`StopDeadlines` for the numbers):
+
+1. ``/readyz`` answers 503 at once;
+2. the supervisor closes its copy of the listener (see :mod:`graceful.serve.listeners` for why
+   no connection waiting in the backlog is reset) and sends every worker ``stop`` with the
+   absolute deadline ``worker_exit_by`` (:mod:`graceful.serve.control`);
+3. the workers stop in their phases and exit; a second signal is passed on as ``skip_drain``;
+   a third exits at once (the workers die with the supervisor: ``PR_SET_PDEATHSIG``, or the
+   PID namespace's end);
+4. a worker still running at ``kill_at`` is killed (SIGKILL) and counts as overran;
+5. one ``shutdown.report`` for the container, a line per worker, and the exit code: the most
+   serious of the workers' (:data:`~graceful.serve.stopping.SEVERITY`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import structlog
+
+from graceful.config import Config
+from graceful.exceptions import ConfigError
+from graceful.health import AdminServer
+from graceful.logs import configure_logging, get_logger
+from graceful.loops import loop_factory
+from graceful.reaper import ZombieReaper
+from graceful.recorder import rounded
+from graceful.runner import run_on_new_loop
+from graceful.serve.aggregate import (
+    ENV_VAR,
+    MetricsDirectory,
+    SupervisorStats,
+    container_registry,
+)
+from graceful.serve.control import WorkerStart
+from graceful.serve.listeners import bind_listener
+from graceful.serve.options import ServeOptions
+from graceful.serve.pool import WorkerPool
+from graceful.serve.processes import WorkerProcess, write_whole_lines
+from graceful.serve.stopping import StopDeadlines, SupervisorSettings, most_serious, worker_line
+from graceful.signals import Escalation, StopSignals
+from graceful.status import ExitCode, LifecycleState
+from graceful.watchdog import Watchdog
+
+__all__ = ["Supervisor", "run_supervisor"]
+
+
+def run_supervisor(
+    spec: str, options: ServeOptions, config: Config, *, settings: SupervisorSettings | None = None
+) -> int:
+    """Serve ``spec`` with ``options.workers`` worker processes; return the exit code.
+
+    Args:
+        spec: the target, ``"module:attr"``, imported by each worker (never here).
+        options: how to serve it; ``workers`` is N.
+        config: the stop budget, admin server, signals and logs of the container.
+        settings: ``None`` reads them from the environment.
+
+    .. versionadded:: 0.1
+    """
+    try:
+        settings = SupervisorSettings.from_env() if settings is None else settings
+    except ConfigError as exc:
+        print(f"graceful serve: configuration error: {exc}", file=sys.stderr, flush=True)
+        return int(ExitCode.ERROR)
+    return Supervisor(spec, options, config, settings).run()
+
+
+class Supervisor:
+    """Runs N workers for one container and stops them together (see the module docs).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self, spec: str, options: ServeOptions, config: Config, settings: SupervisorSettings
+    ) -> None:
+        self.spec = spec
+        self.options = options
+        self.config = config
+        self.settings = settings
+        self.log = get_logger()
+        self.stats = SupervisorStats()
+        self.pool = WorkerPool(
+            size=options.workers,
+            start_for=self._worker_start,
+            settings=settings,
+            stats=self.stats,
+            on_failed=self.request_stop,
+        )
+        self.listener: socket.socket | None = None
+        self.metrics: MetricsDirectory | None = None
+        self.admin: AdminServer | None = None
+        self.stop_reason: str | None = None
+        self._stop_requested = asyncio.Event()
+        self._stop_sent = False
+        self._skip_drain: str | None = None
+        self._signal_at: float | None = None
+        self._signals: StopSignals | None = None
+        self._watchdog: Watchdog | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._plan: StopDeadlines | None = None
+        self._stopping: list[WorkerProcess] = []
+
+    # -- health ------------------------------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        """``/readyz``: started, a worker ready, no stop begun."""
+        return (
+            self.stats.state is LifecycleState.SERVING
+            and not self._stop_requested.is_set()
+            and self.pool.any_ready()
+        )
+
+    def is_live(self) -> bool:
+        """``/livez``: not stopped, and not without a ready worker for too long."""
+        if self.pool.without_workers_for() > self.settings.no_workers_timeout:
+            return False
+        return self.stats.state is not LifecycleState.STOPPED
+
+    def request_stop(self, reason: str) -> None:
+        """Stop the container, as a stop signal does. Later calls do nothing."""
+        if not self._stop_requested.is_set():
+            self.stop_reason = reason
+            self._stop_requested.set()
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve on a new event loop until stopped; return the container's exit code."""
+        config = self.config
+        try:
+            factory = loop_factory(config.loop)
+        except ConfigError as exc:
+            print(f"graceful: configuration error: {exc}", file=sys.stderr, flush=True)
+            return int(ExitCode.ERROR)
+        write_whole_lines()
+        if not structlog.is_configured() and config.log_format != "off":
+            configure_logging(format=config.log_format, level=config.log_level)
+        self._watchdog = Watchdog(
+            exit_code=int(ExitCode.OVERRAN),
+            describe=lambda: {"reason": self.stop_reason, "workers": self.pool.running_pids()},
+            grace=min(config.effective_margin / 2, 0.25),
+        )
+        self._watchdog.start()
+        try:
+            return run_on_new_loop(factory, self.serve())
+        finally:
+            if self._signals is not None:
+                self._signals.restore()
+            self._watchdog.disarm()
+
+    async def serve(self) -> int:
+        """Start the workers, serve until a stop, stop them; return the exit code."""
+        self._loop = asyncio.get_running_loop()
+        self._install_signals()
+        reap = self.config.reap_zombies
+        reaper: ZombieReaper | None = None
+        if reap or (reap is None and os.getpid() == 1):
+            reaper = ZombieReaper(
+                on_reaped=lambda pid, status: self.log.info("zombie.reaped", pid=pid, status=status)
+            )
+            reaper.start()
+        try:
+            code = await self._serve()
+            self._report(code, reaper.reaped if reaper is not None else 0)
+            return int(code)
+        finally:
+            await self._clean_up(reaper)
+
+    async def _serve(self) -> ExitCode:
+        self.log.info(
+            "service.starting",
+            pid=os.getpid(),
+            pid1=os.getpid() == 1,
+            workers=self.options.workers,
+            address=self.options.address,
+            stop_timeout=self.config.stop_timeout,
+        )
+        try:
+            self.listener = bind_listener(self.options)
+        except OSError as exc:
+            self.log.error("startup.failed", error=f"{self.options.address}: {exc.strerror}")
+            return ExitCode.ERROR
+        try:
+            self.metrics = MetricsDirectory.prepare(os.environ)
+        except OSError as exc:
+            self.log.warning("metrics.not_aggregated", error=str(exc), variable=ENV_VAR)
+        if self.config.admin_port is not None:
+            self.admin = AdminServer(
+                host=self.config.admin_host,
+                port=self.config.admin_port,
+                is_live=self.is_live,
+                is_ready=self.is_ready,
+                registry=container_registry(self.metrics, self.stats),
+            )
+            try:
+                await self.admin.start()
+            except ConfigError as exc:
+                self.log.error("startup.failed", error=str(exc))
+                self.admin = None
+                return ExitCode.ERROR
+            self.log.info("admin.listening", host=self.config.admin_host, port=self.admin.port)
+        self.pool.start(self.listener, self.metrics)
+        await self._stop_requested.wait()
+        return await self._stop()
+
+    def _worker_start(self, index: int) -> WorkerStart:
+        return WorkerStart(index=index, spec=self.spec, options=self.options, config=self.config)
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        if not self.config.handle_signals:
+            return
+        self._signals = StopSignals(
+            self.config.signals,
+            self._on_signal,
+            hard_exit_code=int(ExitCode.FORCED),
+            repeat_window=self.config.repeat_window,
+        )
+        if not self._signals.install():
+            self.log.warning("signals.not_installed", reason="not on the main thread")
+            self._signals = None
+
+    def _on_signal(self, sig: signal.Signals, level: Escalation, at: float) -> None:
+        # Signal-handler context: record and wake the loop (the budget counts from now).
+        if level is Escalation.STOP and self._signal_at is None:
+            self._signal_at = at
+            if self._watchdog is not None:
+                self._watchdog.arm(StopDeadlines.plan(self.config, at).exit_at)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._signal_arrived, sig, level)
+
+    def _signal_arrived(self, sig: signal.Signals, level: Escalation) -> None:
+        self.stats.signals[sig.name] += 1
+        if level is Escalation.REPEAT:
+            self.log.debug("signal.repeated", signal=sig.name)
+            return
+        self.log.info("signal.received", signal=sig.name, level=int(level))
+        if level is Escalation.STOP:
+            self.request_stop(f"signal {sig.name}")
+        elif level is Escalation.SKIP_TO_FLUSH and self._skip_drain is None:
+            self._skip_drain = f"signal {sig.name}"
+            self.log.warning(
+                "shutdown.escalated",
+                signal=sig.name,
+                action="every worker skips the rest of its drain; a third signal exits at once",
+            )
+            if self._stop_sent:
+                self._send_all({"op": "skip_drain", "reason": self._skip_drain})
+
+    def _send_all(self, message: dict[str, Any]) -> None:
+        for worker in self._stopping:
+            worker.send(message)
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    async def _stop(self) -> ExitCode:
+        now = time.monotonic()
+        start = now if self._signal_at is None else min(self._signal_at, now)
+        plan = self._plan = StopDeadlines.plan(self.config, start)
+        if self._watchdog is not None:
+            self._watchdog.arm(plan.exit_at)
+            self._watchdog.arm_backstop()
+        self.stats.state = LifecycleState.STOPPING
+        stopping = self._stopping = self.pool.close()
+        self._release_listener()
+        self.log.info(
+            "shutdown.started",
+            reason=self.stop_reason,
+            stop_timeout=self.config.stop_timeout,
+            workers=[w.pid for w in stopping],
+            plan={
+                "workers_exit_by_s": rounded(plan.worker_exit_by - start),
+                "kill_at_s": rounded(plan.kill_at - start),
+                "exit_by_s": rounded(plan.exit_at - start),
+            },
+        )
+        self._send_all({"op": "stop", "exit_by": plan.worker_exit_by, "reason": self.stop_reason})
+        self._stop_sent = True
+        if self._skip_drain is not None:
+            self._send_all({"op": "skip_drain", "reason": self._skip_drain})
+        await self._wait_exits(stopping, plan.kill_at)
+        late = [w for w in stopping if w.running]
+        for worker in late:
+            self.log.error(
+                "worker.killed",
+                worker=worker.index,
+                pid=worker.pid,
+                reason="not done at its deadline",
+            )
+            worker.kill()
+        await self._wait_exits(late, plan.exit_at)
+        self.stats.state = LifecycleState.STOPPED
+        codes = [
+            w.exited.result().exit_code if w.exited.done() else ExitCode.OVERRAN for w in stopping
+        ]
+        return most_serious([*codes, ExitCode.ERROR] if self.pool.failed else codes)
+
+    async def _wait_exits(self, workers: list[WorkerProcess], deadline: float) -> None:
+        pending = [w.exited for w in workers if w.running]
+        if pending:
+            await asyncio.wait(pending, timeout=max(deadline - time.monotonic(), 0.0))
+
+    def _release_listener(self) -> None:
+        """Close the supervisor's copy of the listener: from now on only workers hold it."""
+        if self.listener is not None:
+            self.listener.close()
+
+    def _report(self, code: ExitCode, zombies_reaped: int) -> None:
+        plan = self._plan
+        now = time.monotonic()
+        start = plan.start if plan is not None else now
+        workers = [worker_line(worker, start) for worker in self._stopping]
+        self.log.log(
+            20 if code is ExitCode.OK else 30,
+            "shutdown.report",
+            reason=self.stop_reason,
+            exit_code=int(code),
+            exit_status=code.name.lower(),
+            seconds=rounded(now - start),
+            stop_timeout=self.config.stop_timeout,
+            overran=plan is not None and now > plan.exit_at,
+            workers=workers,
+            signals=dict(self.stats.signals),
+            zombies_reaped=zombies_reaped,
+        )
+
+    async def _clean_up(self, reaper: ZombieReaper | None) -> None:
+        if self.admin is not None:
+            await self.admin.close()
+        if reaper is not None:
+            await reaper.stop()
+        if self.listener is not None:
+            self.listener.close()
+        if self.options.uds is not None and self.options.fd is None:
+            with contextlib.suppress(OSError):
+                os.remove(self.options.uds)
+        if self.metrics is not None:
+            self.metrics.remove()

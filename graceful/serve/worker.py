@@ -1,0 +1,227 @@
+"""One worker process of ``graceful serve --workers N``: the full runtime on a shared listener.
+
+The supervisor starts it as::
+
+    python -m graceful.serve.worker --listen-fd L --control-fd C --supervisor-pid P
+
+with the shared listener and its end of the control link (:mod:`graceful.serve.control`) as
+inherited descriptors, in a session of its own (a terminal's Ctrl-C reaches the supervisor
+only, which passes the stop on). It reads its :class:`~graceful.serve.control.WorkerStart`,
+imports the app, and runs ``Runtime(config).run(main)`` with ``main`` serving the app on the
+shared socket, exactly as single-process ``graceful serve`` does, except:
+
+- the stop comes from the supervisor (``stop`` with its deadline, ``skip_drain`` for a second
+  signal), not from a signal; a signal sent to the worker itself still stops it;
+- no admin server: the supervisor's answers for the container;
+- a :class:`~graceful.serve.listeners.BacklogGuard` drains the shared backlog before the
+  server closes its copy of the listener;
+- metrics go to ``PROMETHEUS_MULTIPROC_DIR`` for the supervisor to add up; gauges that read a
+  value at scrape time (``set_function``) cannot work across processes, so the in-flight and
+  connection gauges are written from the servers' counts once a second.
+
+The app can tell which worker it runs in from ``GRACEFUL_WORKER`` (0 to N-1; a replacement
+gets the index of the worker it replaces); the worker's log lines carry ``worker`` too.
+
+It dies with the supervisor (``PR_SET_PDEATHSIG``): a supervisor that is killed, or exits at
+once on a third signal, takes its workers with it even outside a PID namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import contextvars
+import ctypes
+import ctypes.util
+import functools
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+
+import structlog
+
+from graceful.config import Config
+from graceful.draining import Drainable, DrainableServer
+from graceful.exceptions import TargetImportError
+from graceful.runtime import Runtime
+from graceful.serve.app import serve_target
+from graceful.serve.control import WorkerStart, encode, messages, read_start
+from graceful.serve.listeners import BacklogGuard
+from graceful.serve.processes import write_whole_lines
+from graceful.serve.target import load_target
+from graceful.status import ExitCode
+
+__all__ = ["WorkerRuntime", "main"]
+
+_PR_SET_PDEATHSIG = 1
+#: Seconds between two writes of the in-flight and connection gauges (multiprocess mode).
+GAUGE_INTERVAL = 1.0
+
+
+class WorkerRuntime(Runtime):
+    """The runtime of one worker: a :class:`~graceful.Runtime` linked to its supervisor.
+
+    The control link is read on a thread of its own: a ``stop`` arms the watchdog for its
+    deadline at once, so a worker whose event loop is blocked still ends at the deadline, with
+    the stack of what blocked it, before the supervisor has to kill it.
+
+    It remembers its servers, so that their in-flight and connection counts can be written
+    to the multiprocess gauges (``add_drainable`` feeds them with ``set_function``, which is
+    read at scrape time, in this process's registry, which nobody scrapes).
+
+    Args:
+        config: the worker's settings.
+        control: this worker's end of the control link (blocking).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, config: Config, control: socket.socket) -> None:
+        super().__init__(config)
+        self.servers: list[Drainable] = []
+        self.control = control
+        self.cleanup_context(self._linked)
+
+    def add_drainable(self, drainable: Drainable) -> None:
+        super().add_drainable(drainable)
+        if not isinstance(drainable, BacklogGuard):
+            self.servers.append(drainable)
+
+    def publish_gauges(self) -> None:
+        """Write the servers' current counts to the in-flight and connection gauges."""
+        for server in self.servers:
+            self.metrics.inflight.labels(server=server.name).set(server.inflight())
+            if isinstance(server, DrainableServer):
+                count = server.connection_count()
+                self.metrics.connections.labels(server=server.name).set(count)
+
+    def announce_ready(self) -> None:
+        """Mark the runtime ready and tell the supervisor (unless a stop began meanwhile)."""
+        if self.stopping:
+            return
+        self.mark_ready()
+        with contextlib.suppress(OSError):  # the supervisor is gone: its stop follows
+            self.control.sendall(encode({"op": "ready", "pid": os.getpid()}))
+
+    async def _linked(self) -> AsyncIterator[None]:
+        # The first startup step: from here on a stop from the supervisor aborts the rest.
+        # In a copy of this task's context: what it hands to the loop logs as this worker.
+        context = contextvars.copy_context()
+        reader = threading.Thread(
+            target=context.run, args=(self._read_control,), name="graceful-control"
+        )
+        reader.daemon = True  # blocked in recv until the supervisor closes its end
+        reader.start()
+        gauges = asyncio.get_running_loop().create_task(self._publish(), name="gauges")
+        try:
+            yield
+        finally:
+            gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gauges
+
+    async def _publish(self) -> None:
+        while True:
+            await asyncio.sleep(GAUGE_INTERVAL)
+            self.publish_gauges()
+
+    def request_stop_threadsafe(self, reason: str, *, exit_by: float | None = None) -> None:
+        """``request_stop`` from another thread; with ``exit_by`` the deadline holds at once.
+
+        The watchdog is armed for ``exit_by`` right here, so that even a blocked event loop,
+        which would never get to the stop, ends at the deadline naming what blocked it.
+        """
+        if exit_by is not None and self._watchdog is not None:
+            self._watchdog.arm(exit_by)
+        self._on_loop(functools.partial(self.request_stop, reason, exit_by=exit_by))
+
+    def _read_control(self) -> None:
+        """The control link's reader thread."""
+        for message in messages(self.control):
+            op = message.get("op")
+            reason = f"supervisor: {message.get('reason', 'stop')}"
+            if op == "stop":
+                exit_by = message.get("exit_by")
+                deadline = None if exit_by is None else float(exit_by)
+                self.request_stop_threadsafe(reason, exit_by=deadline)
+            elif op == "skip_drain":
+                self._on_loop(functools.partial(self.skip_drain, reason))
+        self._on_loop(functools.partial(self.request_stop, "supervisor gone"))
+
+    def _on_loop(self, call: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: the stop is over
+                loop.call_soon_threadsafe(call)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of a worker process; returns its exit code.
+
+    .. versionadded:: 0.1
+    """
+    args = _parser().parse_args(argv)
+    write_whole_lines()
+    if not _die_with(args.supervisor_pid):
+        print("graceful serve: worker: the supervisor is gone", file=sys.stderr, flush=True)
+        return int(ExitCode.ERROR)
+    control = socket.socket(fileno=args.control_fd)
+    try:
+        start = read_start(control)
+    except (ConnectionError, OSError) as exc:
+        print(f"graceful serve: worker: no start from the supervisor: {exc}", file=sys.stderr)
+        return int(ExitCode.ERROR)
+    listener = socket.socket(fileno=args.listen_fd)
+    structlog.contextvars.bind_contextvars(worker=start.index)
+    os.environ["GRACEFUL_WORKER"] = str(start.index)
+    options = start.options
+    try:
+        target = load_target(start.spec, factory=options.factory, app_dir=options.app_dir)
+    except TargetImportError as exc:
+        return _fail(start, str(exc))
+    except Exception as exc:  # the app's own code failed while importing: show where
+        traceback.print_exception(exc, file=sys.stderr)
+        return _fail(start, f"{start.spec} failed to load: {type(exc).__name__}: {exc}")
+    runtime = WorkerRuntime(replace(start.config, admin_port=None), control)
+
+    async def serve(runtime: Runtime) -> None:
+        if start.backlog_guard:  # registered first: its stop_accept runs before the server's
+            runtime.add_drainable(BacklogGuard(listener))
+        await serve_target(runtime, target, options, sock=listener)
+        assert isinstance(runtime, WorkerRuntime)
+        runtime.announce_ready()
+
+    return runtime.run(serve)
+
+
+def _fail(start: WorkerStart, message: str) -> int:
+    print(f"graceful serve: worker {start.index}: {message}", file=sys.stderr, flush=True)
+    return int(ExitCode.ERROR)
+
+
+def _die_with(supervisor_pid: int) -> bool:
+    """Ask the kernel for SIGKILL when the supervisor dies; False if it already has."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is not None:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # Checked after the request, so a supervisor that died just before is not missed.
+    return os.getppid() == supervisor_pid
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m graceful.serve.worker")
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--supervisor-pid", type=int, required=True)
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
