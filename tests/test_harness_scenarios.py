@@ -56,10 +56,13 @@ def test_every_scenario_names_what_it_needs() -> None:
 
 
 def test_opt_in_is_a_class_attribute() -> None:
+    from graceful.harness.scenarios import PowerLoss
+
     assert RollingRestart.opt_in is True
-    assert opt_in_scenarios() == {"rolling-restart": RollingRestart}
+    assert PowerLoss.opt_in is True
+    assert opt_in_scenarios() == {"rolling-restart": RollingRestart, "power-loss": PowerLoss}
     assert not any(getattr(cls, "opt_in", False) for cls in SCENARIOS.values())
-    assert scenario_names(opt_in=True) == [*SCENARIOS, "rolling-restart"]
+    assert scenario_names(opt_in=True) == [*SCENARIOS, "rolling-restart", "power-loss"]
 
 
 def test_scenarios_are_configured_by_their_fields() -> None:

@@ -10,6 +10,10 @@
 - ``early-ack``: acknowledges writes from memory and writes them down every 30 s (and on a
   graceful stop); a SIGKILL loses what was acknowledged since the last write-down.
 - ``endless-drain``: drains without a deadline, waiting for in-flight work forever.
+- ``wal-normal``: like ``good``, but commits with SQLite's ``synchronous=NORMAL`` (in WAL mode
+  a commit is durable only at the next checkpoint): it survives SIGKILL, not a power cut.
+- ``no-fsync``: like ``good``, but keeps items in a plain file and acknowledges after
+  ``write()``, without ``fsync``: it survives SIGKILL, not a power cut.
 - ``abandon``: stops well (unready, drains, a slow flush, exits 0) but leaves its listener
   open: connections made after the stop began are accepted and never answered (each hangs
   until the process exits, then is reset).
@@ -52,9 +56,16 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY)")
+        if MODE == "wal-normal":
+            # The table is durable (created under FULL); commits from here on are not.
+            self.db.execute("PRAGMA synchronous=NORMAL")
         self.pending: list[str] = []
+        self.log = UnsyncedLog(path + ".items") if MODE == "no-fsync" else None
 
     def put(self, item_id: str) -> None:
+        if self.log is not None:
+            self.log.append(item_id)
+            return
         self.db.execute("INSERT OR IGNORE INTO items (id) VALUES (?)", (item_id,))
 
     def flush(self) -> int:
@@ -69,8 +80,32 @@ class Store:
         return n
 
     def ids(self) -> list[str]:
+        if self.log is not None:
+            return self.log.ids()
         stored = [row[0] for row in self.db.execute("SELECT id FROM items ORDER BY rowid")]
         return stored + [i for i in self.pending if i not in set(stored)]
+
+
+class UnsyncedLog:
+    """Item ids, one a line, appended to a plain file with ``write()`` and never fsynced (the
+    file and its name are synced once, at start, so a power cut keeps the file itself)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.fsync(self.fd)
+        directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def append(self, item_id: str) -> None:
+        os.write(self.fd, f"{item_id}\n".encode())
+
+    def ids(self) -> list[str]:
+        with open(self.path) as f:
+            return list(dict.fromkeys(line.strip() for line in f if line.strip()))
 
 
 class App:

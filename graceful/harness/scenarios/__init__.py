@@ -6,7 +6,8 @@ HTTP contract); :func:`run_scenarios` runs a list of them against one image and 
 :class:`~graceful.harness.report.Report`. The ``docker stop`` scenarios live in
 :mod:`~graceful.harness.scenarios.stop`, the ``docker kill`` ones in
 :mod:`~graceful.harness.scenarios.kill`, ``stop-during-stream`` in
-:mod:`~graceful.harness.scenarios.stream`, ``rolling-restart`` in :mod:`graceful.harness.rolling`,
+:mod:`~graceful.harness.scenarios.stream`, ``power-loss`` in
+:mod:`~graceful.harness.scenarios.power`, ``rolling-restart`` in :mod:`graceful.harness.rolling`,
 and the registry in :mod:`~graceful.harness.scenarios.registry`.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 from graceful.harness.context import Settings
 from graceful.harness.rolling import RollingRestart
 from graceful.harness.scenarios.kill import KillUnderLoad, Signals, SignalStorm
+from graceful.harness.scenarios.power import PowerLoss
 from graceful.harness.scenarios.registry import (
     SCENARIOS,
     Scenario,
@@ -35,6 +37,7 @@ from graceful.harness.scenarios.stream import StopDuringStream
 __all__ = [
     "SCENARIOS",
     "KillUnderLoad",
+    "PowerLoss",
     "RollingRestart",
     "Scenario",
     "Settings",

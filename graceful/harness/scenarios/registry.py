@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar, Protocol
 
 import graceful.harness.scenarios.kill as kill
+import graceful.harness.scenarios.power as power
 import graceful.harness.scenarios.stop as stop
 import graceful.harness.scenarios.stream as stream
 from graceful.harness.container import ImageInfo
@@ -70,6 +71,7 @@ _REGISTRY: dict[str, type[Scenario]] = {
         kill.Signals,
         stream.StopDuringStream,
         RollingRestart,
+        power.PowerLoss,
     )
 }
 
@@ -85,7 +87,8 @@ SCENARIOS: dict[str, type[Scenario]] = {
 
 
 def opt_in_scenarios() -> dict[str, type[Scenario]]:
-    """Scenarios that run only when named: they need more than the image (a load balancer).
+    """Scenarios that run only when named: they need more than the image (a load balancer,
+    FUSE and root on the host).
 
     .. versionadded:: 0.1
     """
