@@ -5,13 +5,15 @@
     graceful harness run --image IMAGE [--scenario NAME ...] [--stop-timeout S] [--json PATH]
                          [--work-url '/slow?s={seconds}'] [--ready-path main:/health]
                          [--stream-path /events] [--admin-port off] [--strict]
+    graceful harness soak --image IMAGE --rounds N [--seed S] [--faults LIST] [--json PATH]
     graceful harness list
     graceful harness clean [--all]
 
 ``run`` exits 1 when a scenario FAILs, 0 otherwise; with ``--strict`` also 1 when one was
-SKIPPED or INCONCLUSIVE (2 when the harness could not run: no engine, no image, a failed
-build, a bad option). The main CLI calls :func:`add_arguments` and :func:`main`;
-``python -m graceful.harness`` runs this module alone.
+SKIPPED or INCONCLUSIVE. ``soak`` exits 1 on any lost write or failed accepted request. Both
+exit 2 when the harness could not run (no engine, no image, a failed build, a bad option).
+The main CLI calls :func:`add_arguments` and :func:`main`; ``python -m graceful.harness`` runs
+this module alone.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from typing import TYPE_CHECKING, Literal, TextIO
 from graceful.exceptions import GracefulError
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from graceful.harness.container import ImageInfo
+    from graceful.harness.context import Settings
+    from graceful.harness.engine import Engine
     from graceful.harness.workload import Workload
 
 __all__ = ["add_arguments", "main"]
@@ -34,13 +41,10 @@ _DEFAULT_TAG = "graceful-harness-build:latest"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``run``, ``list`` and ``clean`` subcommands to ``parser``.
+    """Add the ``run``, ``soak``, ``list`` and ``clean`` subcommands to ``parser``.
 
     .. versionadded:: 0.1
     """
-    from graceful.harness.workload import GRACEFUL_READY_PATH, Workload
-
-    defaults = Workload()
     sub = parser.add_subparsers(dest="harness_command", metavar="COMMAND", required=True)
     run = sub.add_parser(
         "run",
@@ -48,6 +52,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Start the image, stop or kill it under load in each scenario, and judge "
         "what clients saw, the exit code, the logs and the state left behind.",
     )
+    run.add_argument(
+        "--scenario",
+        action="append",
+        metavar="NAME",
+        help="scenario to run (repeatable or comma-separated; every default one when omitted; "
+        "opt-in ones such as rolling-restart and power-loss only when named; see `list`)",
+    )
+    run.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+    run.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 also when a scenario was SKIPPED or INCONCLUSIVE (not only on FAIL)",
+    )
+    _image_options(run)
+    soak = sub.add_parser(
+        "soak",
+        help="one image under load through many rounds of faults; exit 0 only when nothing "
+        "acknowledged was lost and no accepted request failed",
+        description="Run the image under continuous load for N rounds, each ended by a fault "
+        "drawn from a seeded sequence (docker stop, a short stop, docker kill, a stop-signal "
+        "storm, pause then kill, a power cut where FUSE is available), with one ledger of "
+        "acknowledged writes across every restart.",
+    )
+    soak.add_argument("--rounds", type=int, default=20, help="how many faults (default: 20)")
+    soak.add_argument(
+        "--seed", type=int, help="seed of the fault sequence (random, and printed, when omitted)"
+    )
+    soak.add_argument(
+        "--faults",
+        metavar="LIST",
+        help="comma-separated fault types: stop, stop-short, kill, signal-storm, pause-kill, "
+        "power-loss (default: all; power-loss only where FUSE and root are available)",
+    )
+    soak.add_argument("--json", metavar="PATH", help="also write the JSON report here")
+    _image_options(soak)
+    sub.add_parser("list", help="name the scenarios and what each asserts")
+    clean = sub.add_parser(
+        "clean",
+        help="remove containers, volumes and networks left by harness runs that are over",
+        description="Remove what harness runs left behind (a killed run cannot clean up). "
+        "Objects of a run still going (its process alive on this machine) are kept.",
+    )
+    clean.add_argument(
+        "--all",
+        action="store_true",
+        help="also remove objects of runs that are still going, or whose owner cannot be told",
+    )
+
+
+def _image_options(run: argparse.ArgumentParser) -> None:
+    """The options that choose the image and describe its contract (``run`` and ``soak``)."""
+    from graceful.harness.workload import GRACEFUL_READY_PATH, Workload
+
+    defaults = Workload()
     run.add_argument("--image", help="image to test (built with --build when given)")
     run.add_argument(
         "--build",
@@ -63,24 +121,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="build argument for --build (repeatable)",
     )
     run.add_argument(
-        "--scenario",
-        action="append",
-        metavar="NAME",
-        help="scenario to run (repeatable or comma-separated; every default one when omitted; "
-        "opt-in ones such as rolling-restart only when named; see `list`)",
-    )
-    run.add_argument(
         "--stop-timeout",
         type=int,
         default=10,
         metavar="S",
         help="docker stop -t, also passed as GRACEFUL_STOP_TIMEOUT (default: 10, Docker's)",
-    )
-    run.add_argument("--json", metavar="PATH", help="also write the JSON report here")
-    run.add_argument(
-        "--strict",
-        action="store_true",
-        help="exit 1 also when a scenario was SKIPPED or INCONCLUSIVE (not only on FAIL)",
     )
     run.add_argument("--port", type=int, default=defaults.port, help="HTTP port in the container")
     run.add_argument(
@@ -144,18 +189,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init", action="store_true", help="run the service under docker's --init (tini)"
     )
     run.add_argument("--probe-image", help="image with python3 for the in-network prober")
-    sub.add_parser("list", help="name the scenarios and what each asserts")
-    clean = sub.add_parser(
-        "clean",
-        help="remove containers, volumes and networks left by harness runs that are over",
-        description="Remove what harness runs left behind (a killed run cannot clean up). "
-        "Objects of a run still going (its process alive on this machine) are kept.",
-    )
-    clean.add_argument(
-        "--all",
-        action="store_true",
-        help="also remove objects of runs that are still going, or whose owner cannot be told",
-    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -170,7 +203,9 @@ def main(args: argparse.Namespace) -> int:
         return _clean(everything=getattr(args, "all", False))
     if command == "run":
         return _run(args)
-    print("graceful harness: choose a command: run, list, clean", file=sys.stderr)
+    if command == "soak":
+        return _soak(args)
+    print("graceful harness: choose a command: run, soak, list, clean", file=sys.stderr)
     return 2
 
 
@@ -252,12 +287,10 @@ def _workload(args: argparse.Namespace) -> Workload:
 def _run(args: argparse.Namespace) -> int:
     from graceful.harness.scenarios import default_names, scenario_names
 
-    try:
-        workload = _workload(args)
-    except ValueError as exc:
-        print(f"graceful harness: {exc}", file=sys.stderr)
+    workload = _checked_workload(args)
+    if workload is None:
         return 2
-    # Opt-in scenarios (rolling-restart: it needs a load-balancer image) run only when named.
+    # Opt-in scenarios (rolling-restart, power-loss) run only when named.
     known = scenario_names(opt_in=True)
     names: list[str] = []
     for item in args.scenario or default_names(workload):
@@ -269,31 +302,108 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if not args.image and not args.build:
-        print("graceful harness: --image IMAGE (or --build PATH) is required", file=sys.stderr)
-        return 2
-    if args.stop_timeout < 1:
-        print("graceful harness: --stop-timeout must be at least 1 s", file=sys.stderr)
+
+    async def scenarios(engine: Engine, image: ImageInfo, settings: Settings) -> int:
+        from graceful.harness.scenarios import make_scenarios, run_scenarios
+
+        scenarios = make_scenarios(names)
+        progress.total = len(scenarios)
+        report = await run_scenarios(
+            engine,
+            image,
+            scenarios,
+            settings,
+            progress=progress.update,
+            on_result=progress.result,
+        )
+        progress.clear()
+        sys.stdout.write(report.table())
+        if args.json:
+            report.write_json(args.json)
+            print(f"JSON report: {args.json}")
+        return report.exit_code(strict=args.strict)
+
+    progress = Progress(sys.stderr)
+    return _with_image(args, workload, progress, scenarios)
+
+
+def _soak(args: argparse.Namespace) -> int:
+    import secrets
+
+    from graceful.harness.soak import SoakOptions, choose_faults
+
+    workload = _checked_workload(args)
+    if workload is None:
         return 2
     try:
-        return asyncio.run(_run_async(args, names, workload))
+        faults, left_out = choose_faults(args.faults)
+    except ValueError as exc:
+        print(f"graceful harness: --faults: {exc}", file=sys.stderr)
+        return 2
+    if args.rounds < 1:
+        print("graceful harness: --rounds must be at least 1", file=sys.stderr)
+        return 2
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
+    options = SoakOptions(rounds=args.rounds, seed=seed, faults=faults)
+    progress = Progress(sys.stderr)  # its status line names the round
+
+    async def soak(engine: Engine, image: ImageInfo, settings: Settings) -> int:
+        from graceful.harness.soak import soak_and_report
+
+        return await soak_and_report(
+            engine, image, settings, options, status=progress.update, line=progress.line,
+            json_path=args.json, left_out=left_out,
+        )  # fmt: skip
+
+    return _with_image(args, workload, progress, soak)
+
+
+def _checked_workload(args: argparse.Namespace) -> Workload | None:
+    """The workload the options describe, or None after saying what is wrong with them."""
+    try:
+        workload = _workload(args)
+    except ValueError as exc:
+        print(f"graceful harness: {exc}", file=sys.stderr)
+        return None
+    if not args.image and not args.build:
+        print("graceful harness: --image IMAGE (or --build PATH) is required", file=sys.stderr)
+        return None
+    if args.stop_timeout < 1:
+        print("graceful harness: --stop-timeout must be at least 1 s", file=sys.stderr)
+        return None
+    return workload
+
+
+def _with_image(
+    args: argparse.Namespace,
+    workload: Workload,
+    progress: Progress,
+    body: Callable[[Engine, ImageInfo, Settings], Awaitable[int]],
+) -> int:
+    """Connect, get (or build) the image, run ``body``; everything it started is removed
+    at the end, also on Ctrl-C (exit 130) and SIGTERM."""
+    try:
+        return asyncio.run(_with_image_async(args, workload, progress, body))
     except KeyboardInterrupt:
         print("\ngraceful harness: interrupted; containers removed", file=sys.stderr)
         return 130
 
 
-async def _run_async(args: argparse.Namespace, names: list[str], workload: Workload) -> int:
+async def _with_image_async(
+    args: argparse.Namespace,
+    workload: Workload,
+    progress: Progress,
+    body: Callable[[Engine, ImageInfo, Settings], Awaitable[int]],
+) -> int:
     from graceful.harness.context import Settings
     from graceful.harness.engine import ContainerError, EngineUnavailable, connect
-    from graceful.harness.scenarios import make_scenarios, run_scenarios
 
     # SIGTERM to the harness cancels the run like Ctrl-C does, so the finally below removes
-    # every container and volume it created.
+    # every container and volume it created (and unmounts a power-loss volume).
     main_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     if main_task is not None:
         loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
-    progress = Progress(sys.stderr)
     try:
         env = _pairs(args.env, "--env")
         buildargs = _pairs(args.build_arg, "--build-arg")
@@ -327,16 +437,7 @@ async def _run_async(args: argparse.Namespace, names: list[str], workload: Workl
             probe_image=args.probe_image,
             init=args.init,
         )
-        scenarios = make_scenarios(names)
-        progress.total = len(scenarios)
-        report = await run_scenarios(
-            engine,
-            image,
-            scenarios,
-            settings,
-            progress=progress.update,
-            on_result=progress.result,
-        )
+        return await body(engine, image, settings)
     except asyncio.CancelledError:
         progress.clear()
         print("graceful harness: stopped; removing containers", file=sys.stderr)
@@ -344,12 +445,6 @@ async def _run_async(args: argparse.Namespace, names: list[str], workload: Workl
     finally:
         await asyncio.to_thread(engine.close)
         loop.remove_signal_handler(signal.SIGTERM)
-    progress.clear()
-    sys.stdout.write(report.table())
-    if args.json:
-        report.write_json(args.json)
-        print(f"JSON report: {args.json}")
-    return report.exit_code(strict=args.strict)
 
 
 class Progress:
@@ -372,6 +467,12 @@ class Progress:
             self._shown = True
         else:
             self.out.write(line + "\n")
+        self.out.flush()
+
+    def line(self, text: str) -> None:
+        """A line that stays (a round's result), under the status line."""
+        self.clear()
+        self.out.write(text + "\n")
         self.out.flush()
 
     def result(self, result: object) -> None:
