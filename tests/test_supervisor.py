@@ -27,6 +27,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from graceful.budget import Budget
 from graceful.config import Config
@@ -417,6 +418,49 @@ def test_metrics_of_every_worker_add_up_on_the_supervisor() -> None:
     # One family per name: the supervisor's own metrics never collide with the workers'.
     families = re.findall(r"^# TYPE (\S+)", text, re.MULTILINE)
     assert len(families) == len(set(families))
+
+
+def count_in_multiprocess_dir(directory: Path, amount: int) -> None:
+    """A process that counts ``app_workers_started`` by ``amount`` in ``directory``, and exits."""
+    code = (
+        f"from prometheus_client import Counter; Counter('app_workers_started', 'x').inc({amount})"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=30)
+
+
+def test_the_metrics_directory_is_emptied_at_start_and_dead_workers_gauges_go(
+    tmp_path: Path,
+) -> None:
+    """1. A stale run left ``app_workers_started`` at 10 in PROMETHEUS_MULTIPROC_DIR;
+    2. two workers start; 3. one is killed and replaced.
+
+    Result: the count is 2 (the stale samples were removed at start); the killed worker's live
+    gauges are gone from the directory (``mark_process_dead``), its counters stay.
+    """
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    count_in_multiprocess_dir(directory, 10)
+    # Control: left there, the stale samples would count.
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    assert registry.get_sample_value("app_workers_started_total") == 10
+    with Container(env={"PROMETHEUS_MULTIPROC_DIR": str(directory)}) as container:
+        pids = container.wait_ready()
+        _, body, _ = get(container.url("/metrics", admin=True))
+        assert metric(body.decode(), "app_workers_started_total") == 2
+        live = directory / f"gauge_livesum_{pids[0]}.db"
+        assert live.exists()
+        os.kill(pids[0], signal.SIGKILL)
+        container.service.wait_count("worker.ready", 3)
+        assert not live.exists()
+        assert (directory / f"counter_{pids[0]}.db").exists()
+        assert container.stop() == 0
+    assert container.events("metrics.directory")[0] == {
+        **container.events("metrics.directory")[0],
+        "path": str(directory),
+        "owned": False,
+    }
 
 
 def test_livez_fails_once_no_worker_has_been_ready_for_the_configured_time(

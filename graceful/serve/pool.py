@@ -55,6 +55,7 @@ class WorkerPool:
         self.stats = stats
         self.on_failed = on_failed
         self.log = get_logger()
+        self.worker_module = "graceful.serve.worker"  # what ``python -m`` runs in a worker
         self.workers: dict[int, WorkerProcess] = {}
         self.failed = False
         self.listener: socket.socket | None = None
@@ -98,7 +99,8 @@ class WorkerPool:
         if self.metrics is not None:
             env[ENV_VAR] = self.metrics.path
         try:
-            worker = WorkerProcess.spawn(self.start_for(index), self.listener, env=env)
+            start = self.start_for(index)
+            worker = WorkerProcess.spawn(start, self.listener, env=env, module=self.worker_module)
         except OSError as exc:
             self.log.error("worker.start_failed", worker=index, error=str(exc))
             self._restart_later(index, quick=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from typing import Any
 
 from graceful.config import Config
 from graceful.serve.control import WorkerStart
@@ -22,7 +23,15 @@ from graceful.serve.supervisor import Supervisor
 
 
 class NaiveSupervisor(Supervisor):
-    """The control: the supervisor's copy outlives the workers', and nobody drains the backlog."""
+    """The control: the supervisor's copy outlives the workers', and nobody drains the backlog.
+
+    Its workers (``tests/apps/naive_worker.py``) close their listeners as peers do: no filter
+    on new connections, two loop iterations for the backlog.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pool.worker_module = "tests.apps.naive_worker"
 
     def _release_listener(self) -> None:
         pass  # kept until the supervisor exits
