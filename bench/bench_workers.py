@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
 import statistics
 import sys
 import time
@@ -35,6 +33,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import bench_drain  # beside this file: a script's directory is on sys.path, and --app-dir too
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "workers.md"
@@ -70,13 +70,6 @@ async def app(scope: Scope, receive: Callable[[], Awaitable[Scope]], send: Any) 
 # -- the servers ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def command(kind: str, port: int, workers: int) -> list[str]:
     where = ["--host", "127.0.0.1", "--port", str(port), "--app-dir", str(ROOT / "bench")]
     n = str(workers)
@@ -93,13 +86,13 @@ def command(kind: str, port: int, workers: int) -> list[str]:
             "--log-level", "warning"]  # fmt: skip
 
 
-class Server:
+class Server(bench_drain.Server):
+    """A server with N workers (``bench_drain.Server``'s signals and waits)."""
+
     def __init__(self, kind: str, workers: int, log: Path) -> None:
-        self.kind = kind
+        super().__init__(kind, log.parent)
         self.workers = workers
-        self.port = free_port()
         self.log = log
-        self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         env = {**os.environ, "GRACEFUL_STOP_TIMEOUT": str(TIMEOUT), "GRACEFUL_LOG_FORMAT": "json"}
@@ -121,17 +114,12 @@ class Server:
                 if status == 200:
                     seen.add(body)
 
-    def terminate(self) -> float:
+    async def exited_with(self) -> tuple[float, int]:
+        """When the main process exited, and its exit code."""
+        exited = await self.exited()
         assert self.proc is not None
-        now = time.perf_counter()
-        os.kill(self.proc.pid, signal.SIGTERM)
-        return now
-
-    async def exited(self) -> tuple[float, int]:
-        assert self.proc is not None
-        async with asyncio.timeout(GUARD):
-            code = await self.proc.wait()
-        return time.perf_counter(), code
+        assert self.proc.returncode is not None
+        return exited, self.proc.returncode
 
     def rss_mb(self) -> float:
         """RSS of the main process and its descendants."""
@@ -150,11 +138,6 @@ class Server:
                     total += int(line.split()[1])
             pids += [int(child) for child in children]
         return total / 1024
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
 
 
 async def request(port: int, path: str) -> tuple[int, bytes]:
@@ -185,7 +168,7 @@ async def outcome(port: int) -> str:
 async def idle(server: Server) -> dict[str, float]:
     rss = server.rss_mb()
     t0 = server.terminate()
-    exited, code = await server.exited()
+    exited, code = await server.exited_with()
     return {"idle_exit_ms": (exited - t0) * 1000, "idle_exit_code": code, "rss_mb": rss}
 
 
@@ -201,7 +184,7 @@ async def inflight(server: Server) -> dict[str, float]:
     await asyncio.sleep(0.3)  # all sent and in flight
     server.terminate()
     results = await asyncio.gather(*tasks)
-    exited, _ = await server.exited()
+    exited = await server.exited()
     counts = Counter(kind for kind, _ in results)
     last = max(at for _, at in results)
     return {
