@@ -31,9 +31,12 @@ class ShutdownRecorder:
     .. versionadded:: 0.1
     """
 
-    def __init__(self, metrics: Metrics, log: Any) -> None:
+    def __init__(self, metrics: Metrics, log: Any, *, event: str = "shutdown.report") -> None:
         self.metrics = metrics
         self.log = log
+        #: The report's event name; a supervised worker's is ``worker.shutdown.report``, so
+        #: the container's one ``shutdown.report`` is its supervisor's.
+        self.event = event
         self.outcomes: list[HookOutcome] = []
         self.phase_seconds: dict[str, float] = {}
         self.flushed = 0
@@ -104,7 +107,7 @@ class ShutdownRecorder:
         elapsed = now - budget.start
         self.log.log(
             20 if code is ExitCode.OK else 30,
-            "shutdown.report",
+            self.event,
             reason=reason,
             exit_code=int(code),
             exit_status=code.name.lower(),

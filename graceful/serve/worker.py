@@ -84,6 +84,7 @@ class WorkerRuntime(Runtime):
 
     def __init__(self, config: Config, control: socket.socket) -> None:
         super().__init__(config)
+        self.recorder.event = "worker.shutdown.report"
         self.servers: list[Drainable] = []
         self.control = control
         self.cleanup_context(self._linked)
