@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv engine images lint typecheck check test demo bench clean
+.PHONY: venv engine images lint typecheck check test demo bench soak clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,9 @@ demo: images
 
 bench: venv
 	$(BIN)/python bench/run.py
+
+soak: images
+	$(BIN)/python bench/bench_soak.py --rounds 100
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

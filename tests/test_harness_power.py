@@ -108,21 +108,26 @@ def test_controls_pass_kill_under_load_and_fail_power_loss(
     assert why in finding
 
 
+def example_or_skip(engine: Engine, image: str) -> ImageInfo:
+    """An example image (built by docker/build.sh), or skip (a failure when CI=true)."""
+    import docker.errors
+
+    try:
+        return engine.image(image)
+    except Exception as exc:
+        if not isinstance(exc.__cause__, docker.errors.ImageNotFound) or in_ci():
+            raise
+        pytest.skip(f"{image} is not built: run `make images`")
+
+
 @pytest.mark.parametrize("image", ["graceful-example-asgi", "graceful-example-aiohttp"])
 def test_the_examples_keep_every_write_across_a_power_cut(
     graceful_engine: Engine, image: str
 ) -> None:
     """graceful's DurableStore, in the example images, run as uid 10001 on the volume: every
     acknowledged write survives the cut and the store opens cleanly afterwards."""
-    import docker.errors
-
     require_fuse()
-    try:
-        info = graceful_engine.image(image)
-    except Exception as exc:
-        if not isinstance(exc.__cause__, docker.errors.ImageNotFound) or in_ci():
-            raise
-        pytest.skip(f"{image} is not built: run `make images`")
+    info = example_or_skip(graceful_engine, image)
     report = run(graceful_engine, info, "power-loss")
     (result,) = report.scenarios
     assert result.verdict == "PASS", report.table(width=200)
@@ -175,18 +180,26 @@ def test_ctrl_c_during_the_scenario_leaves_no_mount_and_no_container(
     volume: the harness exits 130, its FUSE mount is gone and so is every container it
     started (found by the owner label, which carries the harness's pid)."""
     require_fuse()
-    before = power_mounts()
     proc = harness(
         "run", "--image", test_images["good"].ref, "--scenario", "power-loss",
         "--stop-timeout", str(STOP_TIMEOUT),
     )  # fmt: skip
+    _, err = interrupt_when(proc, "writers running")
+    assert "interrupted" in err
+    assert left_by(graceful_engine, proc.pid) == []
+
+
+def interrupt_when(proc: subprocess.Popen[str], marker: str) -> tuple[str, str]:
+    """Wait for a line of the harness's stderr that contains ``marker`` (with one power-loss
+    volume more mounted than before), then Ctrl-C it: it must exit 130 and leave no mount."""
+    before = power_mounts()
     try:
         assert proc.stderr is not None
         for line in proc.stderr:
-            if "writers running" in line:
+            if marker in line:
                 break
         else:
-            pytest.fail(f"the scenario never ran its writers: {proc.communicate()}")
+            pytest.fail(f"the harness never said {marker!r}: {proc.communicate()}")
         assert len(power_mounts()) == len(before) + 1
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=HANG_GUARD)
@@ -195,12 +208,12 @@ def test_ctrl_c_during_the_scenario_leaves_no_mount_and_no_container(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 130, out + err
-    assert "interrupted" in err
     assert power_mounts() == before
-    owner = {"label": "graceful.harness.owner"}
-    left = [
-        c.name
-        for c in graceful_engine.client.containers.list(all=True, filters=owner)
-        if f"/{proc.pid}/" in c.labels.get("graceful.harness.owner", "")
-    ]
-    assert left == []
+    return out, err
+
+
+def left_by(engine: Engine, pid: int) -> list[str]:
+    """Containers whose owner label names the harness process ``pid``."""
+    owner = "graceful.harness.owner"
+    found = engine.client.containers.list(all=True, filters={"label": owner})
+    return [c.name for c in found if f"/{pid}/" in c.labels.get(owner, "")]

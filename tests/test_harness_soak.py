@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,11 +23,17 @@ from hypothesis import strategies as st
 from graceful.harness import cli
 from graceful.harness.container import StopResult
 from graceful.harness.load import Kind, Record, RequestOutcome
-from graceful.harness.pytest_plugin import in_ci
 from graceful.harness.soak import FAULTS, Fault, choose_faults, fault_sequence, judge_round
 from graceful.harness.soak_report import RoundResult, SoakReport
 from tests.harness_servers import images_or_skip
-from tests.test_harness_power import HANG_GUARD, harness, power_mounts, require_fuse
+from tests.test_harness_power import (
+    HANG_GUARD,
+    example_or_skip,
+    harness,
+    interrupt_when,
+    left_by,
+    require_fuse,
+)
 
 if TYPE_CHECKING:
     from graceful.harness.container import ImageInfo
@@ -195,17 +199,6 @@ def soak(*args: str, timeout: float = HANG_GUARD) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def example_or_skip(engine: Engine, image: str) -> None:
-    import docker.errors
-
-    try:
-        engine.image(image)
-    except Exception as exc:
-        if not isinstance(exc.__cause__, docker.errors.ImageNotFound) or in_ci():
-            raise
-        pytest.skip(f"{image} is not built: run `make images`")
-
-
 @pytest.mark.docker
 @pytest.mark.slow
 def test_a_short_soak_on_an_example_loses_nothing(graceful_engine: Engine, tmp_path: Path) -> None:
@@ -277,34 +270,12 @@ def test_ctrl_c_during_a_soak_leaves_no_mount_and_no_container(
     """Ctrl-C after the first round of a long soak on the power-loss volume: exit 130, the
     mount and every container the soak started are gone."""
     require_fuse()
-    before = power_mounts()
     proc = harness(
         "soak", "--image", test_images["good"].ref, "--rounds", "50", "--stop-timeout", "3",
         "--faults", "kill,power-loss",
     )  # fmt: skip
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if line.startswith(("PASS round 1/", "FAIL round 1/")):
-                break
-        else:
-            pytest.fail(f"the soak never finished a round: {proc.communicate()}")
-        assert len(power_mounts()) == len(before) + 1
-        os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=HANG_GUARD)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130, out + err
-    assert power_mounts() == before
-    owner = {"label": "graceful.harness.owner"}
-    left = [
-        c.name
-        for c in graceful_engine.client.containers.list(all=True, filters=owner)
-        if f"/{proc.pid}/" in c.labels.get("graceful.harness.owner", "")
-    ]
-    assert left == []
+    interrupt_when(proc, " round 1/50 ")
+    assert left_by(graceful_engine, proc.pid) == []
 
 
 @pytest.fixture(scope="module")

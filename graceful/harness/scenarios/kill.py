@@ -5,12 +5,14 @@ load, a storm of SIGTERMs, SIGINT; and whether ``docker stop`` sends a signal PI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import ClassVar
 
 from graceful.harness.container import signal_number_or_none, stop_signal_of
-from graceful.harness.context import HANG_GUARD_S, Context, Findings, gather_bounded
+from graceful.harness.context import HANG_GUARD_S, Context, Findings, Service, gather_bounded
 from graceful.harness.contract import Capability
 from graceful.harness.judges import (
     judge_exit,
@@ -24,7 +26,39 @@ from graceful.harness.load import Kind, Ledger
 from graceful.harness.report import ScenarioResult
 from graceful.runtime import ExitCode
 
-__all__ = ["KillUnderLoad", "SignalStorm", "Signals"]
+__all__ = ["KillUnderLoad", "SignalStorm", "Signals", "writes_under_way"]
+
+
+@contextlib.asynccontextmanager
+async def writes_under_way(
+    ctx: Context, service: Service, ledger: Ledger, writers: int, min_acked: int, max_wait: float
+) -> AsyncIterator[None]:
+    """Writers on ``service`` until ``min_acked`` writes are acknowledged (or ``max_wait`` s
+    passed); they keep writing through the block, and are stopped and awaited after it.
+
+    .. versionadded:: 0.1
+    """
+    async with ctx.client(service, ledger) as client:
+        stop_load = asyncio.Event()
+        load = asyncio.create_task(
+            client.steady(
+                stop=stop_load,
+                concurrency=writers,
+                writes=True,
+                max_seconds=max_wait + HANG_GUARD_S,
+            )
+        )
+        ctx.step(f"{writers} writers running")
+        deadline = time.monotonic() + max_wait
+        while len(ledger.acked_ids()) < min_acked and time.monotonic() < deadline:
+            if load.done():
+                break
+            await asyncio.sleep(0.01)
+        try:
+            yield
+        finally:
+            stop_load.set()
+            await gather_bounded([load])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,28 +90,13 @@ class KillUnderLoad:
             return f.result(self.name)
         service = await ctx.start()
         ledger = Ledger()
-        async with ctx.client(service, ledger) as client:
-            stop_load = asyncio.Event()
-            load = asyncio.create_task(
-                client.steady(
-                    stop=stop_load,
-                    concurrency=self.writers,
-                    writes=True,
-                    max_seconds=self.max_wait + HANG_GUARD_S,
-                )
-            )
-            ctx.step(f"{self.writers} writers running")
-            deadline = time.monotonic() + self.max_wait
-            while len(ledger.acked_ids()) < self.min_acked and time.monotonic() < deadline:
-                if load.done():
-                    break
-                await asyncio.sleep(0.01)
+        async with writes_under_way(
+            ctx, service, ledger, self.writers, self.min_acked, self.max_wait
+        ):
             ctx.step("docker kill")
             started = time.monotonic()
             await ctx.kill(service, "SIGKILL")
-            stop_load.set()
             stop = await ctx.wait_exit(service, started, HANG_GUARD_S)
-            await gather_bounded([load])
         if stop is None:
             f.problem("the container did not exit after SIGKILL")
         elif stop.exit_code != 137:

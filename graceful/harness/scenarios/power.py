@@ -32,12 +32,13 @@ from typing import ClassVar
 import httpx
 
 from graceful.harness.container import ContainerError, StopResult
-from graceful.harness.context import HANG_GUARD_S, Context, Findings, Service, gather_bounded
+from graceful.harness.context import HANG_GUARD_S, Context, Findings, Service
 from graceful.harness.contract import Capability
 from graceful.harness.engine import remove
 from graceful.harness.load import Ledger
 from graceful.harness.powerloss import CutReport, PowerLossVolume, unavailable
 from graceful.harness.report import ScenarioResult
+from graceful.harness.scenarios.kill import writes_under_way
 
 __all__ = [
     "POWER_PREFIX",
@@ -240,25 +241,11 @@ class PowerLoss:
         ledger = Ledger()
         async with power_volume(ctx) as volume:
             service = await ctx.start(volume.path, what="a container on the power-loss volume")
-            async with ctx.client(service, ledger) as client:
-                stop_load = asyncio.Event()
-                load = asyncio.create_task(
-                    client.steady(
-                        stop=stop_load,
-                        concurrency=self.writers,
-                        writes=True,
-                        max_seconds=self.max_wait + HANG_GUARD_S,
-                    )
-                )
-                ctx.step(f"{self.writers} writers running")
-                deadline = time.monotonic() + self.max_wait
-                while len(ledger.acked_ids()) < self.min_acked and time.monotonic() < deadline:
-                    if load.done():
-                        break
-                    await asyncio.sleep(0.01)
+            under_way = writes_under_way(
+                ctx, service, ledger, self.writers, self.min_acked, self.max_wait
+            )
+            async with under_way:
                 stop, cut = await power_cut(ctx, service, volume)
-                stop_load.set()
-                await gather_bounded([load])
             if stop is None:
                 f.problem("the container did not exit after SIGKILL")
             elif stop.exit_code != 137:
