@@ -6,9 +6,9 @@ twice (aiohttp's ``shutdown_timeout`` is, which doubles its budget).
 
 ::
 
-    signal            delay_end          drain_end   cancel_end        exit_at   SIGKILL
-      |--- unready+delay --|---- drain --------|-- cancel --|-- flush, close --|- margin -|
-                                               |<------------ reserve -------->|
+    signal            delay_end          drain_end   cancel_end  flush_end  exit_at   SIGKILL
+      |--- unready+delay --|---- drain --------|-- cancel --|-- flush --|- close -|- margin -|
+                                               |<------------ reserve ---------->|
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ __all__ = ["Budget"]
 
 _CANCEL_SHARE = 0.25
 _CANCEL_MAX = 0.5
+# Kept for close out of the reserve, so a flush hook that hangs cannot starve it.
+_CLOSE_SHARE = 0.25
+_CLOSE_MAX = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,12 @@ class Budget:
             drain_end = min(drain_end, delay_end + config.drain_timeout)
         cancel_end = min(drain_end + min(_CANCEL_MAX, reserve * _CANCEL_SHARE), exit_at)
         return cls(start, delay_end, drain_end, cancel_end, exit_at)
+
+    @property
+    def flush_end(self) -> float:
+        """When flush hooks are cut: close keeps a share of the reserve for itself."""
+        close = min(_CLOSE_MAX, max(self.exit_at - self.drain_end, 0.0) * _CLOSE_SHARE)
+        return max(self.exit_at - close, self.cancel_end)
 
     def skip_to_flush(self, now: float) -> Budget:
         """The budget after a second signal: drain ends now, cancel gets its short grace."""

@@ -19,7 +19,13 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["cancel_leftovers", "exit_now_if_threads_block", "run_on_new_loop", "task_label"]
+__all__ = [
+    "cancel_leftovers",
+    "exit_now_if_threads_block",
+    "pending_labels",
+    "run_on_new_loop",
+    "task_label",
+]
 
 LEFTOVER_HINT = (
     "start background work with runtime.create_task (from a handler: "
@@ -91,6 +97,16 @@ def exit_now_if_threads_block(code: int, time_left: float, log: Any) -> None:
             with contextlib.suppress(Exception):
                 stream.flush()
         os._exit(code)
+
+
+def pending_labels(loop: asyncio.AbstractEventLoop | None) -> list[str]:
+    """Labels of the loop's unfinished tasks; safe from another thread (it only reads)."""
+    if loop is None:
+        return []
+    try:
+        return [task_label(t) for t in asyncio.all_tasks(loop) if not t.done()]
+    except Exception:  # the set changed under us: the watchdog has no time to retry
+        return []
 
 
 def task_label(task: asyncio.Task[Any]) -> str:

@@ -17,7 +17,6 @@ Then one ``shutdown.report`` event summarises the stop and ``serve`` returns the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import gc
 import os
@@ -42,7 +41,7 @@ from graceful.metrics import Metrics
 from graceful.reaper import ZombieReaper
 from graceful.recorder import ShutdownRecorder, rounded
 from graceful.registration import Registrations
-from graceful.runner import exit_now_if_threads_block, run_on_new_loop, task_label
+from graceful.runner import exit_now_if_threads_block, pending_labels, run_on_new_loop
 from graceful.shutdown import Shutdown
 from graceful.signals import Escalation, StopSignals, shell_pid1_warning
 from graceful.startup import StartOutcome, run_startup
@@ -75,6 +74,16 @@ def current_runtime() -> Runtime:
         raise RuntimeError(
             "current_runtime() was called outside a running graceful runtime"
         ) from None
+
+
+def bind_current(runtime: Runtime) -> contextvars.Token[Runtime]:
+    """Make ``runtime`` what ``current_runtime()`` returns in this context (and its tasks)."""
+    return _current.set(runtime)
+
+
+def unbind_current(token: contextvars.Token[Runtime]) -> None:
+    """Undo :func:`bind_current`."""
+    _current.reset(token)
 
 
 class Runtime(Registrations):
@@ -252,7 +261,7 @@ class Runtime(Registrations):
             # Left to the application (log_format "off") and not configured by it: structlog's
             # default prints every level, so keep graceful's own events at our level at least.
             self.log = self.recorder.log = get_logger(level=self.config.log_level)
-        token = _current.set(self)
+        token = bind_current(self)
         reaper = self._start_reaper()
         self._install_signals()
         try:
@@ -276,7 +285,7 @@ class Runtime(Registrations):
                 self.request_stop("startup failed")
             await self._shutdown(reaper)
         finally:
-            _current.reset(token)
+            unbind_current(token)
             if not self._owns_loop:
                 self.release()
             self._stopped.set()
@@ -452,15 +461,11 @@ class Runtime(Registrations):
 
     def _describe_overrun(self) -> dict[str, Any]:
         # Runs on the watchdog thread while the loop may be blocked: read, never wait.
-        tasks: list[str] = []
-        if self._loop is not None:
-            with contextlib.suppress(Exception):
-                tasks = [task_label(t) for t in asyncio.all_tasks(self._loop) if not t.done()]
         return {
             "phase": str(self.phase) if self.phase is not None else None,
             "state": str(self.state),
             "running_hook": list(self._stop.running_hooks) if self._stop is not None else [],
-            "pending_tasks": tasks[:20],
+            "pending_tasks": pending_labels(self._loop)[:20],
             "reason": self.stop_reason,
         }
 

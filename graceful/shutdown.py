@@ -107,7 +107,7 @@ class Shutdown:
         with self._phase(Phase.CANCEL):
             cut = 0 if drained else await self._cancel(budget.cancel_end)
         with self._phase(Phase.FLUSH):
-            await self.run_hooks(Phase.FLUSH, budget.exit_at)
+            await self.run_hooks(Phase.FLUSH, budget.flush_end)
         with self._phase(Phase.CLOSE):
             for closer in self.closers.unwind():
                 assert closer.func is not None

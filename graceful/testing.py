@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from prometheus_client import CollectorRegistry
 
 from graceful.config import Config
-from graceful.runtime import MainFunc, Runtime
+from graceful.runtime import MainFunc, Runtime, bind_current, unbind_current
 
 __all__ = ["run_runtime"]
 
@@ -42,8 +42,12 @@ async def run_runtime(
     waiter = asyncio.ensure_future(runtime.wait_serving())
     await asyncio.wait({serving, waiter}, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
+    # The test's body stands where main would: current_runtime() works there, and in the tasks
+    # it starts (an ASGI request made through httpx's ASGITransport, say).
+    token = bind_current(runtime)
     try:
         yield runtime
     finally:
+        unbind_current(token)
         runtime.request_stop("test finished")
         await serving

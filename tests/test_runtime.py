@@ -541,3 +541,27 @@ async def test_handlers_reach_their_runtime_through_current_runtime() -> None:
     assert seen == [runtime]
     with pytest.raises(RuntimeError, match="outside a running graceful runtime"):
         current_runtime()
+
+
+async def test_a_hanging_flush_hook_leaves_close_its_share_of_the_budget() -> None:
+    """1. a flush hook hangs (no timeout of its own); 2. a close hook comes after it.
+
+    Result: the flush hook is cut before the exit deadline, the close hook still runs inside
+    the budget, the report does not say overran (it used to: close ran after exit_at).
+    """
+    runtime = make_runtime(stop_timeout=2.0)
+    closed = asyncio.Event()
+
+    @runtime.on_shutdown
+    async def hangs() -> None:
+        await asyncio.sleep(3600)
+
+    runtime.on_shutdown(lambda: _set(closed), phase="close", name="close")
+    with capture_logs() as logs:
+        async with asyncio.timeout(HANG_GUARD), run_runtime(runtime=runtime):
+            pass
+    assert closed.is_set()
+    report = next(e for e in logs if e["event"] == "shutdown.report")
+    assert report["overran"] is False
+    assert report["hooks"]["timed_out"] == 1
+    assert runtime.exit_code == ExitCode.HOOK_FAILED
