@@ -178,6 +178,10 @@ def test_the_report_adds_up_per_fault_and_fails_on_any_loss(tmp_path: Path) -> N
         (["--faults", "stop,reboot"], "--faults: unknown fault 'reboot'"),
         (["--rounds", "0"], "--rounds must be at least 1"),
         (["--stop-timeout", "0"], "--stop-timeout must be at least 1 s"),
+        (
+            ["--faults", "kill,power-loss", "--volume-path", ""],
+            "power-loss cannot run here: it needs a state volume to cut the power under",
+        ),
     ],
 )
 def test_soak_rejects_options_it_cannot_use(

@@ -336,7 +336,7 @@ def _soak(args: argparse.Namespace) -> int:
     if workload is None:
         return 2
     try:
-        faults, left_out = choose_faults(args.faults)
+        faults, left_out = choose_faults(args.faults, volume=bool(workload.volume_path))
     except ValueError as exc:
         print(f"graceful harness: --faults: {exc}", file=sys.stderr)
         return 2

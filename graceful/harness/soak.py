@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import random
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -57,7 +56,7 @@ from graceful.harness.scenarios.power import (
     power_unavailable,
     power_volume,
 )
-from graceful.harness.soak_report import FAULTS, Fault, RoundResult, SoakReport
+from graceful.harness.soak_report import FAULTS, Fault, RoundResult, SoakReport, fault_sequence
 
 __all__ = [
     "FAULTS",
@@ -120,9 +119,13 @@ class SoakOptions:
     pause_seconds: float = 0.2
 
 
-def choose_faults(names: str | None) -> tuple[tuple[Fault, ...], str]:
+def choose_faults(names: str | None, *, volume: bool = True) -> tuple[tuple[Fault, ...], str]:
     """The faults named in a comma-separated list (every one when None, ``power-loss``
     left out where it cannot run, with the reason as the second value).
+
+    Args:
+        names: the ``--faults`` option, None for every fault type.
+        volume: the workload mounts a state volume (``power-loss`` cuts the power under it).
 
     Raises:
         ValueError: an unknown name, none at all, or ``power-loss`` named where it cannot
@@ -131,12 +134,13 @@ def choose_faults(names: str | None) -> tuple[tuple[Fault, ...], str]:
     .. versionadded:: 0.1
     """
     reason = power_unavailable()
+    if volume is False:
+        reason = "needs a state volume to cut the power under (--volume-path)"
     if names is None:
         if reason is None:
             return FAULTS, ""
-        return tuple(
-            f for f in FAULTS if f is not Fault.POWER_LOSS
-        ), f"power-loss left out: {reason}"
+        every = tuple(f for f in FAULTS if f is not Fault.POWER_LOSS)
+        return every, f"power-loss left out: {reason}"
     chosen: list[Fault] = []
     for name in (n.strip() for n in names.split(",")):
         if not name:
@@ -153,21 +157,6 @@ def choose_faults(names: str | None) -> tuple[tuple[Fault, ...], str]:
     if Fault.POWER_LOSS in chosen and reason is not None:
         raise ValueError(f"power-loss cannot run here: it {reason}")
     return tuple(chosen), ""
-
-
-def fault_sequence(faults: Sequence[Fault], rounds: int, seed: int) -> list[Fault]:
-    """``rounds`` faults: the chosen ones in a shuffled order, reshuffled each cycle, so each
-    type gets its share and the same arguments give the same sequence.
-
-    .. versionadded:: 0.1
-    """
-    rng = random.Random(seed)
-    out: list[Fault] = []
-    while len(out) < rounds:
-        cycle = list(faults)
-        rng.shuffle(cycle)
-        out.extend(cycle)
-    return out[:rounds]
 
 
 def judge_round(

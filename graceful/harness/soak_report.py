@@ -1,4 +1,5 @@
-"""A soak's results: one row per round, a table per fault type, and the JSON report.
+"""A soak's fault types and their seeded sequence; its results: one row per round, a table
+per fault type, and the JSON report.
 
 The JSON shape is a contract (``docs/harness.md``)::
 
@@ -14,6 +15,7 @@ The JSON shape is a contract (``docs/harness.md``)::
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FAULTS", "Fault", "FaultSummary", "RoundResult", "SoakReport"]
+__all__ = ["FAULTS", "Fault", "FaultSummary", "RoundResult", "SoakReport", "fault_sequence"]
 
 
 class Fault(StrEnum):
@@ -40,6 +42,21 @@ class Fault(StrEnum):
 
 #: Every fault type, in the order of the report's table.
 FAULTS: tuple[Fault, ...] = tuple(Fault)
+
+
+def fault_sequence(faults: Sequence[Fault], rounds: int, seed: int) -> list[Fault]:
+    """``rounds`` faults: the chosen ones in a shuffled order, reshuffled each cycle, so each
+    type gets its share and the same arguments give the same sequence.
+
+    .. versionadded:: 0.1
+    """
+    rng = random.Random(seed)
+    out: list[Fault] = []
+    while len(out) < rounds:
+        cycle = list(faults)
+        rng.shuffle(cycle)
+        out.extend(cycle)
+    return out[:rounds]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
