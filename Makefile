@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv engine images lint typecheck check test demo bench soak clean
+.PHONY: venv engine images lint typecheck check test demo bench soak fuzz clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,11 @@ bench: venv
 
 soak: images
 	$(BIN)/python bench/bench_soak.py --rounds 100
+
+# The property tests with many more examples (minutes, not seconds); make test keeps them short.
+fuzz: venv
+	HYPOTHESIS_PROFILE=long $(BIN)/pytest -q -p no:randomly tests/test_state_hostile.py \
+		tests/test_config.py tests/test_health.py tests/test_examples_hostile.py tests/test_budget.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

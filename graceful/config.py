@@ -145,7 +145,7 @@ class Config:
                 f"delay ({self.delay:g}s) + drain_timeout ({self.drain_timeout:g}s) + reserve "
                 f"({self.effective_reserve:g}s) = {fixed + self.drain_timeout:g}s exceeds "
                 f"stop_timeout ({self.stop_timeout:g}s) minus margin "
-                f"({self.effective_margin:g}s): drain will be cut at {usable - fixed:g}s"
+                f"({self.effective_margin:g}s): the drain gets only {usable - fixed:g}s"
             )
         if self.hook_timeout is not None and self.hook_timeout > self.effective_reserve:
             warnings.append(
@@ -213,6 +213,8 @@ STOP_SIGNALS: tuple[str, ...] = tuple(
 
 #: The shortest stop budget that can be split into phases (whole milliseconds each).
 MIN_STOP_TIMEOUT = 0.01
+#: The shortest margin before SIGKILL (a millisecond: the precision of every deadline).
+MIN_MARGIN = 0.001
 
 _SECONDS = (
     "stop_timeout",
@@ -263,6 +265,9 @@ def _validate(values: Mapping[str, Any], label: Callable[[str], str]) -> None:
             label(name), values[name], positive=name in _POSITIVE, optional=name in _OPTIONAL
         )
     margin, stop_timeout = values["margin"], values["stop_timeout"]
+    if margin is not None and margin < MIN_MARGIN:
+        # Less would plan the exit at the very moment of SIGKILL, with no room for the watchdog.
+        raise ConfigError(f"{label('margin')} is under {MIN_MARGIN:g} s: no time left to exit")
     if stop_timeout < MIN_STOP_TIMEOUT:
         raise ConfigError(f"{label('stop_timeout')} is under {MIN_STOP_TIMEOUT:g} s: no stop fits")
     if margin is not None and margin >= stop_timeout:

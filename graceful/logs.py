@@ -10,12 +10,12 @@ is one JSON object.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
 import sys
 import threading
-import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -162,13 +162,9 @@ def last_line(event: str, *, level: str = "error", **fields: Any) -> None:
         flusher = threading.Thread(target=_flush_stdio, name="graceful-flush", daemon=True)
         flusher.start()
         flusher.join(0.05)
-    record = {
-        "event": event,
-        "level": level,
-        "logger": "graceful",
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **fields,
-    }
+    # The same shape as the JSON lines configure_logging writes (ISO time in UTC, to the µs).
+    stamp = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+    record = {**fields, "level": level, "timestamp": stamp, "event": event}
     line = json.dumps(record, default=str) + "\n"
     try:
         os.write(sys.stdout.fileno(), line.encode())

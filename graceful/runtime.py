@@ -211,7 +211,8 @@ class Runtime(Registrations):
             self.log.warning(
                 "shutdown.escalated",
                 reason=reason,
-                action="skip the rest of drain, go to flush; a third signal exits at once",
+                action="drain skipped (if still under way), straight to flush; a third signal "
+                "exits at once",
             )
 
     # -- serving -----------------------------------------------------------------------------

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Mapping
 
 import pytest
 import uvloop
+from hypothesis import settings
+
+# In CI the property tests replay the same examples every run (a gate must not turn red on a
+# newly drawn example nobody changed code for); locally they explore, and what they find is
+# kept in .hypothesis/ and fixed. `make fuzz` runs the long profile.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("long", max_examples=2000, deadline=None)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default")
+)
 
 # These modules drive services in child processes (which pick their own loop, and are
 # parametrized over it where it matters); running the test side twice would only double time.

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 from graceful import Config, ConfigError, cli
@@ -261,6 +261,7 @@ def environment(**values: str) -> Iterator[None]:
 @settings(max_examples=40, deadline=None)
 @given(var=st.sampled_from(sorted(ENV_VARS.values())), raw=ENV_VALUES)
 def test_graceful_config_prints_or_explains_in_one_line(var: str, raw: str) -> None:
+    assume("\x00" not in raw)  # a process environment cannot hold NUL (execve stops there)
     out, err = io.StringIO(), io.StringIO()
     with (
         environment(**{var: raw}),

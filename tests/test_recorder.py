@@ -116,7 +116,7 @@ def test_flushed_items_add_up_in_the_account_and_the_counter() -> None:
 
 def test_phase_is_recorded_rounded_and_logged_with_its_share() -> None:
     recorder, registry = make_recorder()
-    budget = Budget.plan(Config(stop_timeout=10, margin=0), start=0.0)
+    budget = Budget.plan(Config(stop_timeout=10, margin=0.001), start=0.0)
     with capture_logs() as logs:
         recorder.phase(Phase.DRAIN, 2.000049, budget, time_left=7.99995)
     assert recorder.phase_seconds == {"drain": 2.0}

@@ -559,7 +559,7 @@ def test_readme_fastapi_app_served_stopped_and_restarted_keeps_its_state(
         service.wait_event("service.ready")
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=HANG_GUARD)
         connection.request("PUT", "/items/a", body=b'{"n": 1}')
-        assert connection.getresponse().read() == b'{"stored":"a"}'
+        assert json.loads(connection.getresponse().read()) == {"stored": "a", "created": True}
         connection.request("POST", "/reindex")
         assert connection.getresponse().status == 202
         connection.close()
