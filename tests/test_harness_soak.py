@@ -103,7 +103,9 @@ RECORDS = [
 def test_after_a_stop_every_request_sent_before_it_must_be_answered() -> None:
     result = judge_round(RECORDS, Fault.STOP, 10.0, StopResult(exit_code=0, seconds=0.3))
     assert (result.sent, result.failed, result.cut, result.acked) == (4, 2, 0, 2)
-    assert result.problems == ("2 of 4 accepted requests failed (2 reset)",)
+    assert result.problems == (
+        "2 of 4 accepted requests failed (2 reset, sent 1000-8500 ms before the stop)",
+    )
 
 
 def test_a_kill_cuts_what_is_in_flight_without_failing_it() -> None:

@@ -193,9 +193,11 @@ def judge_round(
             )
         problems.append(f"{said} (expected {expected})")
     if failed:
+        leads = sorted((began - r.sent) * 1000 for r in failed)
+        when = f", sent {leads[0]:.0f}-{leads[-1]:.0f} ms before the {fault}" if graceful else ""
         problems.append(
             f"{len(failed)} of {len(accepted)} accepted requests failed "
-            f"({describe_failures(failed)})"
+            f"({describe_failures(failed)}{when})"
         )
     return RoundResult(
         index=0,
