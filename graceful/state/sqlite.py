@@ -5,9 +5,12 @@ turned into a `StateError` that names the path and the reason.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sqlite3
 import urllib.parse
+from collections.abc import Iterator
 from typing import Final
 
 from graceful.exceptions import StateError
@@ -108,26 +111,51 @@ def _connect(path: str, *, busy_timeout: float, check: bool) -> sqlite3.Connecti
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise StateError(f"state store {path}: directory {directory} does not exist")
-    exists = os.path.lexists(path)
-    if exists:
-        _check_existing(path)
-    if not os.access(directory, os.W_OK):
-        # WAL mode needs to create the -wal and -shm files next to the database.
-        raise StateError(f"state store {path}: directory {directory} is not writable")
-    if exists and check and os.path.getsize(path) > 0:
-        _quick_check(path)
-    try:
-        conn = sqlite3.connect(_uri(path), uri=True, isolation_level=None, timeout=busy_timeout)
-    except sqlite3.Error as exc:
-        raise state_error(path, "cannot open", exc) from exc
-    try:
-        _setup(conn, path)
-    except BaseException:
-        conn.close()
-        if not exists:
-            _remove_if_empty(path)
-        raise
+    with _one_opening_at_a_time(directory):
+        exists = os.path.lexists(path)
+        if exists:
+            _check_existing(path)
+        if not os.access(directory, os.W_OK):
+            # WAL mode needs to create the -wal and -shm files next to the database.
+            raise StateError(f"state store {path}: directory {directory} is not writable")
+        if exists and check and os.path.getsize(path) > 0:
+            _quick_check(path)
+        try:
+            conn = sqlite3.connect(_uri(path), uri=True, isolation_level=None, timeout=busy_timeout)
+        except sqlite3.Error as exc:
+            raise state_error(path, "cannot open", exc) from exc
+        try:
+            _setup(conn, path)
+        except BaseException:
+            conn.close()
+            if not exists:
+                _remove_if_empty(path)
+            raise
     return conn
+
+
+@contextlib.contextmanager
+def _one_opening_at_a_time(directory: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the store's directory while a store there is opened.
+
+    Several processes open one store at the same moment when ``graceful serve --workers N``
+    starts its workers. Unserialized, a new file breaks them: SQLite answers the switch to
+    WAL with SQLITE_BUSY at once, without waiting ``busy_timeout``, while another connection
+    reads the file (4 workers on a new file failed about one start in twenty here); and the
+    check of an existing file without a ``-wal`` reads it as ``immutable`` while another
+    process may be switching it. Best effort: where ``flock`` is refused, open unlocked.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _remove_if_empty(path: str) -> None:
