@@ -89,7 +89,7 @@ async def run_hook(
         # Raised by the hook's own code (a cancelled future's result): the caller cannot be
         # cancelled inside a plain call, only at an await.
         return _ended(name, phase, started, deadline, error="cancelled")
-    except (Exception, SystemExit) as exc:
+    except BaseException as exc:
         return _ended(name, phase, started, deadline, error=_describe(exc))
     if not inspect.isawaitable(result):
         return _ended(name, phase, started, deadline)
@@ -118,8 +118,10 @@ async def _guarded(awaitable: Awaitable[object]) -> object:
     try:
         return await awaitable
     except SystemExit as exc:
-        # A task that raises SystemExit takes the whole event loop down with it.
+        # A task that raises SystemExit or KeyboardInterrupt takes the event loop down with it.
         raise HookError(f"the hook called sys.exit({exc.code!r})") from None
+    except KeyboardInterrupt:
+        raise HookError("the hook raised KeyboardInterrupt") from None
 
 
 def _ended(
@@ -128,7 +130,9 @@ def _ended(
     seconds = time.perf_counter() - started
     if error is not None:
         return HookOutcome(name, phase, Outcome.FAILED, seconds, error)
-    late = 0.0 if deadline is None else asyncio.get_running_loop().time() - deadline
+    # Only the time the hook itself ran counts: one started after its deadline (the phase had
+    # no time left) and done at once blocked nothing.
+    late = 0.0 if deadline is None else min(asyncio.get_running_loop().time() - deadline, seconds)
     if late > _LATE_TOLERANCE:
         return HookOutcome(
             name,

@@ -52,6 +52,10 @@ class Registrations:
         """True once nothing entered now would be closed any more."""
         return False
 
+    def _phase_has_run(self, phase: Phase) -> bool:
+        """True once the stop is past ``phase`` (its hooks were taken already)."""
+        return False
+
     def on_startup(self, func: F) -> F:
         """Register ``async def func() -> None`` to run at startup, in registration order.
 
@@ -166,6 +170,11 @@ class Registrations:
             if not callable(fn):
                 raise ConfigError(f"on_shutdown({fn!r}): a hook must be callable")
             label = name or hook_name(fn)
+            if self._phase_has_run(hook_phase):
+                raise HookError(
+                    f"{label} was registered for the {hook_phase} phase after that phase ran: "
+                    "it would never run"
+                )
             if hook_phase is Phase.CLOSE:
                 self._closers.push(label, fn, timeout=timeout)
             else:

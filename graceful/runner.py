@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from graceful.status import ExitCode
+
 __all__ = [
     "cancel_leftovers",
     "exit_now_if_threads_block",
@@ -92,7 +94,8 @@ def exit_now_if_threads_block(code: int, time_left: float, log: Any) -> None:
         thread.join(max(deadline - time.monotonic(), 0.0))
     stuck = [t.name for t in others if t.is_alive()]
     if stuck:
-        log.warning("shutdown.threads_abandoned", threads=stuck, exit_code=code)
+        code = int(ExitCode.OVERRAN)  # the process could not end on its own
+        log.error("shutdown.threads_abandoned", threads=stuck, exit_code=code)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()

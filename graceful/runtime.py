@@ -43,10 +43,10 @@ from graceful.recorder import ShutdownRecorder, rounded
 from graceful.registration import Registrations
 from graceful.runner import exit_now_if_threads_block, pending_labels, run_on_new_loop
 from graceful.shutdown import Shutdown
-from graceful.signals import Escalation, StopSignals, shell_pid1_warning
-from graceful.startup import StartOutcome, run_startup
+from graceful.signals import Escalation, StopSignals
+from graceful.startup import StartOutcome, log_starting, run_startup
 from graceful.status import ExitCode, LifecycleState
-from graceful.watchdog import Watchdog
+from graceful.watchdog import Watchdog, grace_for
 
 __all__ = ["ExitCode", "LifecycleState", "Phase", "Runtime", "current_runtime", "run"]
 
@@ -189,7 +189,14 @@ class Runtime(Registrations):
             _ = self.create_task(late, name=f"stop {drainable.name}")
 
     def _closing(self) -> bool:
-        return self.phase is Phase.CLOSE or self.state is LifecycleState.STOPPED
+        return self._phase_has_run(Phase.CLOSE)
+
+    def _phase_has_run(self, phase: Phase) -> bool:
+        # A phase's hooks are taken when it begins: registering during it is too late as well.
+        if self.state is LifecycleState.STOPPED:
+            return True
+        order = list(Phase)
+        return self.phase is not None and order.index(self.phase) >= order.index(phase)
 
     def request_stop(self, reason: str = "requested", *, exit_by: float | None = None) -> None:
         """Start the stop sequence, exactly as a stop signal does. Later calls do nothing.
@@ -238,7 +245,7 @@ class Runtime(Registrations):
         self._watchdog = Watchdog(
             exit_code=int(ExitCode.OVERRAN),
             describe=self._describe_overrun,
-            grace=min(config.effective_margin / 2, 0.25),
+            grace=grace_for(config.effective_margin),
         )
         self._watchdog.start()
         code = run_on_new_loop(factory, self.serve(main))
@@ -266,7 +273,7 @@ class Runtime(Registrations):
         reaper = self._start_reaper()
         self._install_signals()
         try:
-            self._log_start()
+            log_starting(self.log, self.config, signals_on=self._signals is not None)
             started = await self._start()
             if started is StartOutcome.STARTED:
                 self._set_state(LifecycleState.SERVING)
@@ -301,8 +308,15 @@ class Runtime(Registrations):
         """
         if self._signals is not None:
             self._signals.restore()
-        if self._watchdog is not None:
+        if self._watchdog is not None and not self._terminating():
             self._watchdog.disarm()
+
+    def _terminating(self) -> bool:
+        # A stop signal other than SIGINT means the supervisor ends this process: the watchdog
+        # then stays armed through interpreter teardown (atexit handlers, thread joins). After
+        # Ctrl-C or request_stop an embedding program may go on, so it is disarmed.
+        first = self.recorder.signals[0] if self.recorder.signals else None
+        return first is not None and first != "SIGINT" and self._owns_loop
 
     async def _start(self) -> StartOutcome:
         """Start the admin server and run the startup steps; a stop signal aborts startup."""
@@ -332,11 +346,18 @@ class Runtime(Registrations):
             if not self.stopping:
                 self.mark_ready()
         except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._crashed = True
-            self.log.error("service.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-            self.request_stop("main crashed")
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the cancel phase: ours
+            self._main_crashed(asyncio.CancelledError("main was cancelled by its own code"))
+        except BaseException as exc:
+            self._main_crashed(exc)
+
+    def _main_crashed(self, exc: BaseException) -> None:
+        self._crashed = True
+        self._main_ready = False  # /readyz: nothing serves
+        self.log.error("service.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        self.request_stop("main crashed")
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -469,25 +490,6 @@ class Runtime(Registrations):
             "pending_tasks": pending_labels(self._loop)[:20],
             "reason": self.stop_reason,
         }
-
-    def _log_start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.log.info(
-            "service.starting",
-            pid=os.getpid(),
-            pid1=os.getpid() == 1,
-            loop=f"{type(loop).__module__}.{type(loop).__name__}",
-            stop_timeout=self.config.stop_timeout,
-            delay=self.config.delay,
-            margin=rounded(self.config.effective_margin),
-            reserve=rounded(self.config.effective_reserve),
-            signals=list(self.config.signals) if self._signals is not None else [],
-        )
-        for warning in self.config.fit_warnings():
-            self.log.warning("budget.does_not_fit", problem=warning)
-        shell = shell_pid1_warning()
-        if shell is not None:
-            self.log.warning("signals.shell_pid1", problem=shell)
 
 
 def run(

@@ -84,7 +84,7 @@ class StopSignals:
         self._ownership_interval = ownership_interval
         self._ownership_checks = 0
         self._previous: dict[signal.Signals, _Handler] = {}
-        self._last_counted = -float("inf")
+        self._last_seen = -float("inf")
         self.level = Escalation.REPEAT
         self.received = 0
         self.installed = False
@@ -152,10 +152,11 @@ class StopSignals:
         sig = signal.Signals(signum)
         self.received += 1
         now = time.monotonic()
-        if now - self._last_counted < self._repeat_window:
+        # From the previous signal, counted or not: a slow storm (one every 0.3 s) stays one.
+        previous, self._last_seen = self._last_seen, now
+        if now - previous < self._repeat_window:
             self._on_signal(sig, Escalation.REPEAT, now)
             return
-        self._last_counted = now
         self.level = Escalation(min(self.level + 1, Escalation.EXIT_NOW))
         if self.level is Escalation.EXIT_NOW:
             hard_exit(self._hard_exit_code, sig)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 from typing import Any
 
+from graceful.config import Config
 from graceful.recorder import rounded
+from graceful.signals import shell_pid1_warning
 
-__all__ = ["StartOutcome", "StartupStep", "run_startup"]
+__all__ = ["StartOutcome", "StartupStep", "log_starting", "run_startup"]
 
 #: A named startup step.
 StartupStep = tuple[str, Callable[[], Awaitable[object]]]
@@ -65,3 +68,24 @@ async def _run_steps(steps: Sequence[StartupStep], log: Any) -> None:
         started = time.perf_counter()
         await step()
         log.info("startup.step", hook=name, seconds=rounded(time.perf_counter() - started))
+
+
+def log_starting(log: Any, config: Config, *, signals_on: bool) -> None:
+    """The ``service.starting`` line, then what an operator should know before a stop."""
+    loop = asyncio.get_running_loop()
+    log.info(
+        "service.starting",
+        pid=os.getpid(),
+        pid1=os.getpid() == 1,
+        loop=f"{type(loop).__module__}.{type(loop).__name__}",
+        stop_timeout=config.stop_timeout,
+        delay=config.delay,
+        margin=rounded(config.effective_margin),
+        reserve=rounded(config.effective_reserve),
+        signals=list(config.signals) if signals_on else [],
+    )
+    for warning in config.fit_warnings():
+        log.warning("budget.does_not_fit", problem=warning)
+    shell = shell_pid1_warning()
+    if shell is not None:
+        log.warning("signals.shell_pid1", problem=shell)

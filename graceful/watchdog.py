@@ -27,7 +27,16 @@ from typing import Any
 
 from graceful.logs import last_line
 
-__all__ = ["Watchdog"]
+__all__ = ["Watchdog", "grace_for"]
+
+
+def grace_for(margin: float) -> float:
+    """The watchdog's hair after ``exit_at``: a quarter of the margin (at most 0.25 s), so
+    that it and, a second hair later, the ``faulthandler`` backstop both come before SIGKILL.
+
+    .. versionadded:: 0.1
+    """
+    return min(margin / 4, 0.25)
 
 
 class Watchdog:

@@ -268,3 +268,21 @@ def test_hook_name_of_an_entered_resource_names_its_class_without_an_address() -
 
 def test_hook_name_of_a_partial_does_not_repeat_the_module() -> None:
     assert not hook_name(functools.partial(print, "x")).startswith("functools.functools.")
+
+
+@pytest.mark.parametrize("kind", ["plain", "async"])
+@pytest.mark.parametrize("error", [KeyboardInterrupt, type("Boom", (BaseException,), {})])
+async def test_a_hook_raising_a_base_exception_fails_alone(
+    kind: str, error: type[BaseException]
+) -> None:
+    """KeyboardInterrupt or another BaseException from a hook is its failure, not the end of
+    the stop (it used to escape run_hook: no close, no report)."""
+
+    def plain() -> None:
+        raise error()
+
+    async def coroutine() -> None:
+        raise error()
+
+    outcome = await run(plain if kind == "plain" else coroutine)
+    assert outcome.outcome is Outcome.FAILED

@@ -565,3 +565,68 @@ async def test_a_hanging_flush_hook_leaves_close_its_share_of_the_budget() -> No
     assert report["overran"] is False
     assert report["hooks"]["timed_out"] == 1
     assert runtime.exit_code == ExitCode.HOOK_FAILED
+
+
+@pytest.mark.parametrize("death", ["cancelled-future", "base-exception"])
+async def test_a_main_that_dies_of_cancellation_or_a_base_exception_is_a_crash(death: str) -> None:
+    """``main`` marks itself ready, then dies of a CancelledError its own code raised (awaiting
+    a future someone cancelled) or of a BaseException subclass.
+
+    Result: readiness turns off, ``service.crashed`` is logged, the stop runs, exit code 1 (it
+    used to stay ready, log nothing and exit 0). Control: the cancel phase cancelling a looping
+    main is not a crash (test_work_longer_than_the_budget_is_cancelled_and_flush_still_runs).
+    """
+
+    class Boom(BaseException):
+        pass
+
+    async def main(rt: Runtime) -> None:
+        rt.mark_ready()
+        if death == "cancelled-future":
+            future = asyncio.get_running_loop().create_future()
+            future.cancel()
+            await future
+        raise Boom("a library's own BaseException")
+
+    runtime = make_runtime()
+    with capture_logs() as logs:
+        code = await asyncio.wait_for(runtime.serve(main), HANG_GUARD)
+    assert code == ExitCode.ERROR
+    assert not runtime.ready
+    assert [e["event"] for e in logs].count("service.crashed") == 1
+
+
+async def test_a_hook_registered_for_a_phase_that_already_ran_is_a_clear_error() -> None:
+    runtime = make_runtime()
+    errors: list[str] = []
+
+    @runtime.on_shutdown
+    async def flush() -> None:
+        try:
+            runtime.on_shutdown(_noop, phase="drain")
+        except HookError as exc:
+            errors.append(str(exc))
+        runtime.on_shutdown(_noop, phase="close")  # still to come: fine
+
+    async with run_runtime(runtime=runtime):
+        pass
+    assert len(errors) == 1
+    assert "after that phase ran" in errors[0]
+
+
+async def test_a_slow_storm_of_signals_stays_one_stop() -> None:
+    """Five SIGTERMs 0.3 s apart with a 0.5 s repeat window: each is within the window of the
+    one before, so none escalates (it used to count from the last *counted* signal, so the
+    second one 0.6 s in skipped the drain)."""
+    runtime = make_runtime(handle_signals=True, repeat_window=0.5)
+    release = asyncio.Event()
+    with capture_logs() as logs:
+        async with asyncio.timeout(HANG_GUARD), run_runtime(runtime=runtime):
+            job = runtime.create_task(release.wait())
+            for _ in range(5):
+                signal.raise_signal(signal.SIGTERM)
+                await asyncio.sleep(0.3)
+            release.set()
+            await job
+    assert "shutdown.escalated" not in [e["event"] for e in logs]
+    assert runtime.exit_code == ExitCode.OK

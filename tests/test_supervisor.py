@@ -24,19 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from graceful.budget import Budget
-from graceful.config import Config
+from graceful.config import MIN_MARGIN, Config
 from graceful.runtime import Runtime
 from graceful.serve.control import ControlChannel, FrameReader, encode, messages
 from graceful.serve.listeners import backlog_waiting, refuse_new_connections
 from graceful.serve.processes import ExitStatus
 from graceful.serve.stopping import SEVERITY, StopDeadlines, most_serious
 from graceful.status import ExitCode
+from graceful.watchdog import grace_for
 from tests.support import APPS, ServiceProcess, free_port, http_status, wait_http
 from tests.test_pid1 import UNSHARE, namespace_pid1
 
@@ -800,13 +801,14 @@ async def test_skip_drain_cuts_the_drain_short_as_a_second_signal_does() -> None
 def test_stop_deadlines_are_ordered_inside_the_containers_budget(
     stop_timeout: float, margin_share: float | None, start: float
 ) -> None:
-    margin = None if margin_share is None else stop_timeout * margin_share
+    margin = None if margin_share is None else max(stop_timeout * margin_share, MIN_MARGIN)
+    assume(margin is None or margin < stop_timeout)
     config = Config(stop_timeout=stop_timeout, margin=margin)
     plan = StopDeadlines.plan(config, start)
     assert plan.start <= plan.worker_exit_by <= plan.kill_at <= plan.exit_at
     assert plan.exit_at == pytest.approx(start + stop_timeout - config.effective_margin)
     if plan.worker_exit_by > start:  # the workers' watchdogs fire before the supervisor kills
-        grace = min(config.effective_margin / 2, 0.25)
+        grace = grace_for(config.effective_margin)
         assert plan.worker_exit_by + 2 * grace < plan.kill_at + 1e-9
 
 

@@ -118,3 +118,24 @@ def test_after_run_returns_the_original_handlers_are_back() -> None:
     with service:
         assert service.wait() == 0, service.output()
         assert "APP handlers True True" in service.lines
+
+
+def test_a_blocking_atexit_handler_after_a_sigterm_stop_ends_at_the_deadline() -> None:
+    """The stop itself is clean; then an atexit handler blocks during interpreter teardown.
+    After SIGTERM (the supervisor ends us) the watchdog stays armed through teardown: exit 6
+    before SIGKILL (it used to log exit 0 and hang until SIGKILL)."""
+    with start("atexit") as service:
+        code, seconds = stop(service)
+        assert code == 6, service.output()
+        assert seconds < STOP_TIMEOUT
+        assert service.wait_event("shutdown.report")["exit_code"] == 0
+        assert "shutdown.overran" in service.event_names()
+
+
+def test_control_after_ctrl_c_an_embedding_program_may_go_on_past_the_deadline() -> None:
+    """SIGINT (a person at a terminal) disarms the watchdog when run() returns: what the
+    program does next is its own business, so the same atexit handler runs to its end."""
+    with start("atexit") as service:
+        service.signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            service.wait(timeout=STOP_TIMEOUT * 2)

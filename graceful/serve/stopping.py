@@ -15,6 +15,7 @@ from graceful.exceptions import ConfigError
 from graceful.recorder import rounded
 from graceful.serve.processes import WorkerProcess
 from graceful.status import ExitCode
+from graceful.watchdog import grace_for
 
 __all__ = [
     "SEVERITY",
@@ -110,7 +111,7 @@ class StopDeadlines:
         margin = config.effective_margin
         exit_at = start + config.stop_timeout - margin
         settle = min(margin / 4, 0.1)
-        worker_grace = min(margin / 2, 0.25)
+        worker_grace = grace_for(margin)
         kill_at = max(exit_at - settle, start)
         worker_exit_by = max(kill_at - 2 * worker_grace - settle, start)
         return cls(start, worker_exit_by, kill_at, exit_at)

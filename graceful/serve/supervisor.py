@@ -59,7 +59,7 @@ from graceful.serve.processes import WorkerProcess, write_whole_lines
 from graceful.serve.stopping import StopDeadlines, SupervisorSettings, most_serious, worker_line
 from graceful.signals import Escalation, StopSignals
 from graceful.status import ExitCode, LifecycleState
-from graceful.watchdog import Watchdog
+from graceful.watchdog import Watchdog, grace_for
 
 __all__ = ["Supervisor", "run_supervisor"]
 
@@ -159,7 +159,7 @@ class Supervisor:
         self._watchdog = Watchdog(
             exit_code=int(ExitCode.OVERRAN),
             describe=lambda: {"reason": self.stop_reason, "workers": self.pool.running_pids()},
-            grace=min(config.effective_margin / 2, 0.25),
+            grace=grace_for(config.effective_margin),
         )
         self._watchdog.start()
         try:

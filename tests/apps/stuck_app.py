@@ -7,6 +7,7 @@ plain-hook      plain functions as hooks: executor.shutdown and a lambda
 leftover        a handler-style task started with plain asyncio.create_task, never tracked
 late-signal     an untracked task that, when cancelled at the very end, sends SIGTERM again
 embed           main stops the runtime itself; afterwards the handlers must be the originals
+atexit          an atexit handler that sleeps 30 s (a tracing exporter's flush, say)
 slow-hook       a flush hook that blocks the loop 0.6 s past a 0.3 s hook_timeout, then returns
 
 APP_RUNNER=serve runs ``asyncio.run(runtime.serve(main))`` instead of ``runtime.run(main)``:
@@ -16,6 +17,7 @@ the control, with no watchdog.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import signal
 import time
@@ -44,6 +46,9 @@ def block() -> None:
     print("APP blocking", flush=True)
     time.sleep(30)
 
+
+if MODE == "atexit":
+    atexit.register(time.sleep, 30)
 
 if MODE == "blocking-hook":
     runtime.on_shutdown(block, name="block")
