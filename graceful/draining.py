@@ -6,39 +6,54 @@ drives all of them through the same three steps of the shutdown sequence:
 1. ``stop_accepting()`` in the ``stop_accept`` phase: listeners close, so new connections are
    refused by the kernel instead of being accepted and then reset.
 2. ``drain()`` in the ``drain`` phase: idle connections are closed at once, busy ones are told to
-   finish (``Connection: close``, websocket close 1001, streams told to end). It returns when
-   nothing is in flight; the runtime cancels it at the drain deadline.
+   finish (``Connection: close``, websocket close 1001, streams told to end), and connections
+   accepted without a request yet get a short grace for it (it may be on the wire). It returns
+   when nothing is in flight; the runtime cancels it at the drain deadline.
 3. ``abort()`` in the ``cancel`` phase: whatever is still running is cut; returns how many units
    of work were cut, which decides the exit code.
 
 The pieces an integration is built from live here, so that each server module holds only what
 is particular to its server: :class:`WorkTracker` (work in flight), :class:`TaskSet` (the tasks
 to cancel at the deadline, without waiting forever for one that will not stop),
-:func:`close_listeners` (refuse new connections, lose none already made). A server is handed to
-the runtime with ``runtime.add_drainable(server)``, which also feeds its gauges.
+:func:`close_listeners` (refuse new connections, lose none already made),
+:func:`close_connections` (close each client connection at its moment, reset none). A server is
+handed to the runtime with ``runtime.add_drainable(server)``, which also feeds its gauges.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
+import contextlib
+import enum
+import fcntl
+import termios
 from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
+from graceful.backlog import backlog_waiting, refuse_new_connections
 from graceful.logs import get_logger
 from graceful.runner import task_stack
 
 if TYPE_CHECKING:
+    from asyncio.trsock import TransportSocket
+
     from graceful.budget import Budget
 
 __all__ = [
+    "FIRST_REQUEST_GRACE",
+    "ClientConnections",
+    "ConnectionState",
     "Drainable",
     "DrainableServer",
     "TaskSet",
     "WorkTracker",
     "abort_deadline",
+    "close_connections",
     "close_listeners",
+    "unread_bytes",
 ]
 
 # How long tasks cut by an abort outside a stop (no budget to follow) may take to exit.
@@ -101,6 +116,7 @@ class WorkTracker:
         self._total = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._watchers: list[asyncio.Future[None]] = []
 
     @property
     def count(self) -> int:
@@ -117,6 +133,8 @@ class WorkTracker:
         self._count += 1
         self._total += 1
         self._idle.clear()
+        if self._watchers:
+            self._wake_watchers()
 
     def end(self) -> None:
         """Mark one unit of work as finished (or cut)."""
@@ -124,6 +142,14 @@ class WorkTracker:
         if self._count <= 0:
             self._count = 0
             self._idle.set()
+        if self._watchers:
+            self._wake_watchers()
+
+    def _wake_watchers(self) -> None:
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            if not watcher.done():
+                watcher.set_result(None)
 
     @contextmanager
     def track(self) -> Iterator[None]:
@@ -137,6 +163,16 @@ class WorkTracker:
     async def wait_idle(self) -> None:
         """Return once nothing is in flight (at once when nothing is)."""
         await self._idle.wait()
+
+    async def wait_changed(self) -> None:
+        """Return the next time a unit of work begins or ends."""
+        watcher = asyncio.get_running_loop().create_future()
+        self._watchers.append(watcher)
+        try:
+            await watcher
+        finally:
+            with contextlib.suppress(ValueError):
+                self._watchers.remove(watcher)
 
 
 class TaskSet:
@@ -231,36 +267,213 @@ def abort_deadline(budget: Budget | None) -> float:
     return now + max(budget.cancel_end - now, 0.0) / 2
 
 
-async def close_listeners(servers: Iterable[asyncio.AbstractServer | None]) -> None:
+#: Longest :func:`close_listeners` lets the loop accept what the kernel had queued (seconds): a
+#: backlog of thousands is accepted in milliseconds; this bounds a server that stopped accepting.
+BACKLOG_DRAIN_MAX = 1.0
+
+#: Seconds a connection accepted without a request yet is kept open once the drain begins,
+#: waiting for its first request (see :func:`close_connections`).
+FIRST_REQUEST_GRACE = 0.5
+
+
+def _sockets(server: asyncio.AbstractServer) -> list[TransportSocket]:
+    # ``sockets`` is on asyncio's and uvloop's servers, not on the abstract class.
+    return list(getattr(server, "sockets", None) or ())
+
+
+async def close_listeners(
+    servers: Iterable[asyncio.AbstractServer | None], *, shared: bool = False
+) -> None:
     """Close listening servers: new connections are refused and none already made is lost.
 
-    Connections whose handshake the kernel already completed wait in the listen backlog; a
-    plain ``close()`` resets them (accepted, then reset). So the loop first gets two
-    iterations (one to see the listener readable and accept, one to set the transports up),
-    and those connections are drained like the others. Then, on asyncio's own (selector)
-    loop, the accept handler is removed and the accepts under way get one more iteration:
-    Python 3.11 silently drops a connection accepted in the iteration just before
+    Closing a listener resets the connections whose handshake the kernel completed and that
+    still wait in its backlog; and the kernel completes handshakes up to the very ``close()``.
+    So first new connection attempts are dropped (``backlog.refuse_new_connections``): from
+    then on the backlog can only shrink. The loop, whose servers still accept, runs until it is
+    empty (up to :data:`BACKLOG_DRAIN_MAX`; uvloop accepts about one connection per
+    iteration), and those connections are drained like the others. Then, on asyncio's own
+    (selector) loop, the accept handler is removed and the accepts under way get one more
+    iteration: Python 3.11 silently drops a connection accepted in the iteration just before
     ``Server.close()`` (the transport setup fails an assertion in ``Server._attach``, and the
     socket stays open, unserved, until the process exits). Only then are the listeners closed.
+
+    A listener that cannot be filtered (a Unix socket), or a ``shared`` one, gets two loop
+    iterations instead (one to see it readable and accept, one to set the transports up); a
+    connection that arrives after them is reset by the close.
 
     Not ``wait_closed()``: since Python 3.12 it also waits for every connection to end, which
     is the drain's job, under the drain's deadline.
 
     Args:
         servers: the listeners; ``None`` entries (a server never started) are skipped.
+        shared: the sockets may be held by other processes too (a listener given by a
+            supervisor): they are not filtered here, since a filter on the socket would refuse
+            new connections for every process, and the backlog may never be empty while the
+            others accept. Whoever stops the whole group refuses new connections first.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.1
+       New connections are refused before the backlog is accepted; ``shared``.
     """
     listeners = [server for server in servers if server is not None]
     if not listeners:
         return
     loop = asyncio.get_running_loop()
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    sockets = [sock for server in listeners for sock in _sockets(server)]
+    refused = [] if shared else [refuse_new_connections(sock) for sock in sockets]
+    if refused and all(refused):
+        give_up_at = loop.time() + BACKLOG_DRAIN_MAX
+        while any(backlog_waiting(sock) for sock in sockets) and loop.time() < give_up_at:
+            await asyncio.sleep(0)
+    else:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
     if isinstance(loop, BaseSelectorEventLoop):
-        for server in listeners:
-            for sock in server.sockets if isinstance(server, asyncio.Server) else ():
-                loop.remove_reader(sock.fileno())
+        for sock in sockets:
+            loop.remove_reader(sock.fileno())
         await asyncio.sleep(0)
     for server in listeners:
         server.close()
+
+
+class ConnectionState(enum.Enum):
+    """Where a client connection stands, as :func:`close_connections` sees it.
+
+    .. versionadded:: 0.1
+    """
+
+    #: No request in the server's hands: none received yet (its first one may be on the
+    #: wire), or only part of one.
+    FRESH = "fresh"
+    #: A request is in the server's hands on its way to the app (parsed, its task not started
+    #: yet): within a loop iteration or two it is in the app, or the connection has settled.
+    RECEIVED = "received"
+    #: A request is in the app, counted by the server's :class:`WorkTracker`.
+    BUSY = "busy"
+    #: Had a request answered; none in progress.
+    IDLE = "idle"
+
+
+_Conn = TypeVar("_Conn")
+
+
+class ClientConnections(Protocol[_Conn]):
+    """One server's client connections, as :func:`close_connections` needs to see them.
+
+    .. versionadded:: 0.1
+    """
+
+    def open_connections(self) -> Iterable[_Conn]:
+        """The open client connections (not websockets: they are closed with their code)."""
+        ...
+
+    def state_of(self, conn: _Conn) -> ConnectionState:
+        """Where ``conn`` stands (bytes still unread in the kernel are checked separately)."""
+        ...
+
+    def transport_of(self, conn: _Conn) -> asyncio.BaseTransport | None:
+        """The connection's transport; ``None`` once it is gone."""
+        ...
+
+    def close_now(self, conn: _Conn) -> None:
+        """Close a connection with no request in progress (a clean FIN)."""
+        ...
+
+    def close_after_response(self, conn: _Conn) -> None:
+        """Close a busy connection once its response has been sent."""
+        ...
+
+
+def unread_bytes(transport: asyncio.BaseTransport | None) -> int:
+    """Bytes the kernel has received on this connection that the server has not read yet.
+
+    Closing a socket with unread bytes makes the kernel send a reset instead of a FIN.
+
+    .. versionadded:: 0.1
+    """
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.fileno() < 0:
+        return 0
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+    except OSError:
+        return 0
+    return count[0]
+
+
+async def _let_reads_in() -> None:
+    # One iteration for the loop to read what has arrived (the parser runs in the read
+    # callback), one more for the tasks those reads wake.
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+def _sort(clients: ClientConnections[_Conn], conns: Iterable[_Conn]) -> tuple[list[_Conn], bool]:
+    """Close the idle connections, tell the busy ones to finish; return the others, and
+    whether one of them has a request in transit (``RECEIVED``)."""
+    waiting = []
+    in_transit = False
+    for conn in conns:
+        transport = clients.transport_of(conn)
+        if transport is None or transport.is_closing():
+            continue
+        state = clients.state_of(conn)
+        if state is ConnectionState.BUSY:
+            clients.close_after_response(conn)
+        elif state is ConnectionState.IDLE and not unread_bytes(transport):
+            clients.close_now(conn)
+        else:
+            waiting.append(conn)
+            in_transit = in_transit or state is ConnectionState.RECEIVED
+    return waiting, in_transit
+
+
+async def close_connections(
+    clients: ClientConnections[_Conn], tracker: WorkTracker, *, grace: float = FIRST_REQUEST_GRACE
+) -> None:
+    """Close each client connection at its moment, so that no request on its way is lost.
+
+    Called as the drain begins, once the listeners are closed. The loop first gets two
+    iterations to read and parse what has arrived; then:
+
+    - an idle connection (it had a request answered, none is in progress and no byte waits
+      unread in the kernel) is closed at once, with a clean FIN;
+    - a busy one is told to close after its response;
+    - a fresh one (accepted, no request yet: the listeners closed a moment after accepting
+      it) or one whose request has arrived but is not in the app yet is left open until its
+      request reaches the app (it is busy then, and its answer carries ``Connection: close``)
+      or for ``grace`` seconds, and then closed. Closing it at once would make the kernel
+      reset the client's request instead of answering it: at once for bytes already waiting
+      unread, or when they land.
+
+    Returns once no connection is left waiting; the drain then waits for the work in flight
+    (``tracker.wait_idle()``). The runtime cancels the drain at its deadline, so the grace
+    never runs past it.
+
+    Args:
+        clients: the server's connections, where each stands, and how to close it.
+        tracker: the server's work in flight: a request reaching the app ends a wait early.
+        grace: seconds a connection without a request in the app is given to get one there.
+
+    .. versionadded:: 0.1
+    """
+    await _let_reads_in()
+    waiting, in_transit = _sort(clients, clients.open_connections())
+    loop = asyncio.get_running_loop()
+    grace_end = loop.time() + grace
+    while waiting and loop.time() < grace_end:
+        if in_transit:
+            await _let_reads_in()  # it gets there without more input: no event to wait for
+        else:
+            # Until a request reaches the app (or ends): a unit of work begins (or ends).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(grace_end):
+                    await tracker.wait_changed()
+        waiting, in_transit = _sort(clients, waiting)
+    if waiting:
+        # A request that landed as the grace ended (or while the loop was held up) gets the
+        # iterations it needs to reach the app; what is still waiting after them is closed.
+        await _let_reads_in()
+        for conn in _sort(clients, waiting)[0]:
+            clients.close_now(conn)

@@ -3,7 +3,8 @@
 Every test starts ``tests/apps/drain_app.py`` (an example service plus a flush hook), talks to
 it over real sockets on 127.0.0.1, sends it a real SIGTERM and checks what clients saw, the
 exit code and the ``shutdown.report`` event. Assertions are about outcomes and ordering, never
-about how fast something was; timeouts are hang guards only.
+about how fast something was; timeouts are hang guards only. (``test_drain_fresh.py`` runs
+the servers in-process, to send a request at a chosen moment of the drain.)
 """
 
 from __future__ import annotations

@@ -12,9 +12,10 @@ of the process's budget. The runtime drives the same steps instead:
 1. ``stop_accept``: the listener closes, so new connections are refused.
 2. ``drain``: idle keep-alive connections are closed at once; busy ones close after their
    current response, which carries ``Connection: close`` (so does every response started once
-   the stop has begun); websockets are closed with 1001 (going away); the app's
-   ``on_shutdown`` signal runs; streaming handlers see :func:`draining` set. Drain ends when no
-   request is in flight.
+   the stop has begun); fresh ones (accepted just before the listener closed) are given a
+   short grace for their first request (``draining.close_connections``); websockets are closed
+   with 1001 (going away); the app's ``on_shutdown`` signal runs; streaming handlers see
+   :func:`draining` set. Drain ends when no request is in flight.
 3. ``cancel``: handlers still running at the drain deadline are cancelled.
 4. ``close``: the app's ``on_cleanup`` signal and cleanup contexts run (LIFO with the other
    resources of the service).
@@ -36,7 +37,14 @@ from aiohttp.log import access_logger
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
-from graceful.draining import TaskSet, WorkTracker, abort_deadline, close_listeners
+from graceful.draining import (
+    ConnectionState,
+    TaskSet,
+    WorkTracker,
+    abort_deadline,
+    close_connections,
+    close_listeners,
+)
 from graceful.hooks import Phase
 from graceful.integrations._access import log_access
 from graceful.integrations._deprecation import renamed
@@ -99,6 +107,38 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
+class _Connections:
+    """The connections of an :class:`AiohttpServer`, as ``close_connections`` sees them."""
+
+    def __init__(self, server: AiohttpServer) -> None:
+        self._server = server
+
+    def open_connections(self) -> list[RequestHandler]:
+        return self._server._connections()
+
+    def state_of(self, conn: RequestHandler) -> ConnectionState:
+        if conn in self._server._busy:
+            return ConnectionState.BUSY
+        # aiohttp has no public view of a connection's state. Its request loop
+        # (``RequestHandler.start``) counts the requests parsed, queues them, and waits on
+        # ``_waiter`` for the next one only when it is idle; otherwise it is handing a request
+        # to its task (on Python 3.11 the task starts an iteration later) or finishing one.
+        if getattr(conn, "_request_count", 1) == 0:
+            return ConnectionState.FRESH
+        if getattr(conn, "_messages", None) or getattr(conn, "_waiter", True) is None:
+            return ConnectionState.RECEIVED
+        return ConnectionState.IDLE
+
+    def transport_of(self, conn: RequestHandler) -> asyncio.BaseTransport | None:
+        return conn.transport
+
+    def close_now(self, conn: RequestHandler) -> None:
+        conn.force_close()
+
+    def close_after_response(self, conn: RequestHandler) -> None:
+        conn.close()
+
+
 class AiohttpServer:
     """An aiohttp application served under the runtime (a ``Drainable``).
 
@@ -123,6 +163,7 @@ class AiohttpServer:
         self.draining = asyncio.Event()
         self.runner: web.AppRunner | None = None
         self.listener: asyncio.Server | None = None
+        self._shared_listener = False
         self._runtime = runtime
         self._ws_close_code = ws_close_code
         self._busy: dict[RequestHandler, int] = {}
@@ -210,24 +251,16 @@ class AiohttpServer:
 
     async def stop_accepting(self) -> None:
         """Close the listener: from now on connections are refused."""
-        await close_listeners([self.listener])
+        await close_listeners([self.listener], shared=self._shared_listener)
 
     async def drain(self) -> None:
         """Close idle connections, close websockets, run ``on_shutdown``, wait for the work."""
         self.draining.set()
-        # Requests whose bytes arrived before the stop are handed to a handler task over
-        # two loop iterations (the connection task wakes, then the handler task starts);
-        # yield for both so they count as busy instead of being closed unanswered.
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        for conn in self._connections():
-            if conn in self._busy:
-                conn.close()  # after the current response
-            else:
-                conn.force_close()
         for key, ws in list(self._websockets.items()):
             self._close_websocket(key, ws)
-        await self.app.shutdown()
+        await asyncio.gather(
+            close_connections(_Connections(self), self.tracker), self.app.shutdown()
+        )
         await self.tracker.wait_idle()
 
     async def abort(self) -> int:
@@ -309,6 +342,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     if sock is not None:
         server.listener = await loop.create_server(runner.server, sock=sock, backlog=backlog)
+        server._shared_listener = True  # possibly with other processes (a supervisor's)
     elif path is not None:
         server.listener = await loop.create_unix_server(runner.server, path, backlog=backlog)
     else:

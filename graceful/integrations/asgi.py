@@ -14,9 +14,10 @@ stop, driven by the runtime:
 
 1. ``stop_accept``: the listeners close, so new connections are refused.
 2. ``drain``: idle keep-alive connections are closed at once; busy ones answer with
-   ``Connection: close`` (already from the moment the stop began); websockets are closed with
-   1001 (going away, instead of uvicorn's 1012); streaming responses see
-   :func:`draining` set and should send their last chunk. Drain ends when nothing is in flight.
+   ``Connection: close`` (already from the moment the stop began), as do fresh ones, given a
+   short grace for their first request (``draining.close_connections``); websockets are closed
+   with 1001 (going away, instead of uvicorn's 1012); streaming responses see :func:`draining`
+   set and should send their last chunk. Drain ends when nothing is in flight.
 3. ``cancel``: what is still running at the drain deadline is cancelled.
 
 :class:`GracefulMiddleware` does the per-request part and puts a :class:`ServerStatus` in
@@ -34,11 +35,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import uvicorn
 
-from graceful.draining import TaskSet, WorkTracker, abort_deadline, close_listeners
+from graceful.draining import (
+    TaskSet,
+    WorkTracker,
+    abort_deadline,
+    close_connections,
+    close_listeners,
+)
 from graceful.exceptions import GracefulError
 from graceful.hooks import Phase
 from graceful.integrations._access import log_access, only_graceful_access_lines
 from graceful.integrations._deprecation import renamed
+from graceful.integrations._uvicorn_connections import HttpConnections
 
 if TYPE_CHECKING:
     from graceful.runtime import Runtime
@@ -317,11 +325,19 @@ class UvicornServer:
     .. versionadded:: 0.1
     """
 
-    def __init__(self, server: uvicorn.Server, middleware: GracefulMiddleware, name: str) -> None:
+    def __init__(
+        self,
+        server: uvicorn.Server,
+        middleware: GracefulMiddleware,
+        name: str,
+        *,
+        shared_sockets: bool = False,
+    ) -> None:
         self.name = name
         self.server = server
         self.middleware = middleware
         self._ticker: asyncio.Task[None] | None = None
+        self._shared_sockets = shared_sockets
 
     @property
     def port(self) -> int:
@@ -366,25 +382,14 @@ class UvicornServer:
 
     async def stop_accepting(self) -> None:
         """Close the listeners: from now on connections are refused."""
-        await close_listeners(self.server.servers)
+        await close_listeners(self.server.servers, shared=self._shared_sockets)
 
     async def drain(self) -> None:
         """Close idle connections, tell streams and websockets to end, wait for the work."""
         self.middleware.status.draining.set()
-        self._shutdown_http_connections()
+        connections = HttpConnections(self.server, SCOPE_KEY)
+        await close_connections(connections, self.middleware.tracker)
         await self.middleware.tracker.wait_idle()
-        # Connections that were busy close after their response (keep-alive is off); any
-        # that became idle meanwhile without closing are closed now.
-        self._shutdown_http_connections()
-
-    def _shutdown_http_connections(self) -> None:
-        http_class = self.server.config.http_protocol_class
-        for conn in list(self.server.server_state.connections):
-            # Websockets are closed by the middleware, with our close code; uvicorn's own
-            # ``shutdown()`` would send 1012.
-            if not isinstance(conn, http_class):
-                continue
-            conn.shutdown()
 
     async def abort(self) -> int:
         """Cancel the requests still running and drop every connection; return the count cut."""
@@ -444,7 +449,9 @@ async def serve_config(
     )
     config.loaded_app = middleware
     only_graceful_access_lines(_access_logger)
-    server = UvicornServer(uvicorn.Server(config), middleware, name)
+    # A socket given by a supervisor, or inherited (``fd``), may be held by other processes.
+    shared = sockets is not None or config.fd is not None
+    server = UvicornServer(uvicorn.Server(config), middleware, name, shared_sockets=shared)
     await server._start(list(sockets) if sockets is not None else None)
     runtime.add_drainable(server)
     runtime.on_shutdown(server._lifespan_shutdown, phase=Phase.CLOSE, name=f"{name}.lifespan")

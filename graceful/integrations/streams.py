@@ -12,9 +12,12 @@ know which connections are idle and which are busy::
 
     server = await streams.start_server(runtime, handle, "0.0.0.0", 7000)
 
-On a stop: the listener closes (new connections are refused); idle connections are closed at
-once, so their handlers read EOF; busy ones are closed right after their current unit; at the
-drain deadline the handlers still running are cancelled.
+On a stop: the listener closes (new connections are refused); idle connections (a unit done,
+none in progress, nothing received since) are closed at once, so their handlers read EOF; busy
+ones are closed right after their current unit; a connection that has had no unit yet, or has
+received bytes since its last one, is given a short grace to begin its unit
+(``draining.close_connections``); at the drain deadline the handlers still running are
+cancelled.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from graceful.draining import TaskSet, WorkTracker, abort_deadline, close_listeners
+from graceful.draining import (
+    ConnectionState,
+    TaskSet,
+    WorkTracker,
+    abort_deadline,
+    close_connections,
+    close_listeners,
+)
 
 if TYPE_CHECKING:
     from graceful.runtime import Runtime
@@ -37,6 +47,16 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 _current: contextvars.ContextVar[StreamConnection] = contextvars.ContextVar(
     "graceful_stream_connection"
 )
+
+
+class _CountingProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, counting the bytes that arrive (the drain looks at them)."""
+
+    received = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        super().data_received(data)
 
 
 class StreamConnection:
@@ -53,6 +73,24 @@ class StreamConnection:
         self.task = task
         self.busy = False
         self.closing = False
+        self.units = 0
+        protocol = writer.transport.get_protocol()
+        self._protocol = protocol if isinstance(protocol, _CountingProtocol) else None
+        self._received_by_last_unit = 0
+
+    @property
+    def received(self) -> int:
+        """Bytes received on the connection so far."""
+        return self._protocol.received if self._protocol is not None else 0
+
+    def state(self) -> ConnectionState:
+        """Where the connection stands, for the drain."""
+        if self.busy:
+            return ConnectionState.BUSY
+        if self.units and self.received == self._received_by_last_unit:
+            return ConnectionState.IDLE
+        # No unit yet, or bytes arrived since the last: the next unit may be on its way.
+        return ConnectionState.FRESH
 
     def close(self) -> None:
         """Close the connection; buffered writes are flushed first."""
@@ -81,12 +119,15 @@ async def unit() -> AsyncIterator[None]:
     if conn.closing:
         raise ConnectionAbortedError("the server is stopping")
     conn.busy = True
+    conn.units += 1
     tracker = conn.server.tracker
     tracker.begin()
     try:
         yield
     finally:
         conn.busy = False
+        # What arrived while the unit ran is its own (or the next unit, begun at once).
+        conn._received_by_last_unit = conn.received
         tracker.end()
         if conn.server.draining:
             conn.close()
@@ -120,19 +161,22 @@ class StreamServer:
         return port
 
     async def _start(self, host: str | None, port: int, limit: int, backlog: int) -> None:
-        self._server = await asyncio.start_server(
-            self._serve_client, host, port, limit=limit, backlog=backlog
-        )
+        loop = asyncio.get_running_loop()
+
+        # What ``asyncio.start_server`` does, with a protocol that counts the bytes received.
+        def protocol() -> _CountingProtocol:
+            reader = asyncio.StreamReader(limit=limit, loop=loop)
+            return _CountingProtocol(reader, self._serve_client, loop=loop)
+
+        self._server = await loop.create_server(protocol, host, port, backlog=backlog)
 
     async def _serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         with self.tasks.track() as task:
+            # Also when the drain has begun: a connection accepted as the listener closed
+            # starts here while the drain lets reads in, and is sorted with the others.
             conn = StreamConnection(self, writer, task)
-            if self.draining:
-                # Accepted in the same loop tick the listener closed: nothing was read yet.
-                conn.close()
-                return
             self.connections.add(conn)
             self._no_connections.clear()
             _current.set(conn)
@@ -165,9 +209,7 @@ class StreamServer:
     async def drain(self) -> None:
         """Close idle connections now and busy ones after their unit; wait for the handlers."""
         self.draining = True
-        for conn in list(self.connections):
-            if not conn.busy:
-                conn.close()
+        await close_connections(_Connections(self), self.tracker)
         await self._no_connections.wait()
 
     async def abort(self) -> int:
@@ -180,6 +222,28 @@ class StreamServer:
             abort_deadline(self._runtime.budget if self._runtime is not None else None)
         )
         return cut
+
+
+class _Connections:
+    """The connections of a :class:`StreamServer`, as ``close_connections`` sees them."""
+
+    def __init__(self, server: StreamServer) -> None:
+        self._server = server
+
+    def open_connections(self) -> list[StreamConnection]:
+        return list(self._server.connections)
+
+    def state_of(self, conn: StreamConnection) -> ConnectionState:
+        return conn.state()
+
+    def transport_of(self, conn: StreamConnection) -> asyncio.BaseTransport | None:
+        return conn.writer.transport
+
+    def close_now(self, conn: StreamConnection) -> None:
+        conn.close()
+
+    def close_after_response(self, conn: StreamConnection) -> None:
+        pass  # ``unit()`` closes the connection as the unit ends
 
 
 async def start_server(

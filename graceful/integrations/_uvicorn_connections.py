@@ -1,0 +1,56 @@
+"""uvicorn's HTTP connections as ``graceful.draining.close_connections`` sees them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import uvicorn
+
+from graceful.draining import ConnectionState
+
+__all__ = ["HttpConnections"]
+
+
+class HttpConnections:
+    """The HTTP connections of one :class:`uvicorn.Server` (a ``ClientConnections``).
+
+    Websockets are left out: the middleware closes them with its own code (uvicorn's
+    ``shutdown()`` would send 1012).
+
+    Args:
+        server: the uvicorn server.
+        scope_key: the key the middleware sets in a request's scope as it counts the request.
+    """
+
+    def __init__(self, server: uvicorn.Server, scope_key: str) -> None:
+        self._server = server
+        self._scope_key = scope_key
+
+    def open_connections(self) -> list[Any]:
+        """uvicorn's HTTP protocol instances, one per open connection."""
+        http_class = self._server.config.http_protocol_class
+        return [c for c in self._server.server_state.connections if isinstance(c, http_class)]
+
+    def state_of(self, conn: Any) -> ConnectionState:
+        """From uvicorn's ``cycle``: the request being handled, or the last one."""
+        cycle = conn.cycle
+        if cycle is None:
+            return ConnectionState.FRESH
+        if cycle.response_complete:
+            return ConnectionState.IDLE
+        if self._scope_key in cycle.scope:
+            return ConnectionState.BUSY
+        return ConnectionState.RECEIVED  # parsed; its task has not reached the app yet
+
+    def transport_of(self, conn: Any) -> asyncio.BaseTransport | None:
+        """The connection's transport."""
+        transport: asyncio.BaseTransport | None = conn.transport
+        return transport
+
+    def close_now(self, conn: Any) -> None:
+        """uvicorn's ``shutdown()``: closes the connection unless a response is under way,
+        else turns keep-alive off so that it closes after that response."""
+        conn.shutdown()
+
+    close_after_response = close_now
