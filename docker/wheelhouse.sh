@@ -11,6 +11,10 @@
 # The project's wheel is rebuilt every time, reproducibly (SOURCE_DATE_EPOCH):
 # an unchanged tree gives a byte-identical wheel and Docker's layer cache hits.
 # Dependencies are downloaded again only when pyproject.toml changes.
+#
+# build/wheelhouse/extra/ holds what test apps install on top (FastAPI, so Starlette
+# and pydantic: the FastAPI workers image of tests/test_workers_images.py), without
+# the wheels deps/ has. Apart, so the example images' dependency layer stays as it is.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,6 +23,8 @@ OUT=build/wheelhouse
 DEPS="$OUT/deps"
 STAMP="$DEPS/.stamp"
 EXTRAS="uvloop,uvicorn,aiohttp"
+EXTRA="$OUT/extra"
+EXTRA_PACKAGES=(fastapi)
 # Target interpreter and platform of the base image, not of the host.
 # pip does not widen manylinux_2_N to older glibc tags by itself: list them
 # (Debian 12 has glibc 2.36; manylinux2014 also admits manylinux2010/1).
@@ -61,14 +67,30 @@ if [[ -z $wheel || ! -f $SRC_STAMP || $(cat "$SRC_STAMP") != "$src:$SOURCE_DATE_
     printf '%s\n' "$src:$SOURCE_DATE_EPOCH" >"$SRC_STAMP"
 fi
 
-if [[ -f $STAMP && $(cat "$STAMP") == "$want" ]]; then
-    exit 0
+if [[ ! -f $STAMP || $(cat "$STAMP") != "$want" ]]; then
+    log "downloading dependencies of graceful-stop[$EXTRAS] for cp311 manylinux x86_64"
+    # Also drop what an older, flat layout left beside the project's wheel.
+    find "$OUT" "$DEPS" -maxdepth 1 -name '*.whl' ! -path "$OUT/graceful_stop-*" -delete
+    "$PIP" download -qq --dest "$DEPS" "${TARGET[@]}" "$OUT/${wheel}[$EXTRAS]" >&2
+    rm -f "$DEPS"/graceful_stop-*.whl
+    printf '%s\n' "$want" >"$STAMP"
+    log "$(find "$DEPS" -maxdepth 1 -name '*.whl' | wc -l) dependency wheels in $DEPS"
+    rm -f "$EXTRA/.stamp" # what deps/ holds changed, so does what extra/ must add
 fi
 
-log "downloading dependencies of graceful-stop[$EXTRAS] for cp311 manylinux x86_64"
-# Also drop what an older, flat layout left beside the project's wheel.
-find "$OUT" "$DEPS" -maxdepth 1 -name '*.whl' ! -path "$OUT/graceful_stop-*" -delete
-"$PIP" download -qq --dest "$DEPS" "${TARGET[@]}" "$OUT/${wheel}[$EXTRAS]" >&2
-rm -f "$DEPS"/graceful_stop-*.whl
-printf '%s\n' "$want" >"$STAMP"
-log "$(find "$DEPS" -maxdepth 1 -name '*.whl' | wc -l) dependency wheels in $DEPS"
+mkdir -p "$EXTRA"
+extra_want=$(printf '%s\n' "$want" "${EXTRA_PACKAGES[@]}" | sha256sum | cut -d' ' -f1)
+if [[ ! -f $EXTRA/.stamp || $(cat "$EXTRA/.stamp") != "$extra_want" ]]; then
+    log "downloading ${EXTRA_PACKAGES[*]} for cp311 manylinux x86_64 (test apps)"
+    find "$EXTRA" -maxdepth 1 -name '*.whl' -delete
+    "$PIP" download -qq --dest "$EXTRA" "${TARGET[@]}" --find-links "$DEPS" \
+        "$OUT/${wheel}[$EXTRAS]" "${EXTRA_PACKAGES[@]}" >&2
+    for whl in "$EXTRA"/*.whl; do
+        name=$(basename "$whl")
+        if [[ $name == graceful_stop-* || -f $DEPS/$name ]]; then
+            rm -f "$whl"
+        fi
+    done
+    printf '%s\n' "$extra_want" >"$EXTRA/.stamp"
+    log "$(find "$EXTRA" -maxdepth 1 -name '*.whl' | wc -l) more wheels in $EXTRA"
+fi

@@ -10,7 +10,9 @@ graceful's in the words of :class:`~graceful.runtime.ExitCode` itself.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import httpx
 
@@ -39,6 +41,7 @@ __all__ = [
     "judge_long_inflight",
     "judge_report_events",
     "judge_traceback",
+    "judge_workers",
     "judge_writes",
     "sigkill_diagnosis",
     "wait_signalled_exit",
@@ -395,7 +398,11 @@ def judge_abandoned(f: Findings, main: Sequence[ProbeEvent], *, slow: bool = Fal
 
 
 def judge_report_events(f: Findings, logs: str, workload: Workload, *, strict: bool) -> None:
-    """One stop, one summary: more than one ``shutdown.report`` means the stop ran twice."""
+    """One stop, one summary: more than one ``shutdown.report`` means the stop ran twice.
+
+    With several worker processes (``graceful serve --workers N``), the workers that did not
+    exit 0 are named: see :func:`judge_workers`.
+    """
     if not workload.report_event:
         return
     n = sum(1 for _ in log_lines(logs, f'"{workload.report_event}"'))
@@ -406,6 +413,62 @@ def judge_report_events(f: Findings, logs: str, workload: Workload, *, strict: b
         )
     elif n == 0 and strict:
         f.note(f"no {workload.report_event} log line (the stop's summary is not logged)")
+    judge_workers(f, logs, workload.report_event)
+
+
+def judge_workers(f: Findings, logs: str, event: str = "shutdown.report") -> None:
+    """Name the worker processes behind a container's exit code, and those that died while
+    serving.
+
+    A supervisor (``graceful serve --workers N``) writes one ``event`` for the container with
+    a line per worker (``{"worker", "pid", "status", "exit_code", "seconds"}``), and each
+    worker its own ``worker.<event>``. Each worker that did not exit 0 is quoted from the
+    container's report, with the hooks that failed in its own. That is a problem when the
+    container's exit code already is one (the finding says which worker), else a note (an
+    exit the scenario expects, such as work cut past the budget). A worker that exited while
+    serving (``worker.exited``: the supervisor replaced it) is a note.
+    """
+    report = next(reversed(_events(logs, event)), None)
+    workers = report.get("workers") if report is not None else None
+    if report is not None and isinstance(workers, list):
+        bad = [w for w in workers if isinstance(w, dict) and w.get("exit_code") not in (0, None)]
+        if bad:
+            own = {r.get("worker"): r for r in _events(logs, f"worker.{event}")}
+            named = "; ".join(_worker_text(w, own.get(w.get("worker"))) for w in bad)
+            code = report.get("exit_code")
+            text = f"{len(bad)} of {len(workers)} workers did not exit 0 ({event}: {named})"
+            if any(f"exited {code} " in problem for problem in f.problems):
+                f.problem(text)
+            else:
+                f.note(text)
+    for exited in _events(logs, "worker.exited"):
+        f.note(
+            f"worker {exited.get('worker')} (pid {exited.get('pid')}) exited while serving "
+            f"({exited.get('status')}, after {exited.get('ran_s')} s) and was replaced"
+        )
+
+
+def _worker_text(line: dict[str, Any], own: dict[str, Any] | None) -> str:
+    seconds = line.get("seconds")
+    when = f" {seconds:.2f} s after the stop began" if isinstance(seconds, int | float) else ""
+    text = f"worker {line.get('worker')} (pid {line.get('pid')}): {line.get('status')}{when}"
+    failed = own.get("failed_hooks") if own is not None else None
+    if failed:
+        text += f", its failed hooks: {', '.join(map(str, failed))}"
+    return text
+
+
+def _events(logs: str, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines whose ``event`` is ``event``, in order."""
+    found = []
+    for line in log_lines(logs, f'"{event}"'):
+        try:
+            record = json.loads(line[line.index("{") :])
+        except ValueError:  # not JSON, or no object on the line
+            continue
+        if isinstance(record, dict) and record.get("event") == event:
+            found.append(record)
+    return found
 
 
 def judge_traceback(f: Findings, logs: str, *, fail: bool = True) -> None:
