@@ -32,7 +32,13 @@ from graceful.logs import last_line
 from graceful.runtime import ExitCode, Runtime
 from graceful.serve.app import serve_target
 from graceful.serve.options import DEFAULT_HOST, DEFAULT_PORT, SERVE_ENV_VARS, ServeOptions
-from graceful.serve.target import LoadingStopped, import_from_string, load_target, web_app_kind
+from graceful.serve.target import (
+    LoadingStopped,
+    StartupSignals,
+    import_from_string,
+    load_target,
+    web_app_kind,
+)
 
 __all__ = ["import_target", "main"]
 
@@ -284,29 +290,47 @@ def _serve(args: argparse.Namespace) -> int:
         supervisor: Any = importlib.import_module("graceful.serve.supervisor")
         code: int = supervisor.run_supervisor(args.target, options, config)
         return code
+    # From here until the runtime's own handlers, a stop signal is never dropped: it aborts
+    # the import, or (after it) starts the runtime's stop as soon as the runtime exists.
+    guard = StartupSignals(config.signals if config.handle_signals else ()).install()
     try:
-        target = load_target(
-            args.target,
-            factory=options.factory,
-            app_dir=options.app_dir,
-            stop_signals=config.signals,
-        )
-    except LoadingStopped as stopped:
-        # Nothing serves yet, so nothing to drain: a clean stop, said in one JSON line.
-        last_line(
-            "serve.stopped_while_loading", level="info", app=args.target, signal=stopped.signal
-        )
-        return int(ExitCode.OK)
-    except TargetImportError as exc:
-        return _serve_error(str(exc))
-    except Exception as exc:  # the app's own code failed while importing: show where
-        _print_app_traceback(exc)
-        return _serve_error(f"{args.target} failed to load: {type(exc).__name__}: {exc}")
+        try:
+            with guard.importing():
+                target = load_target(args.target, factory=options.factory, app_dir=options.app_dir)
+        except LoadingStopped as stopped:
+            # Nothing serves yet, so nothing to drain: a clean stop, said in one JSON line.
+            last_line(
+                "serve.stopped_while_loading", level="info", app=args.target, signal=stopped.signal
+            )
+            return int(ExitCode.OK)
+        except TargetImportError as exc:
+            return _serve_error(str(exc))
+        except BaseException as exc:  # the app's own code failed while importing: show where
+            return _load_failed("serve", args.target, exc)
 
-    async def main(runtime: Runtime) -> None:
-        await serve_target(runtime, target, options)
+        async def main(runtime: Runtime) -> None:
+            await serve_target(runtime, target, options)
 
-    return Runtime(config).run(main)
+        runtime = Runtime(config)
+        guard.hand_over(runtime)
+        return runtime.run(main)
+    finally:
+        guard.restore()
+
+
+def _load_failed(command: str, target: str, exc: BaseException) -> int:
+    """The app's module (or factory) raised while loading: its traceback, then one line.
+
+    Any ``BaseException``: a module that calls ``sys.exit(3)`` must not end ``graceful`` with
+    its code (3 reads as "work cut"), nor a ``KeyboardInterrupt`` it raises look like Ctrl-C.
+    """
+    _print_app_traceback(exc)
+    if isinstance(exc, SystemExit):
+        why = f"it called sys.exit({exc.code!r}) while being imported"
+    else:
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    print(f"graceful {command}: {target} failed to load: {why}", file=sys.stderr, flush=True)
+    return int(ExitCode.ERROR)
 
 
 def _print_app_traceback(exc: BaseException) -> None:
@@ -332,13 +356,40 @@ def _serve_error(message: str) -> int:
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     overrides = _stop_overrides(args)
     try:
-        target = import_target(args.target)
         config = Config.from_env(**overrides)
-    except (TargetImportError, ConfigError) as exc:
+    except ConfigError as exc:
         parser.error(str(exc))
+    # As in `serve`: a stop signal aborts a slow import, and is never dropped after it.
+    guard = StartupSignals(config.signals if config.handle_signals else ()).install()
+    try:
+        try:
+            with guard.importing():
+                target = import_target(args.target)
+        except LoadingStopped as stopped:
+            last_line(
+                "run.stopped_while_loading", level="info", app=args.target, signal=stopped.signal
+            )
+            return int(ExitCode.OK)
+        except TargetImportError as exc:
+            parser.error(str(exc))
+        except BaseException as exc:  # the app's own code failed while importing
+            return _load_failed("run", args.target, exc)
+        return _run_target(parser, args, target, config, guard)
+    finally:
+        guard.restore()
+
+
+def _run_target(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    target: Any,
+    config: Config,
+    guard: StartupSignals,
+) -> int:
     if isinstance(target, Runtime):
-        if overrides:
+        if _stop_overrides(args):
             parser.error("options cannot change a Runtime built in code; use its Config")
+        guard.hand_over(target)
         return target.run()
     kind = web_app_kind(target)
     if kind is not None:
@@ -351,7 +402,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 2
     if not callable(target):
         parser.error(f"{args.target} is neither a Runtime nor an async main(runtime)")
-    return Runtime(config).run(target)
+    runtime = Runtime(config)
+    guard.hand_over(runtime)
+    return runtime.run(target)
 
 
 def _config(args: argparse.Namespace) -> int:

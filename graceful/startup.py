@@ -60,6 +60,8 @@ async def run_startup(
     except Exception as exc:
         log.error("startup.failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
         return StartOutcome.FAILED
+    if stop_requested.is_set():  # it came with the last step (or before the first): no main
+        return StartOutcome.ABORTED
     return StartOutcome.STARTED
 
 

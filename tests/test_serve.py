@@ -221,6 +221,44 @@ def test_pid1_in_a_pid_namespace_stops_on_sigterm_with_inflight_answered() -> No
                 os.kill(pid1, signal.SIGKILL)
 
 
+@pytest.mark.parametrize(
+    ("target", "shutdown_line"),
+    [
+        pytest.param("serve_stuck_startup:app", "lifespan shutdown", id="fastapi"),
+        pytest.param("serve_stuck_startup:plain", "lifespan shutdown", id="plain-asgi"),
+        pytest.param("serve_stuck_startup:aio_app", "on_cleanup ran", id="aiohttp"),
+    ],
+)
+def test_a_stop_during_the_apps_startup_aborts_it_at_once(target: str, shutdown_line: str) -> None:
+    """Issue A1: the app's startup waits for a database that never answers; SIGTERM.
+
+    1. ``graceful serve`` runs the app's startup (ASGI lifespan / aiohttp ``on_startup``),
+       which opens a pool, then waits forever; the service is not ready (the control: the
+       startup really hangs).
+    2. SIGTERM.
+    3. Result: the startup is cancelled at once (the stop ends long before the drain
+       deadline, where it used to be cut: exit 3, a framework traceback, a leftover
+       ``LifespanOn.main``); the pool opened is closed; the shutdown half of a startup that
+       never completed does not run; one ``startup.aborted`` line; exit 0.
+    """
+    argv = [GRACEFUL, "serve", target, "--port", "0", "--stop-timeout", "20"]
+    with ServiceProcess(argv, cwd=APPS) as service:
+        service.wait_for("waiting for the database")
+        assert "service.ready" not in service.event_names()
+        service.signal(signal.SIGTERM)
+        assert service.wait() == 0, service.output()
+        aborted = service.wait_event("startup.aborted")
+        assert aborted["app"] == target
+        assert aborted["reason"] == "signal SIGTERM"
+        started, stop = service.wait_event("shutdown.started"), report(service)
+        assert stop["exit_code"] == 0
+        assert stop["seconds"] < started["plan"]["drain_until_s"]  # not waited out
+        assert "pool closed" in service.lines
+        assert shutdown_line not in service.lines
+        assert "Traceback" not in service.output()
+        assert "tasks.leftover_cancelled" not in service.event_names()
+
+
 @pytest.mark.parametrize("how", ["uds", "fd"])
 def test_unix_socket_and_inherited_fd_listeners_close_at_stop(how: str, tmp_path: Path) -> None:
     """``--uds PATH`` and ``--fd N``: served, and closed for good at ``stop_accept``.
@@ -273,26 +311,59 @@ def test_unix_socket_and_inherited_fd_listeners_close_at_stop(how: str, tmp_path
         assert service.wait() == 0
 
 
+@pytest.mark.parametrize("command", ["serve", "run"])
 @pytest.mark.parametrize("pid1", [False, True], ids=["child", "pid1"])
-def test_a_stop_while_the_app_is_imported_ends_at_once_and_cleanly(pid1: bool) -> None:
+def test_a_stop_while_the_app_is_imported_ends_at_once_and_cleanly(
+    pid1: bool, command: str
+) -> None:
     """A stop signal during a long import (before any server runs) ends the process at once
     with exit 0 and one JSON line, also as PID 1, where a signal nobody handles is dropped
-    and ``docker stop`` would wait for SIGKILL. The controls follow."""
+    and ``docker stop`` would wait for SIGKILL. ``graceful run`` imported its target before
+    installing any handler: as PID 1 the SIGTERM was dropped (issue A2). The controls follow."""
     if pid1 and (os.geteuid() != 0 or shutil.which("unshare") is None):
         pytest.skip("needs root and unshare(1) to make a PID namespace")
     argv = [*UNSHARE] if pid1 else []
-    argv += [GRACEFUL, "serve", "serve_slow_import:app", "--app-dir", str(APPS)]
-    with ServiceProcess(argv) as service:
+    argv += [GRACEFUL, command, "serve_slow_import:app"]
+    with ServiceProcess(argv, cwd=APPS) as service:
         target = namespace_pid1(service.pid) if pid1 else service.pid
         try:
             service.wait_for("importing")
             os.kill(target, signal.SIGTERM)
             assert service.wait() == 0
-            stopped = service.wait_event("serve.stopped_while_loading")
+            stopped = service.wait_event(f"{command}.stopped_while_loading")
             assert (stopped["signal"], stopped["app"]) == ("SIGTERM", "serve_slow_import:app")
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(target, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("command", "target"),
+    [("serve", "serve_signal_after_import:app"), ("run", "serve_signal_after_import:main")],
+)
+def test_a_stop_just_after_the_import_is_not_dropped(command: str, target: str) -> None:
+    """Issue A2: between the import guard and the runtime's own handlers no handler was
+    installed (3 of 60 SIGTERMs aimed at the end of an import were lost as PID 1; here, not
+    PID 1, the signal killed the process: exit -15). The target sends SIGTERM when its
+    signature is read, just after its import. Now the stop is carried to the runtime: exit 0,
+    and ``main`` never starts. Control: the next test (the target really sends it)."""
+    with ServiceProcess([GRACEFUL, command, target], cwd=APPS) as service:
+        service.wait_for("sending SIGTERM after the import")
+        assert service.wait() == 0, service.output()
+        assert "main ran" not in service.lines
+        if "shutdown.report" in service.event_names():  # carried to the runtime
+            assert report(service)["exit_code"] == 0
+        else:  # or it still counted as the import's
+            assert f"{command}.stopped_while_loading" in service.event_names()
+
+
+def test_control_the_target_sends_sigterm_when_its_signature_is_read() -> None:
+    code = (
+        f"import inspect, sys; sys.path.insert(0, {str(APPS)!r}); "
+        "import serve_signal_after_import as m; inspect.signature(m.app); input()"
+    )
+    with ServiceProcess([sys.executable, "-c", code]) as service:
+        assert service.wait() == -signal.SIGTERM
 
 
 def test_control_without_graceful_the_same_import_dies_by_the_signal() -> None:
@@ -473,6 +544,39 @@ def test_an_error_in_the_apps_own_import_shows_its_traceback_then_one_line() -> 
     assert "graceful/cli.py" not in result.stderr
     assert result.stderr.splitlines()[-1] == (
         "graceful serve: serve_raises:app failed to load: RuntimeError: the app's own import failed"
+    )
+
+
+@pytest.mark.parametrize("command", ["serve", "run"])
+@pytest.mark.parametrize(
+    ("how", "why"),
+    [
+        ("exit", "it called sys.exit(3) while being imported"),
+        ("interrupt", "KeyboardInterrupt"),
+        ("base", "AppAbort: the app gave up"),
+    ],
+)
+def test_a_module_that_exits_or_raises_a_base_exception_at_import_is_exit_1(
+    command: str, how: str, why: str
+) -> None:
+    """Issue A3: ``sys.exit(3)`` at import ended ``graceful serve`` with 3 and nothing said (3
+    reads as "work cut"); a ``KeyboardInterrupt`` or another ``BaseException`` escaped as a
+    bare traceback. Now: where it happened, one line, exit 1. The control is the test above
+    (an ``Exception`` at import was already handled so)."""
+    result = subprocess.run(
+        [GRACEFUL, command, "serve_exits:app"],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+        cwd=APPS,
+        env={**os.environ, "APP_RAISE": how},
+    )
+    assert result.returncode == 1
+    assert "serve_exits.py" in result.stderr
+    assert (
+        result.stderr.splitlines()[-1]
+        == f"graceful {command}: serve_exits:app failed to load: {why}"
     )
 
 

@@ -3,17 +3,28 @@
 What a hand-written ``main`` would do with ``asgi.serve_config`` or ``aiohttp.serve``, with
 the settings of :class:`~graceful.serve.options.ServeOptions`. The server library is imported
 only for the kind of app served (each is an optional dependency).
+
+A stop while the app starts (an ASGI lifespan startup, aiohttp's ``on_startup``, waiting for
+a database that does not answer) aborts that startup at once: it is cancelled, what it had
+opened closes (the lifespan's own ``finally``, the cleanup contexts already entered), its
+shutdown half does not run, and nothing is served; the stop ends with exit 0, since nothing
+was accepted. A stop while the listener binds lets the bind finish (it takes no time): the
+runtime then closes the new listener at once and runs the app's shutdown as usual.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from graceful.serve.options import ServeOptions
 from graceful.serve.target import Target
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from graceful.runtime import Runtime
 
 __all__ = ["serve_target"]
@@ -21,6 +32,8 @@ __all__ = ["serve_target"]
 #: Options that only uvicorn understands, with their defaults: set for an aiohttp app, they
 #: are reported as ignored.
 _ASGI_ONLY = {"lifespan": "auto", "root_path": "", "limit_concurrency": None}
+
+_T = TypeVar("_T")
 
 
 async def serve_target(
@@ -30,7 +43,8 @@ async def serve_target(
 
     Runs the app's startup (ASGI lifespan, or aiohttp's ``on_startup`` and cleanup contexts),
     opens the listener and returns once it accepts connections. The server is registered with
-    the runtime, so a stop drains it in the usual phases.
+    the runtime, so a stop drains it in the usual phases. A stop that begins while the app's
+    startup runs cancels it and returns, serving nothing (see the module docs).
 
     Args:
         runtime: the runtime that owns the signals and the stop.
@@ -46,15 +60,40 @@ async def serve_target(
 
     .. versionadded:: 0.1
     """
-    if sock is None and options.fd is not None:
+    owned = sock is None and options.fd is not None
+    if owned:
         # Owned, not duplicated (uvicorn's own ``fd`` path dups it): closing the listener at
         # stop_accept must close the last descriptor, or the kernel keeps queueing
         # connections nobody will accept.
         sock = socket.socket(fileno=options.fd)
+    starting: Callable[[], bool]
+    undo: Callable[[], Awaitable[None]]
     if target.kind == "aiohttp":
-        listening = await _serve_aiohttp(runtime, target, options, sock)
+        app = target.app
+        start = _serve_aiohttp(runtime, target, options, sock)
+        starting, undo, step = (lambda: not app.frozen), app.cleanup, "on_startup"
+        # ``app.cleanup()`` before a completed startup exits only the cleanup contexts that
+        # were entered (aiohttp's own rule: ``on_cleanup`` belongs to a started app).
     else:
-        listening = await _serve_asgi(runtime, target, options, sock)
+        from graceful.serve.abortable import LifespanWatch
+
+        lifespan = LifespanWatch(_asgi_config(runtime, options, target, sock))
+        start = _serve_asgi(runtime, lifespan.config, sock)
+        starting, undo, step = lifespan.starting, lifespan.abort, "lifespan startup"
+    listening, error = await _start_unless_stopped(runtime, start, starting)
+    if listening is None:
+        await undo()
+        if owned and sock is not None:
+            sock.close()
+        runtime.log.warning(
+            "startup.aborted",
+            app=target.spec,
+            step=step,
+            reason=runtime.stop_reason,
+            error=error,
+            action=f"{step} cancelled, what it had opened closed; nothing was served",
+        )
+        return
     runtime.log.info(
         "serve.listening",
         app=target.spec,
@@ -65,12 +104,41 @@ async def serve_target(
     )
 
 
-async def _serve_asgi(
-    runtime: Runtime, target: Target, options: ServeOptions, sock: socket.socket | None
-) -> list[socket.socket]:
-    import uvicorn
+async def _start_unless_stopped(
+    runtime: Runtime, start: Coroutine[Any, Any, _T], starting: Callable[[], bool]
+) -> tuple[_T | None, str | None]:
+    """Run ``start``; cancel it if a stop begins while ``starting()`` (the app's startup).
 
-    from graceful.integrations import asgi
+    Returns its result, or ``None`` and what it raised once cancelled (``None`` for the
+    cancellation itself). The drain would otherwise wait for a startup that may never end
+    (a database that does not answer) and cut it at the deadline: exit 3 for a service that
+    accepted nothing.
+    """
+    task = asyncio.ensure_future(start)
+    stop = asyncio.ensure_future(runtime.wait_stopping())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done() or not starting():
+            return await task, None  # a bind under way when the stop came is let finish
+        task.cancel()
+        await asyncio.wait({task})
+    except asyncio.CancelledError:
+        task.cancel()  # our caller is cancelled (the cancel phase): so is the startup
+        raise
+    finally:
+        stop.cancel()
+    if task.cancelled():
+        return None, None
+    if task.exception() is not None:  # the app turned the cancellation into its own error
+        exc = task.exception()
+        return None, f"{type(exc).__name__}: {exc}"
+    return task.result(), None  # it finished before the cancellation reached it
+
+
+def _asgi_config(
+    runtime: Runtime, options: ServeOptions, target: Target, sock: socket.socket | None
+) -> uvicorn.Config:
+    import uvicorn
 
     config = uvicorn.Config(
         target.app,
@@ -90,6 +158,14 @@ async def _serve_asgi(
     # After construction: ``uvicorn.Config(access_log=False)`` would also stop the
     # ``uvicorn.access`` logger from propagating, for the whole process.
     config.access_log = options.access_log
+    return config
+
+
+async def _serve_asgi(
+    runtime: Runtime, config: uvicorn.Config, sock: socket.socket | None
+) -> list[socket.socket]:
+    from graceful.integrations import asgi
+
     server = await asgi.serve_config(runtime, config, sockets=[sock] if sock is not None else None)
     return [s for listener in server.server.servers for s in listener.sockets]
 

@@ -27,6 +27,7 @@ from graceful.runtime import Runtime
 __all__ = [
     "AppKind",
     "LoadingStopped",
+    "StartupSignals",
     "Target",
     "import_from_string",
     "load_target",
@@ -142,10 +143,14 @@ def load_target(
 
     .. versionadded:: 0.1
     """
-    with _stopped_by(stop_signals):
-        obj = import_from_string(spec, app_dir=app_dir)
-        if factory:
-            obj = _call_factory(spec, obj)
+    guard = StartupSignals(stop_signals).install()
+    try:
+        with guard.importing():
+            obj = import_from_string(spec, app_dir=app_dir)
+            if factory:
+                obj = _call_factory(spec, obj)
+    finally:
+        guard.restore()
     kind = web_app_kind(obj)
     if kind is None:
         raise TargetImportError(f"{spec} {_why_not_an_app(obj, factory=factory)}")
@@ -179,27 +184,83 @@ def web_app_kind(obj: object) -> AppKind | None:
     return None
 
 
-@contextlib.contextmanager
-def _stopped_by(names: Sequence[str]) -> Iterator[None]:
-    """Turn the signals ``names`` into :class:`LoadingStopped` raised where the import is.
+class StartupSignals:
+    """The stop signals from before the app is imported until the runtime's handlers take over.
 
-    An exception out of a signal handler, unlike the runtime's handlers (which only record
-    and wake the loop): no loop runs yet and nothing was accepted, so there is nothing to
-    drain, and waiting for the import to finish could take longer than the stop timeout.
+    As a container's PID 1 a signal nobody handles is dropped, so there must be no moment
+    between ``graceful serve``'s first line and the runtime's own handlers where none is
+    installed: ``docker stop`` would then wait for SIGKILL. Installed first, these handlers
+
+    - raise :class:`LoadingStopped` where the import is, inside :meth:`importing` (an
+      exception out of a signal handler, unlike the runtime's, which only record and wake
+      the loop: no loop runs yet and nothing was accepted, so nothing is to drain, and the
+      import could outlast the stop timeout);
+    - after it, record the signal, and ask the runtime given to :meth:`hand_over` to stop
+      (at once if the signal came before it), until the runtime installs its own handlers.
+
+    A no-op off the main thread. :meth:`restore` puts the previous handlers back.
+
+    Args:
+        names: signal names (``"SIGTERM"``).
+
+    .. versionadded:: 0.1
     """
-    if not names or threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        raise LoadingStopped(signal.Signals(signum).name)
+    def __init__(self, names: Sequence[str]) -> None:
+        self.signals = tuple(signal.Signals[name] for name in names)
+        #: The name of the first signal that arrived after the import, if one did.
+        self.received: str | None = None
+        self._runtime: Runtime | None = None
+        self._importing = False
+        self._previous: dict[signal.Signals, Any] = {}
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.Signals[n] for n in names)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    def install(self) -> StartupSignals:
+        """Install the handlers (on the main thread only); returns ``self``."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    @contextlib.contextmanager
+    def importing(self) -> Iterator[None]:
+        """A stop signal inside this block raises :class:`LoadingStopped` in it."""
+        self._importing = True
+        try:
+            yield
+        finally:
+            self._importing = False
+
+    def hand_over(self, runtime: Runtime) -> None:
+        """Stop ``runtime`` on a signal from now on (at once if one came already).
+
+        Its own handlers replace these when it starts serving (and put them back when it
+        returns, when a signal has nothing left to stop). Signals it does not handle get
+        their previous handlers back now.
+        """
+        config = runtime.config
+        kept = {signal.Signals[n] for n in config.signals} if config.handle_signals else set()
+        for sig in [s for s in self._previous if s not in kept]:
+            signal.signal(sig, self._previous.pop(sig))
+        self._runtime = runtime
+        if self.received is not None:
+            runtime.request_stop(f"signal {self.received}")
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before :meth:`install`."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self._importing:
+            raise LoadingStopped(name)
+        if self.received is None:
+            self.received = name
+        if self._runtime is not None:
+            # Safe from a signal handler here: the runtime has not started waiting on its stop
+            # (its own handlers replace this one before it does), so this only sets a flag.
+            self._runtime.request_stop(f"signal {name}")
 
 
 def _call_factory(spec: str, factory: Any) -> Any:
