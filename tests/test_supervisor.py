@@ -29,11 +29,11 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from graceful.backlog import backlog_waiting, refuse_new_connections
 from graceful.budget import Budget
 from graceful.config import MIN_MARGIN, Config
 from graceful.runtime import Runtime
 from graceful.serve.control import ControlChannel, FrameReader, encode, messages
-from graceful.serve.listeners import backlog_waiting, refuse_new_connections
 from graceful.serve.processes import ExitStatus
 from graceful.serve.stopping import SEVERITY, StopDeadlines, most_serious
 from graceful.status import ExitCode
@@ -396,6 +396,25 @@ def test_a_worker_killed_while_serving_is_replaced_and_the_service_keeps_answeri
     assert metric(metrics.decode(), "graceful_worker_restarts_total") == 1
     # The replaced worker's counters stay in the sum: two starts plus the replacement's.
     assert metric(metrics.decode(), "app_workers_started_total") == 3
+
+
+def test_a_worker_that_stops_alone_leaves_the_shared_listener_open_to_the_others() -> None:
+    """1. SIGTERM to one worker only (its own stop, as when its main crashes); 2. it is
+    replaced; 3. new connections keep coming.
+
+    Result: every new connection is answered. The worker's backlog guard filters the shared
+    socket only for the container's stop: attached on a stop of one worker, the filter drops
+    every new SYN for all workers (control: the filter itself, tested with the backlog tests).
+    """
+    with Container() as container:
+        pids = container.wait_ready()
+        os.kill(pids[0], signal.SIGTERM)
+        exited = container.service.wait_event("worker.exited")
+        container.service.wait_count("worker.ready", 3)
+        statuses = [get(container.url("/work"), timeout=3.0)[0] for _ in range(20)]
+        assert container.stop() == 0
+    assert exited["pid"] == pids[0]
+    assert statuses == [200] * 20
 
 
 def test_metrics_of_every_worker_add_up_on_the_supervisor() -> None:

@@ -36,50 +36,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
-import select
 import socket
 import stat
-import struct
+from collections.abc import Callable
 
+from graceful.backlog import backlog_waiting, refuse_new_connections
 from graceful.logs import get_logger
 from graceful.serve.options import ServeOptions
 
-__all__ = [
-    "BacklogGuard",
-    "backlog_waiting",
-    "bind_listener",
-    "refuse_new_connections",
-]
-
-#: ``SO_ATTACH_FILTER`` from <asm-generic/socket.h> (the socket module does not export it).
-_SO_ATTACH_FILTER = 26
+__all__ = ["BacklogGuard", "bind_listener"]
 
 #: Longest the guard keeps accepting (seconds): a backlog of thousands drains in tens of
 #: milliseconds; this bounds a server that stopped accepting (the phase deadline bounds it too).
 BACKLOG_DRAIN_MAX = 1.0
 #: Loop iterations given back to back before the guard waits a millisecond between checks.
 _SPIN_ITERATIONS = 200
-
-
-def _instruction(code: int, jt: int, jf: int, k: int) -> bytes:
-    return struct.pack("HBBI", code, jt, jf, k)
-
-
-# A socket filter sees a TCP segment from its TCP header: byte 13 holds the flags.
-_DROP_BARE_SYN = b"".join(
-    [
-        _instruction(0x30, 0, 0, 13),  # ldb [13]          the flags byte
-        _instruction(0x54, 0, 0, 0x12),  # and #0x12        keep SYN and ACK
-        _instruction(0x15, 0, 1, 0x02),  # jeq #0x02        SYN without ACK: a new connection
-        _instruction(0x06, 0, 0, 0),  # ret #0              drop it
-        _instruction(0x06, 0, 0, 0xFFFFFFFF),  # ret #-1    everything else passes whole
-    ]
-)
-_FILTER = ctypes.create_string_buffer(_DROP_BARE_SYN, len(_DROP_BARE_SYN))
-# struct sock_fprog { unsigned short len; struct sock_filter *filter; }, native alignment.
-_FPROG = struct.pack("@HP", len(_DROP_BARE_SYN) // 8, ctypes.addressof(_FILTER))
 
 
 def bind_listener(options: ServeOptions) -> socket.socket:
@@ -116,29 +88,6 @@ def bind_listener(options: ServeOptions) -> socket.socket:
     return sock
 
 
-def refuse_new_connections(sock: socket.socket) -> bool:
-    """Drop new connection attempts (bare SYNs) on a TCP listener, for every process holding it.
-
-    Returns:
-        False when it cannot be done: not a TCP socket, or the kernel refused the filter.
-    """
-    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.fileno() < 0:
-        return False
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, _FPROG)
-    except OSError:
-        return False
-    return True
-
-
-def backlog_waiting(sock: socket.socket) -> bool:
-    """True while connections wait in the listen backlog (a listener polls readable then)."""
-    if sock.fileno() < 0:
-        return False
-    readable, _, _ = select.select([sock], [], [], 0)
-    return bool(readable)
-
-
 class BacklogGuard:
     """A worker's part in closing the shared listener: a ``Drainable`` registered first.
 
@@ -146,22 +95,30 @@ class BacklogGuard:
     refuse new connections, then yields to the loop (whose server is still accepting) until
     the backlog is empty. It has no work of its own to drain.
 
+    Only when the whole container stops: a worker that stops alone (its ``main`` crashed; it
+    is replaced) just closes its copy, since a filter on the shared socket would turn new
+    connections away from every other worker too.
+
     Args:
         sock: this worker's copy of the shared listener.
+        container_stopping: True when the stop came from the supervisor.
 
     .. versionadded:: 0.1
     """
 
     name = "shared-listener"
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, container_stopping: Callable[[], bool]) -> None:
         self.sock = sock
+        self.container_stopping = container_stopping
         self.log = get_logger()
 
     def inflight(self) -> int:
         return 0
 
     async def stop_accepting(self) -> None:
+        if not self.container_stopping():
+            return
         filtered = refuse_new_connections(self.sock)
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + BACKLOG_DRAIN_MAX

@@ -162,6 +162,11 @@ class WorkerRuntime(Runtime):
                 loop.call_soon_threadsafe(call)
 
 
+def stopped_by_supervisor(runtime: Runtime) -> bool:
+    """Whether this stop is the container's (not this worker's alone)."""
+    return (runtime.stop_reason or "").startswith("supervisor")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of a worker process; returns its exit code.
 
@@ -193,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def serve(runtime: Runtime) -> None:
         if start.backlog_guard:  # registered first: its stop_accept runs before the server's
-            runtime.add_drainable(BacklogGuard(listener))
+            runtime.add_drainable(BacklogGuard(listener, lambda: stopped_by_supervisor(runtime)))
         await serve_target(runtime, target, options, sock=listener)
         assert isinstance(runtime, WorkerRuntime)
         runtime.announce_ready()
