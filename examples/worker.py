@@ -14,7 +14,14 @@ Why no acknowledged job is lost or done twice:
 - SIGKILL (``docker kill``): results that were only buffered are lost, but so is nothing
   acknowledged: their files are still there and the jobs run again after the restart.
 - Killed between the commit and the deletion: on restart the job's id is found in the store,
-  so its file is deleted without running the job again.
+  so its file is deleted without running the job again (``job.already_done``).
+
+One result per id: the store keeps the first value written under a key. Two job files with
+the same id (``a.json`` holding ``"id": "order-1"`` and ``order-1.json`` without an id) are two
+submissions of one job: the first recorded wins, the other is acknowledged (its file deleted)
+without being recorded, with a ``job.duplicate`` line naming its file, the id and the file of
+the job that was recorded (kept in the result as ``file``). ``jobs.recorded`` counts the
+results that were new.
 
 A job file that can never be processed (not a regular file, over 1 MiB, not UTF-8 JSON, not
 an object, nested too deeply, an id or ``work_ms`` that breaks the rules, a key the store
@@ -221,9 +228,13 @@ class SpoolWorker:
         release_after: float | None = 0.0
         try:
             job = read_job(path)
-            if await self.store.get(job.id) is not None:
-                # Recorded by an earlier run that was killed before it deleted the file.
-                self.log.info("job.already_done", job=job.id)
+            recorded = await self.store.get(job.id)
+            if recorded is not None:
+                first = recorded.get("file") if isinstance(recorded, dict) else None
+                if first is not None and first != path.name:
+                    self.duplicate(path, job.id, first)
+                else:  # an earlier run recorded it, and was killed before it deleted the file
+                    self.log.info("job.already_done", job=job.id)
                 self.acknowledge([path])
                 return
             await asyncio.sleep(job.work_ms / 1000)
@@ -231,6 +242,7 @@ class SpoolWorker:
                 "id": job.id,
                 "digest": hashlib.sha256(json.dumps(job.body, sort_keys=True).encode()).hexdigest(),
                 "pid": os.getpid(),
+                "file": path.name,
             }
             self.log.info("job.processed", job=job.id)
             await self.batcher.add((job.id, result, path))
@@ -271,9 +283,32 @@ class SpoolWorker:
 
     async def record(self, batch: list[Done]) -> None:
         """Commit a batch of results, then acknowledge its jobs by deleting their files."""
-        await self.store.put_many([(job_id, result) for job_id, result, _ in batch])
+        new = await self.store.put_many([(job_id, result) for job_id, result, _ in batch])
+        if new < len(batch):
+            await self.name_duplicates(batch)
         self.acknowledge([path for _, _, path in batch])
-        self.log.info("jobs.recorded", count=len(batch))
+        self.log.info("jobs.recorded", count=new)
+
+    async def name_duplicates(self, batch: list[Done]) -> None:
+        """Say which results of ``batch`` the store kept out (their id was recorded already).
+
+        The store's value under an id is the first job's result, which names its file: a job
+        of another file is a duplicate (this batch's or an earlier one's).
+        """
+        for job_id, _, path in batch:
+            recorded = await self.store.get(job_id)
+            first = recorded.get("file") if isinstance(recorded, dict) else None
+            if first != path.name:
+                self.duplicate(path, job_id, first)
+
+    def duplicate(self, path: Path, job_id: str, first: str | None) -> None:
+        self.log.warning(
+            "job.duplicate",
+            file=path.name,
+            job=job_id,
+            first_file=first,
+            action="not recorded: the first result for this id stays; the file is deleted",
+        )
 
     def acknowledge(self, paths: list[Path]) -> None:
         # Deleting a spool file is a metadata update of a few microseconds: not worth a thread.

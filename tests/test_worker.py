@@ -318,3 +318,41 @@ def test_a_job_that_meets_a_passing_error_is_deferred_then_done(tmp_path: Path) 
     assert "Too many open files" in deferred[0]["error"]
     assert set(records(tmp_path / "state.db")) == good
     assert not [e for e in proc.events() if e.get("event") == "job.rejected"]
+
+
+def test_two_job_files_with_one_id_record_one_result_and_say_so(tmp_path: Path) -> None:
+    """Issue C: ``a.json`` holds ``"id": "order-1"``; ``order-1.json`` has no id, so its id is
+    its file name: the same id. Both were processed and deleted, ``jobs.recorded`` counted 2,
+    the store kept one row, and nothing said the other result was dropped.
+
+    1. Both files and an ordinary job, taken at once (same batch, or not).
+    2. Later a third file with the id, ``b.json``, after the first result is recorded.
+    Result: one result for order-1, naming the file it came from; a ``job.duplicate`` line
+    for each other file, naming the recorded one; ``jobs.recorded`` adds up to the new
+    records only; every file deleted. The control is
+    ``test_recorded_job_whose_file_survived_is_not_run_again``: the same file back after a
+    kill is ``job.already_done``, not a duplicate.
+    """
+    jobs = tmp_path / "jobs"
+    other = make_jobs(jobs, 1)
+    (jobs / "a.json").write_text(json.dumps({"id": "order-1", "work_ms": 20, "n": "a"}))
+    (jobs / "order-1.json").write_text(json.dumps({"work_ms": 20, "n": "order-1"}))
+    with running_worker(tmp_path) as proc:
+        wait_until(lambda: not remaining(jobs), "every job acknowledged")
+        (jobs / "b.json").write_text(json.dumps({"id": "order-1", "n": "b"}))
+        wait_until(lambda: not remaining(jobs), "b.json acknowledged")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0, proc.output()
+    rec = records(tmp_path / "state.db")
+    assert set(rec) == other | {"order-1"}
+    first = rec["order-1"]["file"]
+    assert first in ("a.json", "order-1.json")
+    events = proc.events()
+    duplicates = [e for e in events if e.get("event") == "job.duplicate"]
+    assert sorted(e["file"] for e in duplicates) == sorted(
+        {"a.json", "order-1.json", "b.json"} - {first}
+    )
+    assert all((e["job"], e["first_file"]) == ("order-1", first) for e in duplicates)
+    recorded = sum(e["count"] for e in events if e.get("event") == "jobs.recorded")
+    assert recorded == len(rec) == 2
+    assert "job.already_done" not in proc.event_names()
