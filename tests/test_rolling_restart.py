@@ -78,7 +78,7 @@ def test_detection_time_comes_from_the_config() -> None:
 
 def test_rolling_restart_is_opt_in() -> None:
     assert "rolling-restart" not in scenario_names()
-    assert scenario_names(opt_in=True)[-1] == "rolling-restart"
+    assert "rolling-restart" in scenario_names(opt_in=True)
     (scenario,) = make_scenarios(["rolling-restart"])
     assert isinstance(scenario, RollingRestart)
     assert (scenario.replicas, scenario.rolls, scenario.delay, scenario.control) == (
