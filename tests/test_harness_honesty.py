@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -330,3 +331,63 @@ def test_a_container_that_fails_to_start_is_removed_with_its_volume(
     # (test_clean_up_removes_anonymous_volumes), before the run ends.
     with pytest.raises(docker.errors.NotFound):
         client.containers.get(name)
+
+
+def example_image(engine: Engine) -> ImageInfo:
+    """The project's uvicorn example (built by docker/build.sh): the honest control."""
+    from tests.test_harness_power import example_or_skip
+
+    return example_or_skip(engine, "graceful-example-asgi")
+
+
+def test_work_answered_done_at_the_stop_without_doing_it_fails(
+    graceful_engine: Engine, test_images: dict[str, ImageInfo]
+) -> None:
+    """Issue B4: the ``fake-done`` image answers every ``/work?ms=N`` in flight 200 the moment
+    SIGTERM arrives, then exits 0: every other check passed it (in-flight "answered", a clean
+    exit). The ledger's times show the answers came seconds before the work asked for.
+
+    Control: the uvicorn example, which does the work it is asked (and cuts what does not fit
+    the budget with an error, never a success), passes both scenarios without the finding.
+    """
+    names = ["stop-under-load", "stop-over-budget"]
+    report = run(graceful_engine, test_images["fake-done"], names, settings())
+    for result in report.scenarios:
+        assert result.verdict == "FAIL", (result.name, result.findings)
+        assert result.exit_code == 0
+        (problem,) = [p for p in result.problems if "the work was not done" in p]
+        assert re.search(r"\d+ requests? asking for \d+ ms (was|were) answered in", problem)
+        assert "after the stop began" in problem
+
+    honest = run(graceful_engine, example_image(graceful_engine), names, settings())
+    for result in honest.scenarios:
+        assert result.verdict == "PASS", (result.name, result.findings)
+        assert not any("the work was not done" in x for x in result.findings)
+
+
+def test_a_write_acknowledged_before_it_is_stored_fails_kill_under_load(
+    graceful_engine: Engine, test_images: dict[str, ImageInfo]
+) -> None:
+    """Issue B5: the ``ack-then-write`` image answers a write, then stores it (fsynced) a few
+    milliseconds later. One SIGKILL per run passed it in 2 runs of 6; kill-under-load now
+    kills 3 times on one volume, one ledger, and says how many kills its verdict rests on.
+
+    Control: the uvicorn example (fsync, then the answer) passes, with the same count of
+    kills and the pointer to ``graceful harness soak`` for more.
+    """
+    result = only(
+        run(graceful_engine, test_images["ack-then-write"], ["kill-under-load"], settings())
+    )
+    assert result.verdict == "FAIL", result.findings
+    assert result.lost > 0
+    assert "acknowledged writes lost" in result.problems[0]
+    assert any(x.startswith("note: 3 SIGKILLs under write load") for x in result.findings)
+
+    example = example_image(graceful_engine)
+    control = only(run(graceful_engine, example, ["kill-under-load"], settings()))
+    assert control.verdict == "PASS", control.findings
+    assert (control.exit_code, control.lost) == (137, 0)
+    assert control.acked >= 90  # 30 in each of the 3 rounds
+    sampled = next(x for x in control.findings if "SIGKILLs under write load" in x)
+    assert "3 SIGKILLs" in sampled
+    assert "graceful harness soak --faults kill" in sampled

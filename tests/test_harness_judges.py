@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from graceful.harness.container import Container, ImageInfo, Pid1, StopResult
 from graceful.harness.context import Context, Findings, Service, Settings
@@ -26,6 +28,7 @@ from graceful.harness.judges import (
 from graceful.harness.load import Kind, Ledger, Record, RequestOutcome, Workload
 from graceful.harness.prober import ProbeEvent
 from graceful.harness.report import Verdict
+from graceful.harness.work_done import judge_work_done, too_soon
 from graceful.runtime import ExitCode
 
 
@@ -307,3 +310,52 @@ def test_timeouts_of_a_slow_probe_path_are_not_called_abandoned() -> None:
         f, fast + during, stop_began=1.0, exited=3.0, where="netns", check_ready=False
     )
     assert any("accepted and abandoned" in p for p in f.problems)
+
+
+def answered(
+    kind: Kind, asked_ms: int, took_s: float, *, sent: float = 1.0, **kw: object
+) -> Record:
+    kw.setdefault("outcome", RequestOutcome.OK)
+    return Record(kind=kind, sent=sent, answered=sent + took_s, asked_ms=asked_ms, **kw)  # type: ignore[arg-type]
+
+
+def test_work_answered_sooner_than_it_asked_for_was_not_done() -> None:
+    """Issue B4: an image answered every work request in flight 200 at the stop, without
+    doing the work, and passed. The ledger knows what each asked for and when it was
+    answered. The control: the same requests answered after their time pass."""
+    stop_began = 1.5
+    ledger = Ledger()
+    for took in (0.502, 0.51, 0.515):  # asked 3 s, answered at the stop
+        ledger.add(answered(Kind.LONG, 3000, took))
+    ledger.add(answered(Kind.WORK, 20, 0.001))  # within the allowance: no finding
+    ledger.add(answered(Kind.LONG, 3000, 0.5, outcome=RequestOutcome.CLOSED))  # cut, not lied
+    ledger.add(answered(Kind.WORK, 1000, 0.2, sent=0.1))  # asked 1 s, 200 ms, before the stop
+    f = Findings()
+    judge_work_done(f, ledger, stop_began=stop_began)
+    (problem,) = f.problems
+    assert problem == (
+        "1 request asking for 1000 ms was answered in 200 ms; 3 requests asking for 3000 ms "
+        "were answered in 502-515 ms (3 of them after the stop began): the work was not done "
+        "(a request answered 2xx sooner than the work it asked for; work cut at a stop must end "
+        "in an error, not a success)"
+    )
+
+    honest = Ledger()
+    for took in (3.0, 3.001, 3.4):
+        honest.add(answered(Kind.LONG, 3000, took))
+    honest.add(answered(Kind.WORK, 20, 0.021))
+    control = Findings()
+    judge_work_done(control, honest, stop_began=stop_began)
+    assert control.problems == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(asked=st.integers(0, 600_000), share=st.floats(0.0, 3.0))
+def test_only_answers_clearly_sooner_than_asked_are_flagged(asked: int, share: float) -> None:
+    """An honest answer takes at least what it asked for (the client's clock brackets the
+    server's sleep): never flagged. One under 90 % less 20 ms: always."""
+    record = answered(Kind.WORK, asked, asked * share / 1000)
+    if share >= 1.0:
+        assert not too_soon(record)
+    assert too_soon(record) == (record.took_ms < 0.9 * asked - 20)
+    assert not too_soon(answered(Kind.WORK, asked, 0.0, outcome=RequestOutcome.HTTP_ERROR))

@@ -10,6 +10,7 @@ import asyncio
 import socket
 import struct
 from collections.abc import AsyncIterator
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -22,8 +23,9 @@ from graceful.harness.load import (
     Workload,
     describe_failures,
 )
+from graceful.harness.work_done import answered_too_soon
+from tests.harness_servers import Handler, serve
 from tests.harness_servers import contract_server as start_contract_server
-from tests.harness_servers import serve
 from tests.support import free_port
 
 
@@ -158,3 +160,31 @@ async def test_settle_sends_one_short_request(contract_server: int) -> None:
     (record,) = client.ledger.records
     assert record.kind is Kind.WORK
     assert record.ok
+
+
+def work_server(honest: bool) -> Handler:
+    """``GET /work?ms=N``: sleeps N ms first when ``honest``, else answers 200 at once."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        target = head.split(b" ", 2)[1].decode()
+        if honest:
+            await asyncio.sleep(int(parse_qs(urlsplit(target).query)["ms"][0]) / 1000)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    return handler
+
+
+@pytest.mark.parametrize(("honest", "asked"), [(False, 5000), (True, 50)])
+async def test_a_work_request_records_what_it_asked_for(honest: bool, asked: int) -> None:
+    """Issue B4: the ledger keeps what each work request asked for, so an answer that came
+    without the work (a server that says 200 at once) is seen; the honest server, which
+    sleeps what it is asked, is the control."""
+    server, port = await serve(work_server(honest))
+    async with server, LoadClient(port, workload=Workload()) as client:
+        record = await client.work(asked, kind=Kind.LONG)
+    assert record.ok
+    assert record.asked_ms == asked
+    assert answered_too_soon(client.ledger) == ([] if honest else [record])

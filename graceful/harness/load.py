@@ -74,6 +74,8 @@ class Record:
         status: the HTTP status when there was an answer.
         item_id: the id written, for writes.
         detail: the error's text, for failures.
+        asked_ms: the work a work request asked for, in milliseconds (an answer that comes
+            clearly sooner did not do it: :mod:`graceful.harness.work_done`).
 
     .. versionadded:: 0.1
     """
@@ -85,6 +87,12 @@ class Record:
     status: int | None = None
     item_id: str | None = None
     detail: str = ""
+    asked_ms: int | None = None
+
+    @property
+    def took_ms(self) -> float:
+        """Milliseconds from sending the request to knowing its outcome."""
+        return (self.answered - self.sent) * 1000
 
     @property
     def ok(self) -> bool:
@@ -206,7 +214,9 @@ class LoadClient:
         ledger: where records go; a new one when omitted.
         connections: size of the keep-alive pool.
         timeout: per-request bound, a hang guard.
-        id_prefix: prefix of the item ids this client writes (unique per run).
+        id_prefix: prefix of the item ids this client writes (unique per run); the
+            attribute of the same name may be changed, to keep ids unique across the clients
+            that share one ledger.
 
     .. versionadded:: 0.1
     """
@@ -231,7 +241,7 @@ class LoadClient:
             trust_env=False,  # never route through a proxy from the environment
         )
         self._ids = itertools.count(1)
-        self._prefix = id_prefix
+        self.id_prefix = id_prefix
 
     async def __aenter__(self) -> LoadClient:
         return self
@@ -250,11 +260,11 @@ class LoadClient:
 
     def next_id(self) -> str:
         """A fresh item id, unique within this client."""
-        return f"{self._prefix}-{next(self._ids)}"
+        return f"{self.id_prefix}-{next(self._ids)}"
 
     async def work(self, ms: int, *, kind: Kind = Kind.WORK) -> Record:
         """``GET`` the work URL: one request that stays in flight for about ``ms``."""
-        return await self._request(kind, "GET", self.workload.work_target(ms))
+        return await self._request(kind, "GET", self.workload.work_target(ms), asked_ms=ms)
 
     async def write(self, item_id: str | None = None) -> Record:
         """``POST {items_path}`` with a client-chosen id; acknowledged when answered 2xx
@@ -354,6 +364,7 @@ class LoadClient:
         *,
         json: object = None,
         item_id: str | None = None,
+        asked_ms: int | None = None,
     ) -> Record:
         sent = time.monotonic()
         try:
@@ -367,6 +378,7 @@ class LoadClient:
                 outcome=outcome,
                 item_id=item_id,
                 detail=detail,
+                asked_ms=asked_ms,
             )
         else:
             ok = response.is_success
@@ -379,6 +391,7 @@ class LoadClient:
                 outcome=RequestOutcome.OK if ok else RequestOutcome.HTTP_ERROR,
                 status=response.status_code,
                 item_id=item_id,
+                asked_ms=asked_ms,
             )
         self.ledger.add(record)
         return record

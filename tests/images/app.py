@@ -14,6 +14,12 @@
   a commit is durable only at the next checkpoint): it survives SIGKILL, not a power cut.
 - ``no-fsync``: like ``good``, but keeps items in a plain file and acknowledges after
   ``write()``, without ``fsync``: it survives SIGKILL, not a power cut.
+- ``fake-done``: like ``good``, but at the stop every ``GET /work`` in flight is answered 200
+  at once, as if its work were done; the drain then has nothing to wait for, and after a
+  short flush it exits 0. Every other check of a stop passes it.
+- ``ack-then-write``: like ``good``, but answers a write first and stores it after (an
+  fsynced SQLite commit, a few milliseconds later, as over a database connection): a SIGKILL
+  loses what was acknowledged and not yet written. The stop scenarios are not its business.
 - ``abandon``: stops well (unready, drains, a slow flush, exits 0) but leaves its listener
   open: connections made after the stop began are accepted and never answered (each hangs
   until the process exits, then is reset).
@@ -41,6 +47,8 @@ ADMIN_PORT = int(os.environ.get("ADMIN_PORT", "9090"))
 STOP_TIMEOUT = float(os.environ.get("GRACEFUL_STOP_TIMEOUT", "10"))
 STATE_PATH = os.environ.get("STATE_PATH", "/data/state.sqlite")
 EARLY_ACK_FLUSH_S = 30.0
+#: ``ack-then-write``: how long after the answer a write is stored (a database round trip).
+ACK_THEN_WRITE_S = 0.005
 
 
 def log(event: str, **fields: object) -> None:
@@ -146,7 +154,7 @@ class App:
                     if method == "GET" and urlsplit(target).path == "/stream":
                         await self.stream(writer)
                         break
-                    status, payload = await self.route(method, target, body)
+                    status, payload, write_after = await self.route(method, target, body)
                 finally:
                     self.inflight.discard(task)
                     if not self.inflight:
@@ -162,6 +170,9 @@ class App:
                     + data
                 )
                 await writer.drain()
+                if write_after is not None:  # ack-then-write: the answer is out, now store it
+                    await asyncio.sleep(ACK_THEN_WRITE_S)
+                    self.store.put(write_after)
                 if close:
                     break
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
@@ -190,26 +201,36 @@ class App:
         writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
         await writer.drain()
 
-    async def route(self, method: str, target: str, body: bytes) -> tuple[int, object]:
+    async def route(self, method: str, target: str, body: bytes) -> tuple[int, object, str | None]:
+        """The status and body of the answer, and an item id to store once it has been sent."""
         url = urlsplit(target)
         if method == "GET" and url.path == "/work":
             ms = int(parse_qs(url.query).get("ms", ["0"])[0])
-            await asyncio.sleep(ms / 1000)
-            return 200, {"slept_ms": ms}
+            if MODE == "fake-done":  # the lie: a stop ends the work and still says "done"
+                sleep = asyncio.ensure_future(asyncio.sleep(ms / 1000))
+                stop = asyncio.ensure_future(self.stop_event.wait())
+                await asyncio.wait({sleep, stop}, return_when=asyncio.FIRST_COMPLETED)
+                sleep.cancel()
+                stop.cancel()
+            else:
+                await asyncio.sleep(ms / 1000)
+            return 200, {"slept_ms": ms}, None
         if method == "POST" and url.path == "/items":
             try:
                 item_id = json.loads(body or b"{}")["id"]
             except (ValueError, KeyError, TypeError):
-                return 400, {"error": "a JSON body with an id is required"}
+                return 400, {"error": "a JSON body with an id is required"}, None
             if MODE == "early-ack":
                 self.store.pending.append(str(item_id))
+            elif MODE == "ack-then-write":
+                return 200, {"id": item_id}, str(item_id)
             else:
                 self.store.put(str(item_id))
-            return 200, {"id": item_id}
+            return 200, {"id": item_id}, None
         if method == "GET" and url.path == "/items":
             ids = self.store.ids()
-            return 200, {"ids": ids, "count": len(ids)}
-        return 404, {"error": "not found"}
+            return 200, {"ids": ids, "count": len(ids)}, None
+        return 404, {"error": "not found"}, None
 
     async def admin(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -286,6 +307,8 @@ class App:
             flusher.cancel()
         if MODE == "abandon":
             await asyncio.sleep(1.2)  # a slow flush: what the open listener took hangs meanwhile
+        if MODE == "fake-done":
+            await asyncio.sleep(0.5)  # a flush: /readyz answers 503 meanwhile, as a good stop's
         flushed = self.store.flush()
         self.store.db.close()
         admin.close()

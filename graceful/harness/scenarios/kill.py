@@ -11,7 +11,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import ClassVar
 
-from graceful.harness.container import signal_number_or_none, stop_signal_of
+from graceful.harness.container import (
+    ContainerError,
+    StopResult,
+    signal_number_or_none,
+    stop_signal_of,
+)
 from graceful.harness.context import HANG_GUARD_S, Context, Findings, Service, gather_bounded
 from graceful.harness.contract import Capability
 from graceful.harness.judges import (
@@ -24,6 +29,7 @@ from graceful.harness.judges import (
 )
 from graceful.harness.load import Kind, Ledger
 from graceful.harness.report import ScenarioResult
+from graceful.harness.work_done import judge_work_done
 from graceful.runtime import ExitCode
 
 __all__ = ["KillUnderLoad", "SignalStorm", "Signals", "writes_under_way"]
@@ -31,14 +37,27 @@ __all__ = ["KillUnderLoad", "SignalStorm", "Signals", "writes_under_way"]
 
 @contextlib.asynccontextmanager
 async def writes_under_way(
-    ctx: Context, service: Service, ledger: Ledger, writers: int, min_acked: int, max_wait: float
+    ctx: Context,
+    service: Service,
+    ledger: Ledger,
+    writers: int,
+    min_acked: int,
+    max_wait: float,
+    *,
+    id_suffix: str = "",
 ) -> AsyncIterator[None]:
     """Writers on ``service`` until ``min_acked`` writes are acknowledged (or ``max_wait`` s
     passed); they keep writing through the block, and are stopped and awaited after it.
 
+    ``id_suffix`` keeps the ids of successive calls on one ledger apart (each call's client
+    counts from 1): a write lost in one round must not be written again, and found, in the
+    next.
+
     .. versionadded:: 0.1
     """
+    min_acked += len(ledger.acked_ids())  # this call's own, on a ledger that may hold others
     async with ctx.client(service, ledger) as client:
+        client.id_prefix += id_suffix
         stop_load = asyncio.Event()
         load = asyncio.create_task(
             client.steady(
@@ -63,48 +82,90 @@ async def writes_under_way(
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KillUnderLoad:
-    """``docker kill`` (SIGKILL) under write load: exit 137, and a new container on the same
-    volume holds every acknowledged write.
+    """``docker kill`` (SIGKILL) under write load, several times on one volume: exit 137 each
+    time, and a new container on the volume holds every write acknowledged in any round.
+
+    One kill is one sample: a service that acknowledges a write a moment before it is durable
+    loses a write only when the kill lands in that moment, and passed a single kill in about
+    one run of three. Each round starts a container on the same volume, writes until
+    ``min_acked`` more are acknowledged, and kills it; the ledger spans every round. For many
+    more samples, under steady load, run ``graceful harness soak --faults kill``.
 
     Args:
         writers: concurrent writers.
-        min_acked: acknowledged writes to wait for before the kill.
-        max_wait: the longest to wait for them, seconds.
+        min_acked: acknowledged writes to wait for before each kill.
+        max_wait: the longest to wait for them in each round, seconds.
+        rounds: kills, each in a new container on the same volume.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.1
+       Several kills (``rounds``), not one.
     """
 
     name: ClassVar[str] = "kill-under-load"
     summary: ClassVar[str] = (
-        "docker kill (SIGKILL) under write load: exit 137, every acked write there after a restart"
+        "docker kill (SIGKILL) under write load, 3 times on one volume: exit 137, every acked "
+        "write there after a restart"
     )
     needs: ClassVar[frozenset[Capability]] = frozenset({Capability.ITEMS})
     writers: int = 16
     min_acked: int = 30
     max_wait: float = 10.0
+    rounds: int = 3
 
     async def run(self, ctx: Context) -> ScenarioResult:
         f = Findings()
         if not ctx.contract.has(Capability.ITEMS):
             f.skip(f"needs {ctx.contract.why_not(Capability.ITEMS)}")
             return f.result(self.name)
-        service = await ctx.start()
         ledger = Ledger()
-        async with writes_under_way(
-            ctx, service, ledger, self.writers, self.min_acked, self.max_wait
-        ):
-            ctx.step("docker kill")
-            started = time.monotonic()
-            await ctx.kill(service, "SIGKILL")
-            stop = await ctx.wait_exit(service, started, HANG_GUARD_S)
-        if stop is None:
-            f.problem("the container did not exit after SIGKILL")
-        elif stop.exit_code != 137:
-            f.problem(f"exited {stop.exit_code} after SIGKILL (expected 137)")
+        service = await ctx.start()
+        stop: StopResult | None = None
+        kills = 0
+        for n in range(1, self.rounds + 1):
+            if n > 1:
+                what = f"a container on the same volume (kill {n} of {self.rounds})"
+                try:
+                    service = await ctx.start(service.volume, what=what)
+                except ContainerError as exc:
+                    f.problem(
+                        f"after kill {n - 1} of {self.rounds}, a new container on the same "
+                        f"volume did not come up: {exc}"
+                    )
+                    return f.result(self.name, stop=stop, ledger=ledger)
+            async with writes_under_way(
+                ctx, service, ledger, self.writers, self.min_acked, self.max_wait,
+                id_suffix=f"-k{n}",
+            ):  # fmt: skip
+                ctx.step(f"docker kill ({n} of {self.rounds})")
+                started = time.monotonic()
+                await ctx.kill(service, "SIGKILL")
+                stop = await ctx.wait_exit(service, started, HANG_GUARD_S)
+            kills += 1
+            if stop is None:
+                f.problem(f"kill {n} of {self.rounds}: the container did not exit after SIGKILL")
+                break
+            if stop.exit_code != 137:
+                f.problem(
+                    f"kill {n} of {self.rounds}: exited {stop.exit_code} after SIGKILL "
+                    "(expected 137)"
+                )
         lost = await judge_writes(f, ctx, service, ledger)
         if not ledger.acked_ids():
-            f.problem("no write was acknowledged before the kill, so nothing could be checked")
+            f.problem("no write was acknowledged before the kills, so nothing could be checked")
+        f.note(_sampled(kills, lost))
         return f.result(self.name, stop=stop, ledger=ledger, lost=lost)
+
+
+def _sampled(kills: int, lost: int) -> str:
+    """What the verdict rests on: how many kills it sampled."""
+    what = f"{kills} SIGKILL{'' if kills == 1 else 's'} under write load on one volume"
+    if lost:
+        return f"{what} (the lost ids name their kill: -k1-, -k2-, ...)"
+    return (
+        f"{what} lost nothing; a loss that needs the kill to land in a short window can still "
+        "pass a few samples: `graceful harness soak --faults kill` takes many more"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,6 +255,7 @@ class Signals:
         if stop is not None:
             judge_exit(f, ctx, service, stop, sig="SIGINT", prefix="SIGINT: ")
             judge_inflight(f, ledger, started, prefix="SIGINT: ", require=bool(inflight))
+            judge_work_done(f, ledger, stop_began=started, prefix="SIGINT: ")
             judge_traceback(f, await ctx.logs(service))
         # 2. docker stop sends the configured STOPSIGNAL.
         service = await ctx.start()

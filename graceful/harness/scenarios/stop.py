@@ -30,6 +30,7 @@ from graceful.harness.judges import (
 from graceful.harness.load import Kind, Ledger, describe_failures
 from graceful.harness.prober import Prober
 from graceful.harness.report import ScenarioResult
+from graceful.harness.work_done import judge_work_done
 from graceful.runtime import ExitCode
 
 __all__ = ["StopDuringStartup", "StopIdle", "StopOverBudget", "StopUnderLoad"]
@@ -145,6 +146,7 @@ class StopUnderLoad:
         events = await prober.finish()
         judge_exit(f, ctx, service, stop)
         judge_inflight(f, ledger, stop_began)
+        judge_work_done(f, ledger, stop_began=stop_began)
         if not long_requests:
             why = ctx.contract.why_not(Capability.LONG_WORK)
             f.note(f"no long requests were held across the stop ({why})")
@@ -211,6 +213,7 @@ class StopOverBudget:
         held = judge_long_inflight(
             f, ledger, stop_began, asked_ms=long_ms, target=w.work_target(long_ms)
         )
+        judge_work_done(f, ledger, stop_began=stop_began)
         cut = [r for r in held if not r.ok]
         if cut:
             f.note(f"{len(cut)} requests longer than the budget were cut: {describe_failures(cut)}")

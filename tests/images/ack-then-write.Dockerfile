@@ -1,0 +1,8 @@
+# Broken: acknowledges a write, then stores it (fsynced, a few ms later): SIGKILL loses some.
+ARG BASE_IMAGE=graceful-base:bookworm
+FROM ${BASE_IMAGE}
+COPY app.py /app/app.py
+ENV APP_MODE=ack-then-write PORT=8080 ADMIN_PORT=9090 STATE_PATH=/data/state.sqlite PYTHONUNBUFFERED=1
+VOLUME /data
+EXPOSE 8080 9090
+CMD ["python3", "/app/app.py"]
