@@ -79,6 +79,7 @@ def main() -> int:
     failed = False
     for image in args.images:
         path = ROOT / "build" / f"soak-{image}.json"
+        path.unlink(missing_ok=True)  # never report an older soak's figures
         print(f"== soak {image}, {args.rounds} rounds", flush=True)
         started = time.monotonic()
         proc = subprocess.run(
@@ -102,7 +103,8 @@ def main() -> int:
 
 `make soak` (`python bench/bench_soak.py --rounds {args.rounds}`), {time.strftime("%Y-%m-%d")},
 Docker engine {engine}, `--stop-timeout 10`: each image under continuous load (4 concurrent
-`GET /work?ms=20`, 2 writers) for {args.rounds} rounds, each ended by a fault drawn from a
+`GET /work?ms=20`, 2 writers, 2 requests of 0.5 s held across each fault) for {args.rounds}
+rounds, each ended by a fault drawn from a
 seeded sequence that gives every fault type its share, on one state volume (the power-loss
 volume, FUSE, when `power-loss` runs), one ledger of acknowledged writes across every restart.
 After each fault a new container on the volume must list every write acknowledged so far.

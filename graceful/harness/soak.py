@@ -1,10 +1,11 @@
 """``graceful harness soak``: one image, many rounds of faults under load, one ledger.
 
 Each round starts the image on the same state volume, puts steady load on it (short work
-requests and writes), then applies a fault drawn from a seeded sequence:
+requests and writes), sends two requests of 0.5 s to hold across the fault (when the image
+holds a request for the time asked), then applies a fault drawn from a seeded sequence:
 
 - ``stop``: ``docker stop -t <stop timeout>``.
-- ``stop-short``: ``docker stop -t 2``, the service told the same budget
+- ``stop-short``: ``docker stop -t 3``, the service told the same budget
   (``GRACEFUL_STOP_TIMEOUT``), as with a short grace period.
 - ``kill``: ``docker kill`` (SIGKILL).
 - ``signal-storm``: the image's stop signal five times at once.
@@ -19,7 +20,8 @@ before the kill), or an exit code the fault does not explain (anything but 0 aft
 0 or 5 after a storm, 137 after a kill). Requests in flight when a kill ends the container are
 *cut*: counted, never failures. The sequence cycles through the chosen faults in a shuffled
 order, a new shuffle per cycle, so every fault type gets its share of rounds and a seed
-replays the same sequence. The report is :mod:`graceful.harness.soak_report`.
+replays the same sequence. How a round is judged, and the report:
+:mod:`graceful.harness.soak_report`.
 """
 
 from __future__ import annotations
@@ -46,8 +48,7 @@ from graceful.harness.context import (
 )
 from graceful.harness.contract import Capability
 from graceful.harness.engine import Engine, remove
-from graceful.harness.judges import describe_exit
-from graceful.harness.load import Kind, Ledger, LoadClient, Record, describe_failures
+from graceful.harness.load import Kind, Ledger, LoadClient
 from graceful.harness.preflight import preflight
 from graceful.harness.scenarios.power import (
     PowerVolume,
@@ -56,7 +57,14 @@ from graceful.harness.scenarios.power import (
     power_unavailable,
     power_volume,
 )
-from graceful.harness.soak_report import FAULTS, Fault, RoundResult, SoakReport, fault_sequence
+from graceful.harness.soak_report import (
+    FAULTS,
+    Fault,
+    RoundResult,
+    SoakReport,
+    fault_sequence,
+    judge_round,
+)
 
 __all__ = [
     "FAULTS",
@@ -70,18 +78,6 @@ __all__ = [
     "run_soak",
     "soak_and_report",
 ]
-
-# Faults that give the service its stop: every request sent before them must be answered.
-_GRACEFUL = frozenset({Fault.STOP, Fault.STOP_SHORT, Fault.SIGNAL_STORM})
-_EXPECTED_EXIT: dict[Fault, frozenset[int]] = {
-    Fault.STOP: frozenset({0}),
-    Fault.STOP_SHORT: frozenset({0}),
-    Fault.SIGNAL_STORM: frozenset({0, 5}),  # 5: graceful's documented forced exit
-    Fault.KILL: frozenset({137}),
-    Fault.PAUSE_KILL: frozenset({137}),
-    Fault.POWER_LOSS: frozenset({137}),
-}
-_LOAD = (Kind.WORK, Kind.LONG, Kind.WRITE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,6 +94,10 @@ class SoakOptions:
         round_seconds: load time before each fault, at least.
         min_writes: acknowledged writes to wait for in a round before its fault.
         max_wait: the longest to wait for them beyond ``round_seconds``.
+        long_requests: requests of ``long_ms`` sent just before each fault and held across
+            it (when the image holds a request for the time asked: ``long work``), so a
+            stop always has work in flight to answer.
+        long_ms: their length.
         short_timeout: ``docker stop -t`` of ``stop-short``.
         storm: signals of ``signal-storm``.
         pause_seconds: how long ``pause-kill`` keeps the container frozen.
@@ -114,7 +114,9 @@ class SoakOptions:
     round_seconds: float = 1.0
     min_writes: int = 5
     max_wait: float = 10.0
-    short_timeout: int = 2
+    long_requests: int = 2
+    long_ms: int = 500
+    short_timeout: int = 3
     storm: int = 5
     pause_seconds: float = 0.2
 
@@ -159,59 +161,6 @@ def choose_faults(names: str | None, *, volume: bool = True) -> tuple[tuple[Faul
     return tuple(chosen), ""
 
 
-def judge_round(
-    records: Sequence[Record], fault: Fault, began: float, stop: StopResult | None
-) -> RoundResult:
-    """Judge a round's requests and exit (``index`` and ``lost`` are the caller's).
-
-    Every request sent before a stop (``stop``, ``stop-short``, ``signal-storm``) must be
-    answered 2xx. For the kills, those in flight when the kill came (answered after
-    ``began``) are *cut*, and only a request that failed before it is a failure. The exit
-    code must be the one the fault explains.
-
-    Args:
-        records: the round's ledger records (reads are left out).
-        fault: the round's fault.
-        began: when the fault began (the load stopped then), monotonic.
-        stop: the container's exit, None when it never exited.
-
-    .. versionadded:: 0.1
-    """
-    load = [r for r in records if r.kind in _LOAD]
-    graceful = fault in _GRACEFUL
-    accepted = [r for r in load if graceful or r.answered <= began]
-    failed = [r for r in accepted if not r.ok]
-    problems: list[str] = []
-    if stop is None:
-        problems.append("the container did not exit")
-    elif stop.exit_code not in _EXPECTED_EXIT[fault]:
-        expected = " or ".join(str(c) for c in sorted(_EXPECTED_EXIT[fault]))
-        said = describe_exit(stop.exit_code, stop)
-        if graceful and stop.exit_code == 137:
-            said = (
-                f"exited 137 after {stop.seconds:.2f} s: the stop did not end in time, SIGKILL did"
-            )
-        problems.append(f"{said} (expected {expected})")
-    if failed:
-        leads = sorted((began - r.sent) * 1000 for r in failed)
-        when = f", sent {leads[0]:.0f}-{leads[-1]:.0f} ms before the {fault}" if graceful else ""
-        problems.append(
-            f"{len(failed)} of {len(accepted)} accepted requests failed "
-            f"({describe_failures(failed)}{when})"
-        )
-    return RoundResult(
-        index=0,
-        fault=fault,
-        exit_code=None if stop is None else stop.exit_code,
-        stop_seconds=None if stop is None else stop.seconds,
-        sent=len(load),
-        failed=len(failed),
-        cut=sum(1 for r in load if not r.ok and not graceful and r.answered > began),
-        acked=sum(1 for r in load if r.acked),
-        problems=tuple(problems),
-    )
-
-
 async def run_soak(
     engine: Engine,
     image: ImageInfo,
@@ -238,8 +187,12 @@ async def run_soak(
     .. versionadded:: 0.1
     """
     report = SoakReport(image=image.ref, seed=options.seed, faults=options.faults)
-    contract = await preflight(engine, image, settings, {Capability.ITEMS}, progress=progress)
+    needs = {Capability.ITEMS, Capability.LONG_WORK}
+    contract = await preflight(engine, image, settings, needs, progress=progress)
     report.contract = contract.lines()
+    if not contract.has(Capability.LONG_WORK):
+        why = contract.why_not(Capability.LONG_WORK)
+        report.notes.append(f"no request was held across the faults ({why})")
     writes = contract.has(Capability.ITEMS) and bool(settings.workload.volume_path)
     if not writes:
         why = "no volume path" if contract.has(Capability.ITEMS) else "no items endpoint"
@@ -299,8 +252,21 @@ class _Soak:
             assert service is not None
             after = sequence[index] if index < len(sequence) else None
             self._step(index, len(sequence), fault)
-            result, service = await self._round(index, fault, service, after)
+            try:
+                result, service = await self._round(index, fault, service, after)
+            except Exception as exc:  # the engine failed: report what ran, stop here
+                why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                result = RoundResult(
+                    index=index,
+                    fault=fault,
+                    exit_code=None,
+                    stop_seconds=None,
+                    problems=(f"the round could not finish: {why}",),
+                )
+                service = None
             self.report.rounds.append(result)
+            if fault is Fault.PAUSE_KILL and result.note:
+                self.report.notes.append(f"round {index}: {result.note}")
             if on_round is not None:
                 on_round(result)
             if service is None:
@@ -350,10 +316,15 @@ class _Soak:
                 )
             ctx.step("load running")
             await self._load_for_a_while(first, load)
+            held = o.long_requests if ctx.contract.has(Capability.LONG_WORK) else 0
+            long_ms = ctx.workload.long_ms(o.long_ms)
+            longs = [asyncio.create_task(client.work(long_ms, kind=Kind.LONG)) for _ in range(held)]
+            if longs:
+                await client.settle()  # they reached the server: in flight at the fault
             stop_load.set()
             began = time.monotonic()
             stop, note = await self._apply(fault, service)
-            await gather_bounded(load)
+            await gather_bounded([*load, *longs])
         await asyncio.to_thread(remove, ctx.engine.client, containers=[service.container.id])
         judged = judge_round(self.ledger.records[first:], fault, began, stop)
         nxt: Service | None = None
@@ -414,12 +385,21 @@ class _Soak:
                 return stop, ""
             await ctx.kill(service, "SIGKILL")
             return await ctx.wait_exit(service, began, HANG_GUARD_S), f"{sig} storm not obeyed"
+        note = ""
         if fault is Fault.PAUSE_KILL:
-            await asyncio.to_thread(container.raw.pause)
-            await asyncio.sleep(self.options.pause_seconds)
+            import docker.errors
+
+            try:
+                await asyncio.to_thread(container.raw.pause)
+            except docker.errors.APIError as exc:
+                # The cgroup freezer gives up on a task it cannot freeze (one waiting on a
+                # FUSE request, say): the engine's failure, not the service's.
+                note = f"docker pause failed, killed without it: {exc.explanation or exc}"
+            else:
+                await asyncio.sleep(self.options.pause_seconds)
             began = time.monotonic()
         await ctx.kill(service, "SIGKILL")
-        return await ctx.wait_exit(service, began, HANG_GUARD_S), ""
+        return await ctx.wait_exit(service, began, HANG_GUARD_S), note
 
     async def _check(self, service: Service) -> list[str]:
         """Every write acknowledged so far must be listed; returns those newly missing."""

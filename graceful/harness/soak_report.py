@@ -1,5 +1,5 @@
-"""A soak's fault types and their seeded sequence; its results: one row per round, a table
-per fault type, and the JSON report.
+"""A soak's fault types and their seeded sequence; how a round is judged; the results: one
+row per round, a table per fault type, and the JSON report.
 
 The JSON shape is a contract (``docs/harness.md``)::
 
@@ -23,7 +23,19 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FAULTS", "Fault", "FaultSummary", "RoundResult", "SoakReport", "fault_sequence"]
+from graceful.harness.container import StopResult
+from graceful.harness.judges import describe_exit
+from graceful.harness.load import Kind, Record, describe_failures
+
+__all__ = [
+    "FAULTS",
+    "Fault",
+    "FaultSummary",
+    "RoundResult",
+    "SoakReport",
+    "fault_sequence",
+    "judge_round",
+]
 
 
 class Fault(StrEnum):
@@ -57,6 +69,19 @@ def fault_sequence(faults: Sequence[Fault], rounds: int, seed: int) -> list[Faul
         rng.shuffle(cycle)
         out.extend(cycle)
     return out[:rounds]
+
+
+# Faults that give the service its stop: every request sent before them must be answered.
+_GRACEFUL = frozenset({Fault.STOP, Fault.STOP_SHORT, Fault.SIGNAL_STORM})
+_EXPECTED_EXIT: dict[Fault, frozenset[int]] = {
+    Fault.STOP: frozenset({0}),
+    Fault.STOP_SHORT: frozenset({0}),
+    Fault.SIGNAL_STORM: frozenset({0, 5}),  # 5: graceful's documented forced exit
+    Fault.KILL: frozenset({137}),
+    Fault.PAUSE_KILL: frozenset({137}),
+    Fault.POWER_LOSS: frozenset({137}),
+}
+_LOAD = (Kind.WORK, Kind.LONG, Kind.WRITE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,7 +148,61 @@ class RoundResult:
             f"{head}: {exit_text}{took}, {self.sent} sent, {self.failed} failed, "
             f"{self.acked} acked, {self.lost} lost"
         )
+        text += f" ({self.note})" if self.note else ""
         return text + "".join(f"\n  - {p}" for p in self.problems)
+
+
+def judge_round(
+    records: Sequence[Record], fault: Fault, began: float, stop: StopResult | None
+) -> RoundResult:
+    """Judge a round's requests and exit (``index`` and ``lost`` are the caller's).
+
+    Every request sent before a stop (``stop``, ``stop-short``, ``signal-storm``) must be
+    answered 2xx. For the kills, those in flight when the kill came (answered after
+    ``began``) are *cut*, and only a request that failed before it is a failure. The exit
+    code must be the one the fault explains.
+
+    Args:
+        records: the round's ledger records (reads are left out).
+        fault: the round's fault.
+        began: when the fault began (the load stopped then), monotonic.
+        stop: the container's exit, None when it never exited.
+
+    .. versionadded:: 0.1
+    """
+    load = [r for r in records if r.kind in _LOAD]
+    graceful = fault in _GRACEFUL
+    accepted = [r for r in load if graceful or r.answered <= began]
+    failed = [r for r in accepted if not r.ok]
+    problems: list[str] = []
+    if stop is None:
+        problems.append("the container did not exit")
+    elif stop.exit_code not in _EXPECTED_EXIT[fault]:
+        expected = " or ".join(str(c) for c in sorted(_EXPECTED_EXIT[fault]))
+        said = describe_exit(stop.exit_code, stop)
+        if graceful and stop.exit_code == 137:
+            said = (
+                f"exited 137 after {stop.seconds:.2f} s: the stop did not end in time, SIGKILL did"
+            )
+        problems.append(f"{said} (expected {expected})")
+    if failed:
+        leads = sorted((began - r.sent) * 1000 for r in failed)
+        when = f", sent {leads[0]:.0f}-{leads[-1]:.0f} ms before the {fault}" if graceful else ""
+        problems.append(
+            f"{len(failed)} of {len(accepted)} accepted requests failed "
+            f"({describe_failures(failed)}{when})"
+        )
+    return RoundResult(
+        index=0,
+        fault=fault,
+        exit_code=None if stop is None else stop.exit_code,
+        stop_seconds=None if stop is None else stop.seconds,
+        sent=len(load),
+        failed=len(failed),
+        cut=sum(1 for r in load if not r.ok and not graceful and r.answered > began),
+        acked=sum(1 for r in load if r.acked),
+        problems=tuple(problems),
+    )
 
 
 @dataclass(frozen=True, slots=True)
