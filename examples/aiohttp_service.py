@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator
 
 import contract
 from aiohttp import WSMsgType, web
@@ -89,9 +90,21 @@ async def echo(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def make_app(store: DurableStore) -> web.Application:
+def make_app(store: DurableStore | None = None) -> web.Application:
+    """The service as an aiohttp application.
+
+    Args:
+        store: the state store, opened by `main`. Without it, the app is its own factory
+            (``graceful serve aiohttp_service:make_app --factory``, what ``WORKERS=N`` runs in
+            each worker): its startup opens the store in the runtime serving the app, so it
+            closes at the same point of the stop as `main`'s.
+    """
     app = web.Application()
-    app[STORE] = store
+    if store is not None:
+        app[STORE] = store
+    else:
+        logging.getLogger("aiohttp.server").addFilter(MalformedRequestsInOneLine())
+        app.cleanup_ctx.append(open_store)
     app.router.add_get("/work", work)
     app.router.add_post("/items", put_item)
     app.router.add_get("/items", list_items)
@@ -116,17 +129,21 @@ class MalformedRequestsInOneLine(logging.Filter):
         return True
 
 
+async def open_store(app: web.Application) -> AsyncIterator[None]:
+    """The factory's app: open the store at startup; it closes later, with the runtime."""
+    app[STORE] = await contract.open_store(graceful.current_runtime())
+    yield
+
+
 async def main(runtime: graceful.Runtime) -> None:
     logging.getLogger("aiohttp.server").addFilter(MalformedRequestsInOneLine())
-    path = os.environ.get("STATE_PATH", "state.sqlite")
-    store = await runtime.enter(DurableStore(path, registry=runtime.registry), name="state")
     await graceful_aiohttp.serve(
         runtime,
-        make_app(store),
+        make_app(await contract.open_store(runtime)),
         host=os.environ.get("HOST", "0.0.0.0"),
         port=int(os.environ.get("PORT", "8080")),
     )
 
 
 if __name__ == "__main__":
-    raise SystemExit(graceful.run(main, config=graceful.Config.from_env()))
+    raise SystemExit(contract.run(main, factory="aiohttp_service:make_app"))

@@ -59,13 +59,37 @@ async def read_body(scope: asgi.Scope, receive: Receive) -> bytes:
             return body.data()
 
 
-def make_app(store: DurableStore) -> asgi.ASGIApp:
+def make_app(store: DurableStore | None = None) -> asgi.ASGIApp:
+    """The service as an ASGI app.
+
+    Args:
+        store: the state store, opened by `main`. Without it, the app is its own factory
+            (``graceful serve asgi_service:make_app --factory``, what ``WORKERS=N`` runs in
+            each worker): the lifespan startup opens the store in the runtime serving the app,
+            so it closes at the same point of the stop as `main`'s.
+    """
+
     async def app(scope: asgi.Scope, receive: Receive, send: Send) -> None:
+        nonlocal store
+        if scope["type"] == "lifespan":
+            if store is not None:
+                return  # nothing to set up: main's store follows the runtime
+            await receive()  # lifespan.startup
+            try:
+                store = await contract.open_store(graceful.current_runtime())
+            except graceful.StateError as exc:
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown: the store closes later, with the runtime
+            await send({"type": "lifespan.shutdown.complete"})
+            return
         if scope["type"] == "websocket":
             await echo(scope, receive, send)
             return
-        if scope["type"] != "http":
-            return  # lifespan: nothing to set up, the store follows the runtime
+        if store is None:  # served without its lifespan (--lifespan off)
+            await respond(send, 503, {"error": "the state store is not open"})
+            return
         route = (scope["method"], scope["path"])
         if route == ("GET", "/stream"):
             await stream(scope, send)
@@ -116,8 +140,7 @@ async def echo(scope: asgi.Scope, receive: Receive, send: Send) -> None:
 
 
 async def main(runtime: graceful.Runtime) -> None:
-    path = os.environ.get("STATE_PATH", "state.sqlite")
-    store = await runtime.enter(DurableStore(path, registry=runtime.registry), name="state")
+    store = await contract.open_store(runtime)
     await asgi.serve(
         runtime,
         make_app(store),
@@ -127,4 +150,4 @@ async def main(runtime: graceful.Runtime) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(graceful.run(main, config=graceful.Config.from_env()))
+    raise SystemExit(contract.run(main, factory="asgi_service:make_app"))

@@ -6,7 +6,8 @@ same rules. The services read the request and send the answer; what a request me
 it is answered, is decided here.
 
 Environment: ``PORT`` (8080), ``HOST`` (0.0.0.0), ``ADMIN_PORT`` (9090),
-``GRACEFUL_STOP_TIMEOUT`` (10), ``STATE_PATH`` (SQLite file, ``state.sqlite``).
+``GRACEFUL_STOP_TIMEOUT`` (10), ``STATE_PATH`` (SQLite file, ``state.sqlite``), ``WORKERS``
+(1: more runs the service in that many processes, see `run`).
 
 - ``GET /work?ms=N``: sleeps N ms, answers 200 ``{"slept_ms": N}``.
 - ``POST /items`` with ``{"id": "...", ...}``: answers 200 ``{"id": ...}`` once the item is on
@@ -32,8 +33,10 @@ Limits (each refusal is a short JSON error, never a 500):
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import graceful
@@ -52,6 +55,39 @@ MAX_WORK_MS: Final = 600_000
 # C0 and C1 control characters (NUL included) and DEL; lone surrogates, which no UTF-8 text
 # can hold and which the store cannot encode.
 _NOT_IN_AN_ID: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def run(main: Callable[[graceful.Runtime], Awaitable[None]], *, factory: str) -> int:
+    """Run an example HTTP service as a container's main process; return its exit code.
+
+    ``main`` runs here, under ``graceful.run``. With ``WORKERS=N`` (N > 1) this process
+    becomes ``graceful serve FACTORY --factory --workers N`` instead (``exec``: the same
+    process, so still PID 1): its supervisor owns the signals and the admin server, and N
+    worker processes share the listener, each calling the app factory ``factory``
+    (``"module:function"``, a module beside this one) and serving the app under its own
+    runtime. ``HOST`` and ``PORT`` keep the examples' defaults; a bad ``WORKERS`` is
+    ``graceful serve``'s one-line error.
+    """
+    workers = os.environ.get("WORKERS", "").strip()
+    if workers not in ("", "1"):
+        argv = [sys.executable, "-m", "graceful", "serve", factory, "--factory"]
+        argv += ["--app-dir", os.path.dirname(os.path.abspath(__file__))]
+        argv += [
+            "--host",
+            os.environ.get("HOST", "0.0.0.0"),
+            "--port",
+            os.environ.get("PORT", "8080"),
+        ]
+        argv += ["--workers", workers]
+        os.execv(sys.executable, argv)
+    return graceful.run(main, config=graceful.Config.from_env())
+
+
+async def open_store(runtime: graceful.Runtime) -> DurableStore:
+    """The service's state store (``STATE_PATH``), opened now and closed with ``runtime``, in
+    its ``close`` phase: after the drain and the flush, so no write in flight is cut."""
+    path = os.environ.get("STATE_PATH", "state.sqlite")
+    return await runtime.enter(DurableStore(path, registry=runtime.registry), name="state")
 
 
 class Refused(ValueError):

@@ -10,8 +10,8 @@
    - the control: the same image with ``CMD uvicorn app:app --workers 4`` fails
      stop-during-stream (and the harness says why), so the run tells the two apart;
    - a worker stuck in its stop is named in the findings (control: the run above names none);
-   - the example images run four workers with ``WORKERS=4``, and keep every acknowledged
-     write of any of them across a SIGKILL.
+   - the example images serve from four workers with ``WORKERS=4`` (control: one process
+     without it).
 
 Synchronous tests, like tests/test_harness_honesty.py: a container scenario gains nothing
 from running once per event loop.
@@ -327,3 +327,51 @@ def test_a_worker_stuck_in_its_stop_is_named(
     ), text
     assert "worker 0" not in named[0]
     assert "worker 3" not in named[0]
+
+
+def example_image(engine: Engine, ref: str) -> ImageInfo:
+    import docker.errors
+
+    try:
+        return engine.image(ref)
+    except Exception as exc:
+        if not isinstance(exc.__cause__, docker.errors.ImageNotFound):
+            raise
+        _missing(f"{ref} is not built: run `bash docker/build.sh`")
+        raise
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize("ref", ["graceful-example-asgi", "graceful-example-aiohttp"])
+def test_example_images_with_workers_4_serve_from_four_processes(
+    graceful_engine: Engine, ref: str
+) -> None:
+    """``WORKERS=4``: the example's ``main`` hands over to ``graceful serve`` with four workers
+    (exec: still PID 1), each serving the app factory and opening the one store.
+
+    1. stop-over-budget: writes acknowledged by the workers, then requests longer than the
+       budget in flight, then docker stop.
+    2. Result: the work is cut (exit 3, before SIGKILL), every acknowledged write is there
+       after a restart, and the note names the workers that held the cut work, out of 4:
+       four processes served.
+    Control: without ``WORKERS`` (the asgi example) the same stop names no worker: one
+    process, no supervisor.
+    """
+    from graceful.harness.scenarios import StopOverBudget
+
+    image = example_image(graceful_engine, ref)
+    settings = Settings(stop_timeout=3, env=(("WORKERS", "4"),))
+    report = run(graceful_engine, image, [StopOverBudget()], settings, check_contract=False)
+    text = details(report)
+    (over,) = report.scenarios
+    assert (over.verdict, over.exit_code, over.lost) == ("PASS", 3, 0), text
+    assert over.acked > 0, text
+    assert any(re.search(r"\d of 4 workers did not exit 0", x) for x in over.findings), text
+    if ref != "graceful-example-asgi":
+        return
+    single = Settings(stop_timeout=3)
+    control = run(graceful_engine, image, [StopOverBudget()], single, check_contract=False)
+    (alone,) = control.scenarios
+    assert (alone.verdict, alone.exit_code) == ("PASS", 3), details(control)
+    assert not any("workers did not exit 0" in x for x in alone.findings), details(control)
