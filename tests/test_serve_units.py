@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 import string
 import sys
@@ -268,3 +269,38 @@ async def test_aiohttp_draining_under_aiohttps_own_test_server() -> None:
         response = await client.get("/")
         assert (response.status, await response.text()) == (200, "ok")
     assert seen == [False]
+
+
+# -- the signals before the runtime's ---------------------------------------------------------
+
+
+def test_startup_signals_abort_the_import_then_hand_the_stop_to_the_runtime() -> None:
+    """Issue A2, in-process: ``StartupSignals`` holds SIGTERM from before the import until the
+    runtime's own handlers replace it.
+
+    1. Inside ``importing()`` a SIGTERM raises ``LoadingStopped`` where the import is.
+    2. After it, a SIGTERM is recorded (the process lives on; with no handler, as before,
+       it would have died of it), and the runtime it is handed to starts its stop at once.
+    3. ``restore()`` puts the previous handler back.
+    """
+    from prometheus_client import CollectorRegistry
+
+    from graceful import Runtime
+    from graceful.serve.target import LoadingStopped, StartupSignals
+
+    before = signal.getsignal(signal.SIGTERM)
+    guard = StartupSignals(["SIGTERM"]).install()
+    try:
+        with pytest.raises(LoadingStopped, match="SIGTERM"), guard.importing():
+            signal.raise_signal(signal.SIGTERM)
+        assert guard.received is None
+        signal.raise_signal(signal.SIGTERM)
+        assert guard.received == "SIGTERM"
+        runtime = Runtime(Config(), registry=CollectorRegistry())
+        assert not runtime.stopping
+        guard.hand_over(runtime)
+        assert runtime.stopping
+        assert runtime.stop_reason == "signal SIGTERM"
+    finally:
+        guard.restore()
+    assert signal.getsignal(signal.SIGTERM) is before
