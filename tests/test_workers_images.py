@@ -31,9 +31,10 @@ import pytest
 
 from graceful.harness.context import Findings, Settings
 from graceful.harness.judges import judge_workers
-from graceful.harness.pytest_plugin import in_ci
 from graceful.harness.workload import Workload
 from tests.harness_servers import BASE_IMAGE, WHEELHOUSE
+from tests.test_rolling_restart import _missing
+from tests.test_rolling_restart import image as built_image
 
 if TYPE_CHECKING:
     from graceful.harness.container import ImageInfo
@@ -126,12 +127,6 @@ def test_the_judge_notes_a_worker_that_died_while_serving() -> None:
 # -- 2. on Docker -----------------------------------------------------------------------------
 
 
-def _missing(message: str) -> None:
-    if in_ci():
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def fastapi_image(graceful_engine: Engine) -> ImageInfo:
     """docker/fastapi-workers.Dockerfile with the FastAPI app as ``app.py``, built offline:
@@ -169,19 +164,6 @@ def uvicorn_image(graceful_engine: Engine, fastapi_image: ImageInfo) -> ImageInf
         dockerfile = f"FROM {fastapi_image.ref}\nCMD {UVICORN_CMD}\n"
         (Path(tmp) / "Dockerfile").write_text(dockerfile)
         return graceful_engine.build(tmp, tag=UVICORN_IMAGE)
-
-
-@pytest.fixture(scope="module")
-def lb_image(graceful_engine: Engine) -> str:
-    import docker.errors
-
-    from graceful.harness.cluster import LB_IMAGE
-
-    try:
-        graceful_engine.client.images.get(LB_IMAGE)
-    except docker.errors.ImageNotFound:
-        _missing(f"{LB_IMAGE} is not built: run `bash docker/build.sh`")
-    return LB_IMAGE
 
 
 @pytest.fixture(autouse=True)
@@ -225,17 +207,19 @@ def details(report: Report) -> str:
 @pytest.mark.docker
 @pytest.mark.slow
 def test_fastapi_app_under_graceful_serve_with_4_workers_passes_every_scenario(
-    graceful_engine: Engine, fastapi_image: ImageInfo, lb_image: str
+    graceful_engine: Engine, fastapi_image: ImageInfo
 ) -> None:
     """One harness run, every scenario: the default ones (kill-under-load: acknowledged writes
     of any of the four workers, to the one SQLite file, survive SIGKILL; stop-during-stream:
     each worker ends its SSE streams), rolling-restart (two replicas, no control roll, to
     keep it short) and power-loss where the host has FUSE (SKIPPED, saying why, elsewhere).
     """
+    from graceful.harness.cluster import LB_IMAGE
     from graceful.harness.rolling import RollingRestart
     from graceful.harness.scenarios import make_scenarios, scenario_names
     from graceful.harness.scenarios.power import PowerLoss, power_unavailable
 
+    lb_image = built_image(graceful_engine, LB_IMAGE).ref
     scenarios: list[Any] = make_scenarios(scenario_names())
     scenarios += [RollingRestart(replicas=2, control=False, lb_image=lb_image), PowerLoss()]
     report = run(
@@ -329,18 +313,6 @@ def test_a_worker_stuck_in_its_stop_is_named(
     assert "worker 3" not in named[0]
 
 
-def example_image(engine: Engine, ref: str) -> ImageInfo:
-    import docker.errors
-
-    try:
-        return engine.image(ref)
-    except Exception as exc:
-        if not isinstance(exc.__cause__, docker.errors.ImageNotFound):
-            raise
-        _missing(f"{ref} is not built: run `bash docker/build.sh`")
-        raise
-
-
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.parametrize("ref", ["graceful-example-asgi", "graceful-example-aiohttp"])
@@ -360,7 +332,7 @@ def test_example_images_with_workers_4_serve_from_four_processes(
     """
     from graceful.harness.scenarios import StopOverBudget
 
-    image = example_image(graceful_engine, ref)
+    image = built_image(graceful_engine, ref)
     settings = Settings(stop_timeout=3, env=(("WORKERS", "4"),))
     report = run(graceful_engine, image, [StopOverBudget()], settings, check_contract=False)
     text = details(report)
