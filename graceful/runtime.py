@@ -362,18 +362,7 @@ class Runtime(Registrations):
     # -- signals -----------------------------------------------------------------------------
 
     def _install_signals(self) -> None:
-        if not self.config.handle_signals:
-            return
-        self._signals = StopSignals(
-            self.config.signals,
-            self._on_signal,
-            hard_exit_code=int(ExitCode.FORCED),
-            repeat_window=self.config.repeat_window,
-            ownership_interval=self.config.ownership_interval,
-        )
-        if not self._signals.install():
-            self.log.warning("signals.not_installed", reason="not on the main thread")
-            self._signals = None
+        self._signals = StopSignals.for_config(self.config, self._on_signal, self.log)
 
     def _on_signal(self, sig: signal.Signals, level: Escalation, at: float) -> None:
         # Signal-handler context: record and wake the loop, nothing else. The budget counts

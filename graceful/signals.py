@@ -28,11 +28,15 @@ from enum import IntEnum
 from types import FrameType
 from typing import Any
 
+from graceful.config import Config
 from graceful.logs import last_line
+from graceful.status import ExitCode
 
 __all__ = ["HANDLED_SIGNALS", "Escalation", "StopSignals", "shell_pid1_warning"]
 
 HANDLED_SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGINT")
+
+EXIT_FORCED = int(ExitCode.FORCED)
 
 _Handler = Callable[[int, FrameType | None], Any] | int | None
 
@@ -88,6 +92,28 @@ class StopSignals:
         self.level = Escalation.REPEAT
         self.received = 0
         self.installed = False
+
+    @classmethod
+    def for_config(
+        cls,
+        config: Config,
+        on_signal: Callable[[signal.Signals, Escalation, float], None],
+        log: Any,
+    ) -> StopSignals | None:
+        """Install handlers as ``config`` says; ``None`` when off or not on the main thread."""
+        if not config.handle_signals:
+            return None
+        owner = cls(
+            config.signals,
+            on_signal,
+            hard_exit_code=EXIT_FORCED,
+            repeat_window=config.repeat_window,
+            ownership_interval=config.ownership_interval,
+        )
+        if not owner.install():
+            log.warning("signals.not_installed", reason="not on the main thread")
+            return None
+        return owner
 
     def install(self) -> bool:
         """Install the handlers; a no-op (returning False) off the main thread."""
