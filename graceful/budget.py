@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from graceful.config import Config
+from graceful.logs import get_logger
 
 __all__ = ["Budget"]
 
@@ -24,6 +25,11 @@ _CANCEL_MAX = 0.5
 # Kept for close out of the reserve, so a flush hook that hangs cannot starve it.
 _CLOSE_SHARE = 0.25
 _CLOSE_MAX = 0.5
+# Kept after the delay for stop_accept and the drain, out of what lies before the reserve: a
+# delay as long as the budget would otherwise leave the listeners no time to close (their
+# stop_accept is cut: exit 4) and the drain none to end (exit 3).
+_AFTER_DELAY_SHARE = 0.25
+_AFTER_DELAY_MAX = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +46,14 @@ class Budget:
     exit_at: float
 
     @classmethod
-    def plan(cls, config: Config, start: float, *, exit_by: float | None = None) -> Budget:
+    def plan(
+        cls, config: Config, start: float, *, exit_by: float | None = None, log: bool = True
+    ) -> Budget:
         """Split ``config.stop_timeout`` into phase deadlines starting at ``start``.
+
+        The delay ends early enough to leave the later phases their time: a quarter of what
+        lies before the reserve, up to 1 s, is kept for ``stop_accept`` and the drain. A delay
+        shortened for that is logged as ``budget.delay_shortened`` (asked and used).
 
         Args:
             config: the stop timeout, margin, reserve, delay and drain cap.
@@ -49,6 +61,10 @@ class Budget:
             exit_by: an exit deadline given from outside (a supervisor's, on the same clock
                 as ``start``): ``exit_at`` is then ``exit_by`` (never before ``start``) instead
                 of ``stop_timeout - margin`` after ``start``, and the phases split what is left.
+            log: log a shortened delay (off for a plan that is only displayed).
+
+        .. versionchanged:: 0.1
+           The delay leaves ``stop_accept`` and the drain their time; ``log``.
         """
         if exit_by is None:
             exit_at = start + config.stop_timeout - config.effective_margin
@@ -56,7 +72,15 @@ class Budget:
             exit_at = max(exit_by, start)
         reserve = min(config.effective_reserve, exit_at - start)
         last_drain = exit_at - reserve
-        delay_end = min(start + config.delay, last_drain)
+        after_delay = min(_AFTER_DELAY_MAX, (last_drain - start) * _AFTER_DELAY_SHARE)
+        delay_end = min(start + config.delay, last_drain - after_delay)
+        if log and delay_end < start + config.delay:
+            get_logger().warning(
+                "budget.delay_shortened",
+                delay_asked_s=config.delay,
+                delay_used_s=round(delay_end - start, 3),
+                kept_for_stop_accept_and_drain_s=round(last_drain - delay_end, 3),
+            )
         drain_end = last_drain
         if config.drain_timeout is not None:
             drain_end = min(drain_end, delay_end + config.drain_timeout)

@@ -138,7 +138,8 @@ class Config:
             warnings.append(
                 f"delay ({self.delay:g}s) + reserve for cancel/flush/close "
                 f"({self.effective_reserve:g}s) leaves no time to drain within stop_timeout "
-                f"({self.stop_timeout:g}s) minus margin ({self.effective_margin:g}s)"
+                f"({self.stop_timeout:g}s) minus margin ({self.effective_margin:g}s); "
+                "the delay will be shortened so the listeners can close and the drain run"
             )
         elif self.drain_timeout is not None and fixed + self.drain_timeout > usable:
             warnings.append(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import signal
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, reject, settings
@@ -11,6 +14,8 @@ from hypothesis import strategies as st
 from graceful.budget import Budget
 from graceful.config import Config
 from graceful.exceptions import ConfigError
+from graceful.status import ExitCode
+from tests.support import APPS, ServiceProcess, free_port
 
 
 def test_budget_splits_the_stop_timeout() -> None:
@@ -25,10 +30,57 @@ def test_budget_splits_the_stop_timeout() -> None:
 
 def test_budget_reserve_survives_a_delay_longer_than_the_timeout() -> None:
     budget = Budget.plan(Config(stop_timeout=3, delay=60), start=0.0)
-    assert budget.delay_end == budget.drain_end
     assert budget.exit_at - budget.drain_end == pytest.approx(
         Config(stop_timeout=3).effective_reserve
     )
+
+
+def test_a_long_delay_leaves_stop_accept_and_drain_their_time() -> None:
+    """stop 3 s, delay 5 s: the drain must end by 2.1 s (margin 0.3, reserve 0.6).
+
+    Result: the delay ends a quarter of those 2.1 s earlier (the old plan ended it at 2.1 s,
+    with the drain deadline: stop_accept and the drain got nothing).
+    """
+    budget = Budget.plan(Config(stop_timeout=3, delay=5), start=0.0)
+    assert budget.drain_end == pytest.approx(2.1)
+    assert budget.delay_end == pytest.approx(2.1 * 0.75)
+    # Control: a delay that fits is left as asked.
+    assert Budget.plan(Config(stop_timeout=3, delay=1), start=0.0).delay_end == 1.0
+
+
+def test_the_time_kept_after_a_delay_is_at_most_a_second() -> None:
+    budget = Budget.plan(Config(stop_timeout=60, delay=120), start=0.0)
+    assert budget.drain_end - budget.delay_end == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("server", ["asgi_service", "aiohttp_service"])
+def test_a_delay_longer_than_the_budget_still_stops_cleanly(server: str, tmp_path: Path) -> None:
+    """1. a real service with GRACEFUL_STOP_TIMEOUT=3, GRACEFUL_DELAY=5; 2. SIGTERM.
+
+    Result: the delay is shortened (logged with asked and used), the listeners close, the
+    drain ends, exit 0. Before, the delay ran to the drain deadline: exit 3 (drain cut), or 4
+    when ``stop_accept`` was cut too.
+    """
+    env = {
+        "PORT": str(free_port()),
+        "ADMIN_PORT": str(free_port()),
+        "STATE_PATH": str(tmp_path / "state.sqlite"),
+        "GRACEFUL_STOP_TIMEOUT": "3",
+        "GRACEFUL_DELAY": "5",
+    }
+    argv = [sys.executable, "-u", str(APPS / "drain_app.py"), server]
+    with ServiceProcess(argv, env=env) as service:
+        service.wait_for("APP serving")
+        service.signal(signal.SIGTERM)
+        code = service.wait()
+        shortened = [e for e in service.events() if e.get("event") == "budget.delay_shortened"]
+        report = service.wait_event("shutdown.report")
+    assert code == ExitCode.OK, service.output()
+    assert len(shortened) == 1, service.output()
+    assert shortened[0]["delay_asked_s"] == 5.0
+    assert 0 < shortened[0]["delay_used_s"] < 2.1
+    assert report["drained"] is True
+    assert report["hooks"]["failed"] == report["hooks"]["timed_out"] == 0
 
 
 def test_drain_timeout_caps_the_drain() -> None:
@@ -111,6 +163,13 @@ def test_deadlines_are_ordered_and_never_pass_the_exit(
         min(config.effective_reserve, exit_at - start), budget.exit_at - budget.drain_end
     )
     assert ordered(budget.cancel_end - budget.drain_end, 0.5)
+    # The delay leaves stop_accept and the drain a quarter of their window, up to 1 s.
+    last_drain = budget.exit_at - min(config.effective_reserve, exit_at - start)
+    window = last_drain - start
+    kept = last_drain - budget.delay_end
+    assert budget.delay_end - start == pytest.approx(delay) or ordered(
+        min(1.0, window / 4) - kept, 1e-6 * max(1.0, start)
+    )
 
     now = start + signal_at * (budget.exit_at - start)  # up to 20 % past the exit deadline
     skipped = budget.skip_to_flush(now)
