@@ -413,7 +413,7 @@ def _config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"graceful: configuration error: {exc}", file=sys.stderr)
         return int(ExitCode.ERROR)
-    budget = Budget.plan(config, 0.0)
+    budget = Budget.plan(config, 0.0, log=False)
     plan = {
         "delay_until_s": round(budget.delay_end, 3),
         "drain_until_s": round(budget.drain_end, 3),
@@ -421,13 +421,35 @@ def _config(args: argparse.Namespace) -> int:
         "exit_by_s": round(budget.exit_at, 3),
         "sigkill_at_s": config.stop_timeout,
     }
+    if budget.delay_end < config.delay:
+        plan = {"delay_asked_s": config.delay, **plan}
+    # What the runtime will use: a margin or reserve left unset is derived from stop_timeout.
+    settings = {name: getattr(config, name) for name in ENV_VARS}
+    settings["margin"] = config.effective_margin
+    settings["reserve"] = config.effective_reserve
+    derived = {
+        "margin": config.margin is None,
+        "reserve": config.reserve is None,
+    }
     warnings = config.fit_warnings()
     if args.json:
-        settings = {name: getattr(config, name) for name in ENV_VARS}
-        print(json.dumps({"settings": settings, "plan": plan, "warnings": warnings}, indent=2))
+        document = {
+            "settings": settings,
+            "derived": sorted(name for name, is_derived in derived.items() if is_derived),
+            "plan": plan,
+            "warnings": warnings,
+        }
+        print(json.dumps(document, indent=2))
         return 0
+    notes = {
+        name: f"(derived from {ENV_VARS['stop_timeout']})" for name in derived if derived[name]
+    }
+    if config.drain_timeout is None:
+        notes["drain_timeout"] = "(no cap: the drain may run until drain_until_s)"
+    if config.hook_timeout is None:
+        notes["hook_timeout"] = "(no cap: a hook may use what is left of its phase)"
     for name, var in ENV_VARS.items():
-        print(f"{var:24} {getattr(config, name)!r}")
+        print(f"{var:24} {settings[name]!r}  {notes.get(name, '')}".rstrip())
     print()
     print("after the stop signal (seconds):")
     for key, value in plan.items():

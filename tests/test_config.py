@@ -309,3 +309,46 @@ def test_a_stop_timeout_too_short_to_split_is_a_clear_error(raw: str) -> None:
         Config.from_env({"GRACEFUL_STOP_TIMEOUT": raw})
     budget = Budget.plan(Config(stop_timeout=0.01), start=0.0)
     assert 0 <= budget.drain_end <= budget.exit_at < 0.01
+
+
+def test_graceful_config_shows_the_derived_margin_and_reserve() -> None:
+    """1. ``graceful config`` with only GRACEFUL_STOP_TIMEOUT=5; 2. again with a margin set.
+
+    Result: the margin (0.5 s) and reserve (1 s) the runtime will use, marked as derived; a
+    margin that was set is shown as set (the old output printed None for both).
+    """
+    out = io.StringIO()
+    with environment(GRACEFUL_STOP_TIMEOUT="5"), contextlib.redirect_stdout(out):
+        assert cli.main(["config"]) == 0
+    lines = {line.split()[0]: line for line in out.getvalue().splitlines() if line.strip()}
+    assert lines["GRACEFUL_MARGIN"].split()[1:] == [
+        "0.5",
+        "(derived",
+        "from",
+        "GRACEFUL_STOP_TIMEOUT)",
+    ]
+    assert lines["GRACEFUL_RESERVE"].split()[1:3] == ["1.0", "(derived"]
+    assert "None" not in lines["GRACEFUL_MARGIN"] + lines["GRACEFUL_RESERVE"]
+
+    out = io.StringIO()
+    with (
+        environment(GRACEFUL_STOP_TIMEOUT="5", GRACEFUL_MARGIN="0.2"),
+        contextlib.redirect_stdout(out),
+    ):
+        assert cli.main(["config", "--json"]) == 0
+    shown = json.loads(out.getvalue())
+    assert shown["settings"]["margin"] == 0.2
+    assert shown["settings"]["reserve"] == 1.0
+    assert shown["derived"] == ["reserve"]
+
+
+def test_graceful_config_shows_a_shortened_delay() -> None:
+    out = io.StringIO()
+    with (
+        environment(GRACEFUL_STOP_TIMEOUT="3", GRACEFUL_DELAY="5"),
+        contextlib.redirect_stdout(out),
+    ):
+        assert cli.main(["config", "--json"]) == 0
+    plan = json.loads(out.getvalue())["plan"]
+    assert plan["delay_asked_s"] == 5.0
+    assert plan["delay_until_s"] < plan["drain_until_s"]
