@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 import stat
@@ -58,17 +59,17 @@ def bind_listener(options: ServeOptions) -> socket.socket:
     """The socket the workers share, bound per ``options`` but not listening yet.
 
     ``fd`` is taken as it is (already listening, typically). A stale Unix socket file at
-    ``uds`` is replaced, and the new one made writable by all, as uvicorn does.
+    ``uds`` (nobody listens on it) is replaced, and the new one made writable by all, as
+    uvicorn does; a socket another server listens on, and any file that is not a socket, are
+    left alone: the bind fails.
 
     Raises:
-        OSError: the address cannot be bound.
+        OSError: the address cannot be bound (``EADDRINUSE`` for a path that is taken).
     """
     if options.fd is not None:
         return socket.socket(fileno=options.fd)
     if options.uds is not None:
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.stat(options.uds).st_mode):
-                os.remove(options.uds)
+        _remove_stale_socket(options.uds)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(options.uds)
@@ -86,6 +87,30 @@ def bind_listener(options: ServeOptions) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove the socket file at ``path`` if nobody listens on it.
+
+    Raises:
+        OSError: ``EADDRINUSE``: a server answers on it (replacing its file would cut that
+            server off from every new client), or the path is not a socket.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EADDRINUSE, "the path exists and is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            pass  # stale: left by a server that is gone
+        else:
+            raise OSError(errno.EADDRINUSE, "another server is listening on this socket")
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
 
 
 class BacklogGuard:

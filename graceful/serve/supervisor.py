@@ -120,6 +120,7 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._plan: StopDeadlines | None = None
         self._stopping: list[WorkerProcess] = []
+        self._bound_uds: str | None = None
 
     # -- health ------------------------------------------------------------------------------
 
@@ -202,6 +203,8 @@ class Supervisor:
         except OSError as exc:
             self.log.error("startup.failed", error=f"{self.options.address}: {exc.strerror}")
             return ExitCode.ERROR
+        if self.options.uds is not None and self.options.fd is None:
+            self._bound_uds = self.options.uds  # ours to remove at exit, and only then
         try:
             self.metrics = MetricsDirectory.prepare(os.environ)
         except OSError as exc:
@@ -347,8 +350,10 @@ class Supervisor:
             await reaper.stop()
         if self.listener is not None:
             self.listener.close()
-        if self.options.uds is not None and self.options.fd is None:
+        if self._bound_uds is not None:
+            # Only the socket this supervisor bound: a bind that failed left the path to
+            # whoever had it (a user's file, another server's socket).
             with contextlib.suppress(OSError):
-                os.remove(self.options.uds)
+                os.remove(self._bound_uds)
         if self.metrics is not None:
             self.metrics.remove()

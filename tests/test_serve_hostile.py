@@ -1,0 +1,83 @@
+"""``graceful serve [--workers N]`` against careless and hostile use (issue 12).
+
+Real processes, real signals, real sockets. Each test names what the old code did; each check
+that a fault is caught has a control beside it that shows the fault is there to catch.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.test_supervisor import HANG_GUARD, REQUEST, Container, read_answer
+
+pytestmark = pytest.mark.slow
+
+
+def ask_over_unix_socket(path: str) -> str:
+    """One request on a fresh connection to the Unix socket at ``path``: ``answered`` or not."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(HANG_GUARD)
+        sock.connect(path)
+        sock.sendall(REQUEST)
+        return read_answer(sock)
+
+
+# -- --uds: whatever is at the path ----------------------------------------------------------
+
+
+def test_uds_on_a_users_file_fails_and_leaves_the_file_alone(tmp_path: Path) -> None:
+    """``--uds`` naming an existing regular file (a typo, a path shared with something else).
+
+    Result: exit 1 with ``startup.failed``; the file is still there with its content. Old
+    code: the bind failed, then the supervisor's clean-up removed the path anyway, deleting
+    the user's file.
+    """
+    path = tmp_path / "precious.txt"
+    path.write_text("the user's data\n")
+    with Container(env={"GRACEFUL_UDS": str(path)}) as container:
+        assert container.service.wait(HANG_GUARD) == 1
+    failed = container.events("startup.failed")
+    assert len(failed) == 1
+    assert str(path) in failed[0]["error"]
+    assert path.read_text() == "the user's data\n"
+
+
+def test_uds_on_a_socket_another_server_listens_on_fails_and_leaves_it_served(
+    tmp_path: Path,
+) -> None:
+    """Two containers given the same socket path (a shared volume).
+
+    Result: the second exits 1; the first one's socket file stays, and clients still reach
+    it. Old code: the second removed the live socket's file and bound its own, cutting the
+    first off from every new client (and then removed the path at its exit).
+    """
+    path = str(tmp_path / "app.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as first:
+        first.bind(path)
+        first.listen()
+        with Container(env={"GRACEFUL_UDS": path}) as container:
+            assert container.service.wait(HANG_GUARD) == 1
+        assert "startup.failed" in container.service.event_names()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(path)  # still the first server's socket
+            accepted, _ = first.accept()
+            accepted.close()
+
+
+def test_control_a_stale_socket_file_is_replaced_served_and_removed_at_exit(
+    tmp_path: Path,
+) -> None:
+    """The control for the two above: a socket file nobody listens on (left by a server that
+    was killed) is replaced, the app is served on it, and the path is removed at exit."""
+    path = str(tmp_path / "app.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+        stale.bind(path)  # bound, never listening, then closed: what a killed server leaves
+    assert Path(path).is_socket()
+    with Container(env={"GRACEFUL_UDS": path}) as container:
+        container.wait_ready()
+        assert ask_over_unix_socket(path) == "answered"
+        assert container.stop() == 0
+    assert not Path(path).exists()
