@@ -6,12 +6,23 @@ that a fault is caught has a control beside it that shows the fault is there to 
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_supervisor import HANG_GUARD, REQUEST, Container, read_answer
+from tests.test_supervisor import (
+    HANG_GUARD,
+    REQUEST,
+    Container,
+    count_in_multiprocess_dir,
+    get,
+    metric,
+    read_answer,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -81,3 +92,57 @@ def test_control_a_stale_socket_file_is_replaced_served_and_removed_at_exit(
         assert ask_over_unix_socket(path) == "answered"
         assert container.stop() == 0
     assert not Path(path).exists()
+
+
+# -- PROMETHEUS_MULTIPROC_DIR that cannot be used ---------------------------------------------
+
+
+def metrics_of(container: Container) -> str:
+    _, body, _ = get(container.url("/metrics", admin=True))
+    return body.decode()
+
+
+def test_control_a_worker_given_an_unusable_metrics_dir_cannot_create_a_metric(
+    tmp_path: Path,
+) -> None:
+    """The fault the next test is about: prometheus-client in multiprocess mode raises at the
+    first metric when its directory is a file."""
+    not_a_directory = tmp_path / "metrics"
+    not_a_directory.write_text("")
+    code = "from prometheus_client import Counter; Counter('x', 'x')"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(not_a_directory)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, timeout=HANG_GUARD, check=False
+    )
+    assert result.returncode != 0
+
+
+@pytest.mark.parametrize("junk", ["a-file", "a-directory-named-db"])
+def test_an_unusable_metrics_dir_is_replaced_and_the_workers_metrics_still_add_up(
+    tmp_path: Path, junk: str
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR names a file, or a directory holding ``junk.db/`` (a
+    directory the collector would fail to read on every scrape) beside a stale sample.
+
+    Result: the supervisor says ``metrics.directory_replaced`` (naming the path and why), the
+    workers write to a temporary directory, /metrics adds up both workers' starts and
+    nothing from the old run. Old code: a file made every worker crash at its first metric
+    (exit 1, container down); the directory left the workers' metrics out of /metrics.
+    """
+    directory = tmp_path / "metrics"
+    if junk == "a-file":
+        directory.write_text("")
+    else:
+        directory.mkdir()
+        (directory / "junk.db").mkdir()
+        count_in_multiprocess_dir(directory, 10)
+    with Container(env={"PROMETHEUS_MULTIPROC_DIR": str(directory)}) as container:
+        container.wait_ready()
+        text = metrics_of(container)
+        assert container.stop() == 0
+    assert metric(text, "app_workers_started_total") == 2
+    replaced = container.events("metrics.directory_replaced")
+    assert len(replaced) == 1
+    assert replaced[0]["unusable"] == str(directory)
+    assert replaced[0]["path"] != str(directory)
+    assert not Path(replaced[0]["path"]).exists()  # the temporary directory is removed at exit

@@ -16,6 +16,7 @@ not export), so no family appears twice.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import shutil
@@ -43,27 +44,39 @@ class MetricsDirectory:
     Attributes:
         path: the directory.
         owned: created here (and removed at exit), not the user's.
+        instead_of: the user's ``PROMETHEUS_MULTIPROC_DIR`` when it could not be used (not
+            creatable, old samples that cannot be removed) and ``path`` replaces it.
+        why: what was wrong with it.
 
     .. versionadded:: 0.1
     """
 
     path: str
     owned: bool
+    instead_of: str | None = None
+    why: str | None = None
 
     @classmethod
     def prepare(cls, environ: Mapping[str, str]) -> MetricsDirectory:
         """The user's directory emptied of old samples, or a new temporary one.
 
+        A user's directory that cannot be used is replaced by a temporary one (said in
+        ``instead_of`` and ``why``): the workers must not be handed a directory their
+        prometheus-client cannot write to (every metric they create would raise, and no
+        worker would start), nor old samples be added to the new ones.
+
         Raises:
-            OSError: it cannot be created or cleaned.
+            OSError: not even a temporary directory can be created.
         """
         path = environ.get(ENV_VAR, "").strip()
-        if not path:
-            return cls(tempfile.mkdtemp(prefix="graceful-metrics-"), owned=True)
-        os.makedirs(path, exist_ok=True)
-        for stale in glob.glob(os.path.join(path, "*.db")):
-            os.remove(stale)
-        return cls(path, owned=False)
+        if path:
+            try:
+                _empty(path)
+            except OSError as exc:
+                why = f"{exc.strerror or exc}: {exc.filename or path}"
+                return cls(_temporary(), owned=True, instead_of=path, why=why)
+            return cls(path, owned=False)
+        return cls(_temporary(), owned=True)
 
     def process_dead(self, pid: int) -> None:
         """Drop an exited worker's live gauges."""
@@ -74,6 +87,26 @@ class MetricsDirectory:
         """Remove the directory if it was created here."""
         if self.owned:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _temporary() -> str:
+    return tempfile.mkdtemp(prefix="graceful-metrics-")
+
+
+def _empty(path: str) -> None:
+    """Create ``path`` if needed and remove the samples of an earlier run from it.
+
+    Raises:
+        OSError: it cannot be created, or holds a ``*.db`` that cannot be removed (read-only,
+            or a directory, which the collector would fail to read on every scrape).
+    """
+    os.makedirs(path, exist_ok=True)
+    for stale in glob.glob(os.path.join(glob.escape(path), "*.db")):
+        if os.path.isdir(stale) and not os.path.islink(stale):
+            raise IsADirectoryError(errno.EISDIR, "a directory named like a sample file", stale)
+        os.remove(stale)
+    with tempfile.TemporaryFile(dir=path):  # the workers must be able to write there
+        pass
 
 
 @dataclass(slots=True)

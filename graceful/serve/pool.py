@@ -96,6 +96,9 @@ class WorkerPool:
         if self._closed or self.listener is None:
             return
         env = dict(os.environ)
+        # Without a directory to aggregate, a worker given the user's (unusable) one would
+        # fail at its first metric: it keeps its metrics to itself instead.
+        env.pop(ENV_VAR, None)
         if self.metrics is not None:
             env[ENV_VAR] = self.metrics.path
         try:

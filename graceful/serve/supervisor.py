@@ -210,7 +210,16 @@ class Supervisor:
         except OSError as exc:
             self.log.warning("metrics.not_aggregated", error=str(exc), variable=ENV_VAR)
         else:
-            self.log.info("metrics.directory", path=self.metrics.path, owned=self.metrics.owned)
+            metrics = self.metrics
+            if metrics.instead_of is not None:
+                self.log.warning(
+                    "metrics.directory_replaced",
+                    variable=ENV_VAR,
+                    unusable=metrics.instead_of,
+                    error=metrics.why,
+                    path=metrics.path,
+                )
+            self.log.info("metrics.directory", path=metrics.path, owned=metrics.owned)
         if self.config.admin_port is not None:
             self.admin = AdminServer(
                 host=self.config.admin_host,
