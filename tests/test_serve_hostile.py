@@ -6,7 +6,9 @@ that a fault is caught has a control beside it that shows the fault is there to 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import APPS, ServiceProcess, free_port
+from tests.test_pid1 import UNSHARE, namespace_pid1
 from tests.test_supervisor import (
     HANG_GUARD,
     REQUEST,
@@ -21,6 +25,7 @@ from tests.test_supervisor import (
     count_in_multiprocess_dir,
     get,
     metric,
+    needs_unshare,
     read_answer,
 )
 
@@ -146,3 +151,55 @@ def test_an_unusable_metrics_dir_is_replaced_and_the_workers_metrics_still_add_u
     assert replaced[0]["unusable"] == str(directory)
     assert replaced[0]["path"] != str(directory)
     assert not Path(replaced[0]["path"]).exists()  # the temporary directory is removed at exit
+
+
+# -- a stop signal while the supervisor starts ------------------------------------------------
+
+#: The supervisor of ``tests/apps/supervise.py``, which sends itself SIGTERM while it sets up
+#: logging, before its event loop runs (a ``docker stop`` right after ``docker start``).
+SIGNAL_WHILE_STARTING = f"""
+import os, runpy, signal, sys
+import graceful.serve.supervisor as supervisor
+configure = supervisor.configure_logging
+def configure_then_sigterm(**kwargs):
+    configure(**kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+supervisor.configure_logging = configure_then_sigterm
+sys.argv = ["supervise.py", "tests.apps.workers_app:app"]
+runpy.run_path({str(APPS / "supervise.py")!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(
+    "pid1", [False, pytest.param(True, marks=needs_unshare)], ids=["child", "pid1"]
+)
+def test_a_stop_signal_before_the_supervisors_loop_runs_is_not_dropped(pid1: bool) -> None:
+    """SIGTERM while the supervisor configures its logging, before its event loop runs.
+
+    Result: exit 0 with one ``shutdown.report`` (reason ``signal SIGTERM``) and no worker
+    started. Old code (handlers installed only once the loop ran): as PID 1 the signal found
+    no handler and was dropped, and the container ran on until SIGKILL; elsewhere it killed
+    the supervisor (exit -15, no report). The control is the fault itself: the old code's
+    outcome in both settings, and ``test_a_stop_while_workers_start`` for a signal that comes
+    once the loop runs.
+    """
+    env = {
+        "HOST": "127.0.0.1",
+        "PORT": str(free_port()),
+        "ADMIN_PORT": str(free_port()),
+        "WEB_CONCURRENCY": "2",
+    }
+    argv = [sys.executable, "-u", "-c", SIGNAL_WHILE_STARTING]
+    with ServiceProcess([*UNSHARE, *argv] if pid1 else argv, env=env) as service:
+        inner = namespace_pid1(service.pid) if pid1 else service.pid
+        try:
+            code = service.wait(HANG_GUARD)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(inner, signal.SIGKILL)  # unshare does not take its child down with it
+    assert code == 0, service.output()
+    reports = [e for e in service.events() if e.get("event") == "shutdown.report"]
+    assert len(reports) == 1, service.output()
+    assert reports[0]["reason"] == "signal SIGTERM"
+    assert reports[0]["workers"] == []
+    assert "worker.started" not in service.event_names()

@@ -121,6 +121,7 @@ class Supervisor:
         self._plan: StopDeadlines | None = None
         self._stopping: list[WorkerProcess] = []
         self._bound_uds: str | None = None
+        self._early_signals: list[tuple[signal.Signals, Escalation]] = []
 
     # -- health ------------------------------------------------------------------------------
 
@@ -149,32 +150,43 @@ class Supervisor:
     def run(self) -> int:
         """Serve on a new event loop until stopped; return the container's exit code."""
         config = self.config
+        # First of all: as a container's PID 1, a stop signal that finds no handler is
+        # dropped, and ``docker stop`` would wait for SIGKILL. One that comes before the loop
+        # runs is recorded and acted on once it does (see ``_on_signal``).
+        self._install_signals()
         try:
-            factory = loop_factory(config.loop)
-        except ConfigError as exc:
-            print(f"graceful: configuration error: {exc}", file=sys.stderr, flush=True)
-            return int(ExitCode.ERROR)
-        write_whole_lines()
-        if not structlog.is_configured() and config.log_format != "off":
-            configure_logging(format=config.log_format, level=config.log_level)
-        self._watchdog = Watchdog(
-            exit_code=int(ExitCode.OVERRAN),
-            describe=lambda: {"reason": self.stop_reason, "workers": self.pool.running_pids()},
-            grace=grace_for(config.effective_margin),
-        )
-        self._watchdog.start()
-        try:
+            try:
+                factory = loop_factory(config.loop)
+            except ConfigError as exc:
+                print(f"graceful: configuration error: {exc}", file=sys.stderr, flush=True)
+                return int(ExitCode.ERROR)
+            write_whole_lines()
+            if not structlog.is_configured() and config.log_format != "off":
+                configure_logging(format=config.log_format, level=config.log_level)
+            self._watchdog = Watchdog(
+                exit_code=int(ExitCode.OVERRAN),
+                describe=lambda: {"reason": self.stop_reason, "workers": self.pool.running_pids()},
+                grace=grace_for(config.effective_margin),
+            )
+            self._watchdog.start()
+            if self._signal_at is not None:  # a signal came already: its deadline holds
+                self._watchdog.arm(StopDeadlines.plan(config, self._signal_at).exit_at)
             return run_on_new_loop(factory, self.serve())
         finally:
             if self._signals is not None:
                 self._signals.restore()
-            self._watchdog.disarm()
+            if self._watchdog is not None:
+                self._watchdog.disarm()
             gc.freeze()  # a shorter interpreter teardown, as Runtime.run
 
     async def serve(self) -> int:
         """Start the workers, serve until a stop, stop them; return the exit code."""
         self._loop = asyncio.get_running_loop()
-        self._install_signals()
+        if self._signals is None:  # not installed by ``run``
+            self._install_signals()
+        for sig, level in self._early_signals:  # arrived before the loop ran
+            self._signal_arrived(sig, level)
+        self._early_signals.clear()
         reap = self.config.reap_zombies
         reaper: ZombieReaper | None = None
         if reap or (reap is None and os.getpid() == 1):
@@ -235,7 +247,8 @@ class Supervisor:
                 self.admin = None
                 return ExitCode.ERROR
             self.log.info("admin.listening", host=self.config.admin_host, port=self.admin.port)
-        self.pool.start(self.listener, self.metrics)
+        if not self._stop_requested.is_set():  # a stop before any worker starts none
+            self.pool.start(self.listener, self.metrics)
         await self._stop_requested.wait()
         return await self._stop()
 
@@ -254,7 +267,9 @@ class Supervisor:
             if self._watchdog is not None:
                 self._watchdog.arm(StopDeadlines.plan(self.config, at).exit_at)
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if loop is None:
+            self._early_signals.append((sig, level))  # ``serve`` handles them when it starts
+        elif not loop.is_closed():
             loop.call_soon_threadsafe(self._signal_arrived, sig, level)
 
     def _signal_arrived(self, sig: signal.Signals, level: Escalation) -> None:
