@@ -511,6 +511,15 @@ BAD_TARGETS = [
     ("serve_bad:make_app_async", ["--factory"], "is an async factory"),
     ("serve_bad:number", ["--factory"], "is not callable"),
     ("no_colon", [], 'must be in the form "module:attribute"'),
+    # Old code: a TypeError from importlib, with its traceback ("failed to load").
+    ("..serve_bad:number", [], '"..serve_bad" is a relative module name'),
+    # Old code: "not found" only, though the file is right there.
+    ("serve_starlette.py:app", [], "give a module name, not a file: serve_starlette:app"),
+    (
+        f"{APPS}/serve_starlette.py:app",
+        [],
+        f"give a module name, not a file: serve_starlette:app --app-dir {APPS}",
+    ),
 ]
 
 

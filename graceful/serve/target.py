@@ -88,6 +88,11 @@ def import_from_string(spec: str, *, app_dir: str | None = None) -> Any:
     module_name, _, attrs = spec.partition(":")
     if not module_name or not attrs:
         raise TargetImportError(f'target {spec!r} must be in the form "module:attribute"')
+    if module_name.startswith("."):  # importlib would ask for a package: a TypeError
+        raise TargetImportError(
+            f'target {spec!r}: "{module_name}" is a relative module name; give its full '
+            "dotted name (as to python -m)"
+        )
     directory = os.path.abspath(app_dir if app_dir is not None else os.getcwd())
     if directory not in sys.path:
         sys.path.insert(0, directory)
@@ -97,7 +102,8 @@ def import_from_string(spec: str, *, app_dir: str | None = None) -> Any:
         missing = exc.name or ""
         if missing == module_name or module_name.startswith(f"{missing}."):
             raise TargetImportError(
-                f'could not import module "{module_name}": not found in {directory} or on sys.path'
+                f'could not import module "{module_name}": not found in {directory} or on '
+                f"sys.path{_file_hint(module_name, attrs)}"
             ) from None
         raise TargetImportError(
             f'could not import module "{module_name}": it imports "{missing}", '
@@ -261,6 +267,16 @@ class StartupSignals:
             # Safe from a signal handler here: the runtime has not started waiting on its stop
             # (its own handlers replace this one before it does), so this only sets a flag.
             self._runtime.request_stop(f"signal {name}")
+
+
+def _file_hint(module_name: str, attrs: str) -> str:
+    """For a file path given as the module (``app.py``, ``src/app.py``): what to write."""
+    if not module_name.endswith(".py") and os.sep not in module_name:
+        return ""
+    directory, file = os.path.split(module_name)
+    module = file.removesuffix(".py")
+    app_dir = f" --app-dir {directory}" if directory else ""
+    return f"; give a module name, not a file: {module}:{attrs}{app_dir}"
 
 
 def _call_factory(spec: str, factory: Any) -> Any:
