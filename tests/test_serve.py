@@ -644,7 +644,7 @@ def test_draining_under_plain_uvicorn_is_an_event_never_set() -> None:
 
 # -- the README's FastAPI section, run ------------------------------------------------------------
 
-README_BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+README_BLOCKS: list[str] = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 
 
 def readme_block(first_line: str) -> str:
