@@ -64,11 +64,12 @@ def _logs(cid: str) -> str:
     return done.stdout + done.stderr
 
 
-def measure(image: str, command: list[str] | None, ready: str) -> tuple[float, int]:
+def measure(image: str, command: list[str] | None, ready: str, count: int = 1) -> tuple[float, int]:
+    """``docker stop`` wall time and exit code, once ``ready`` was logged ``count`` times."""
     cid = _docker("run", "-d", "--network", "none", image, *(command or []))
     try:
         deadline = time.monotonic() + 30
-        while ready not in _logs(cid):
+        while _logs(cid).count(ready) < count:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{image} {command}: never printed {ready!r}")
             time.sleep(0.05)

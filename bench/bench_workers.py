@@ -1,24 +1,30 @@
-"""Benchmark: four worker processes behind one port, stopped, beside the peers that do it too.
+"""Benchmark: N worker processes behind one port, stopped, beside the peers that do it too.
 
-Run: ``python bench/bench_workers.py [--rounds 3] [--workers 4]``. Prints a markdown report and
-writes it to ``bench/results/workers.md``. Not a test: numbers depend on the machine.
+Run: ``python bench/bench_workers.py [--rounds 3] [--workers 1,4] [--seconds 5]``. Prints a
+markdown report and writes it to ``bench/results/workers.md``. Not a test: numbers depend on
+the machine.
 
-Servers, each a child process serving the plain ASGI app below on 127.0.0.1 with N workers,
-each with its graceful timeout at 5 s:
+Servers, each serving the plain ASGI app below with N workers, each with its graceful timeout
+at 5 s, all on the same loop (uvloop) and HTTP parser (h11):
 
 - ``graceful serve --workers N`` (``GRACEFUL_STOP_TIMEOUT=5``);
 - ``uvicorn --workers N --timeout-graceful-shutdown 5``;
 - ``gunicorn -k uvicorn_worker.UvicornWorker -w N --graceful-timeout 5``.
 
-Figures (median of the rounds, counts summed):
+Figures, for every N (median of the rounds, counts summed):
 
 1. idle: SIGTERM to the main process's exit, and its exit code;
-2. 100 requests of 1 s in flight across the workers at SIGTERM: answered, and the exit after
-   the last answer;
-3. a burst of connections around SIGTERM (six clients connecting back to back from 0.3 s
+2. idle, in a container: ``docker stop`` wall time above the engine's floor (a PID 1 that
+   ``os._exit``s in its handler), in an image made from the example image plus gunicorn;
+3. 100 requests of 1 s in flight across the workers at SIGTERM: answered, reset, and the
+   exit after the last answer;
+4. a burst of connections around SIGTERM (six clients connecting back to back from 0.3 s
    before the signal until the server has exited): answered, refused, and reset, that is
    connections the kernel accepted that nobody answered;
-4. memory: RSS of the main process and its workers, idle.
+5. throughput (``GET /work?ms=0`` on 32 keep-alive connections), with the load client pinned
+   to the last CPU and the server with ``taskset`` to the others, so the client's own work
+   does not steal the server's CPU; the ratio to uvicorn's is the figure to read;
+6. memory: RSS of the main process and every descendant, idle after one request each.
 """
 
 from __future__ import annotations
@@ -26,23 +32,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import bench_drain  # beside this file: a script's directory is on sys.path, and --app-dir too
+import bench_docker  # beside this file: a script's directory is on sys.path, and --app-dir too
+import bench_drain
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "workers.md"
 SERVERS = ["graceful serve", "uvicorn", "gunicorn+uvicorn-worker"]
 GUARD = 30.0  # seconds: hang guard for any single wait
 TIMEOUT = 5  # each server's graceful timeout
+IMAGE = "graceful-bench-workers"
+CPUS = sorted(os.sched_getaffinity(0))
+CLIENT_CPU = CPUS[-1]
+SERVER_CPUS = ",".join(str(cpu) for cpu in CPUS[:-1] or CPUS)
 
 Scope = dict[str, Any]
+Scenario = Callable[["Server"], Awaitable[dict[str, float]]]
 
 
 # -- the app (imported by every worker as ``bench_workers:app``) ------------------------------
@@ -70,38 +85,40 @@ async def app(scope: Scope, receive: Callable[[], Awaitable[Scope]], send: Any) 
 # -- the servers ------------------------------------------------------------------------------
 
 
-def command(kind: str, port: int, workers: int) -> list[str]:
-    where = ["--host", "127.0.0.1", "--port", str(port), "--app-dir", str(ROOT / "bench")]
+def command(kind: str, workers: int, python: str, host: str, port: int, app_dir: str) -> list[str]:
+    """The command line of one server; the image runs it with the image's own log levels."""
+    where = ["--host", host, "--port", str(port), "--app-dir", app_dir]
     n = str(workers)
     if kind == "graceful serve":
-        return [sys.executable, "-m", "graceful", "serve", "bench_workers:app", "--workers", n,
-                "--no-access-log", *where]  # fmt: skip
+        return [python, "-m", "graceful", "serve", "bench_workers:app", "--workers", n,
+                "--stop-timeout", str(TIMEOUT), "--no-access-log", *where]  # fmt: skip
     if kind == "uvicorn":
-        return [sys.executable, "-m", "uvicorn", "bench_workers:app", "--workers", n,
-                "--timeout-graceful-shutdown", str(TIMEOUT), "--no-access-log",
-                "--log-level", "warning", *where]  # fmt: skip
-    return [sys.executable, "-m", "gunicorn", "bench_workers:app", "-k",
-            "uvicorn_worker.UvicornWorker", "-w", n, "--graceful-timeout", str(TIMEOUT),
-            "--bind", f"127.0.0.1:{port}", "--chdir", str(ROOT / "bench"),
-            "--log-level", "warning"]  # fmt: skip
+        return [python, "-m", "uvicorn", "bench_workers:app", "--workers", n,
+                "--timeout-graceful-shutdown", str(TIMEOUT), "--no-access-log", *where]  # fmt: skip
+    return [python, "-m", "gunicorn", "bench_workers:app", "-k", "uvicorn_worker.UvicornWorker",
+            "-w", n, "--graceful-timeout", str(TIMEOUT), "--bind", f"{host}:{port}",
+            "--chdir", app_dir, "--log-level", "info"]  # fmt: skip
 
 
 class Server(bench_drain.Server):
     """A server with N workers (``bench_drain.Server``'s signals and waits)."""
 
-    def __init__(self, kind: str, workers: int, log: Path) -> None:
+    def __init__(self, kind: str, workers: int, log: Path, cpus: str | None = None) -> None:
         super().__init__(kind, log.parent)
         self.workers = workers
         self.log = log
+        self.cpus = cpus
 
     async def start(self) -> None:
-        env = {**os.environ, "GRACEFUL_STOP_TIMEOUT": str(TIMEOUT), "GRACEFUL_LOG_FORMAT": "json"}
-        for name in ("ADMIN_PORT", "WEB_CONCURRENCY", "PORT", "HOST"):
+        env = {**os.environ, "GRACEFUL_LOG_FORMAT": "json"}
+        for name in ("ADMIN_PORT", "WEB_CONCURRENCY", "PORT", "HOST", "GRACEFUL_STOP_TIMEOUT"):
             env.pop(name, None)
+        argv = command(self.kind, self.workers, sys.executable, "127.0.0.1", self.port,
+                       str(ROOT / "bench"))  # fmt: skip
+        if self.cpus is not None:
+            argv = ["taskset", "-c", self.cpus, *argv]  # taskset execs: same pid
         with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                *command(self.kind, self.port, self.workers), env=env, stdout=out, stderr=out
-            )
+            self.proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=out, stderr=out)
         # Ready once every worker has answered: each connection goes to one of them.
         seen: set[bytes] = set()
         async with asyncio.timeout(GUARD):
@@ -214,10 +231,21 @@ async def burst(server: Server) -> dict[str, float]:
     return {f"burst_{k}": counts[k] for k in ("answered", "refused", "reset")}
 
 
+async def throughput(server: Server, seconds: float) -> dict[str, float]:
+    """Requests per second with this process (the client) pinned to ``CLIENT_CPU``."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    try:
+        result = await bench_drain.throughput(server, seconds)
+    finally:
+        os.sched_setaffinity(0, before)
+    return result
+
+
 async def measure(
-    kind: str, workers: int, log: Path, scenario: Callable[[Server], Awaitable[dict[str, float]]]
+    kind: str, workers: int, log: Path, scenario: Scenario, cpus: str | None = None
 ) -> dict[str, float]:
-    server = Server(kind, workers, log)
+    server = Server(kind, workers, log, cpus)
     await server.start()
     try:
         return await scenario(server)
@@ -225,51 +253,146 @@ async def measure(
         await server.kill()
 
 
-async def main_async(rounds: int, workers: int, log: Path) -> str:
-    results: dict[str, dict[str, list[float]]] = {k: {} for k in SERVERS}
-    for _ in range(rounds):
-        for scenario in (idle, inflight, burst):  # interleaved: drift hits every server alike
-            for kind in SERVERS:
-                for key, value in (await measure(kind, workers, log, scenario)).items():
-                    results[kind].setdefault(key, []).append(value)
+# -- docker stop ------------------------------------------------------------------------------
 
-    def cell(kind: str, key: str, how: str) -> str:
-        values = results[kind].get(key, [])
+DOCKERFILE = f"""\
+FROM {bench_docker.IMAGE}
+USER root
+COPY wheels/ /tmp/wheels/
+RUN python3 -m venv /tmp/pip \\
+    && /tmp/pip/bin/python -m pip --python /opt/venv/bin/python install --no-cache-dir \\
+        --no-index --find-links /tmp/wheels gunicorn uvicorn-worker \\
+    && rm -rf /tmp/pip /tmp/wheels
+COPY app/ /app/bench/
+USER 10001:10001
+"""
+
+
+def build_image() -> str | None:
+    """The example image plus gunicorn and this app; None (and why) when it cannot be built."""
+    if shutil.which("docker") is None:
+        return "no docker CLI"
+    try:
+        bench_docker._docker("image", "inspect", bench_docker.IMAGE)
+    except subprocess.CalledProcessError:
+        return f"no {bench_docker.IMAGE} image (make images)"
+    with tempfile.TemporaryDirectory() as tmp:
+        context = Path(tmp)
+        (context / "app").mkdir()
+        for name in ("bench_workers.py", "bench_drain.py", "bench_docker.py"):
+            shutil.copy(ROOT / "bench" / name, context / "app" / name)
+        (context / "Dockerfile").write_text(DOCKERFILE)
+        pip = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary", ":all:"]
+        subprocess.run([*pip, "-d", str(context / "wheels"), "gunicorn", "uvicorn-worker"],
+                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(["docker", "build", "--quiet", "-t", IMAGE, str(context)],
+                       check=True, capture_output=True)  # fmt: skip
+    return None
+
+
+def docker_stop(kind: str, workers: int) -> dict[str, float]:
+    """``docker stop`` of an idle container running ``kind`` with ``workers`` workers."""
+    argv = command(kind, workers, bench_docker.PY, "0.0.0.0", 8080, "/app/bench")
+    ready = "Application startup complete."  # once per worker, from each of the three
+    seconds, code = bench_docker.measure(IMAGE, argv, ready, workers)
+    return {"docker_stop_ms": seconds * 1000, "docker_stop_code": code}
+
+
+def docker_floor() -> float:
+    seconds, _ = bench_docker.measure(IMAGE, [bench_docker.PY, "-c", bench_docker.FLOOR], "ready")
+    return seconds * 1000
+
+
+# -- the run and the report -------------------------------------------------------------------
+
+Results = dict[int, dict[str, dict[str, list[float]]]]  # workers -> server -> figure -> values
+
+
+async def run(rounds: int, counts: list[int], seconds: float, log: Path) -> tuple[Results, str]:
+    results: Results = {n: {k: {} for k in SERVERS} for n in counts}
+
+    def add(n: int, kind: str, got: dict[str, float]) -> None:
+        for key, value in got.items():
+            results[n][kind].setdefault(key, []).append(value)
+
+    docker_skipped = build_image()
+    for _ in range(rounds):
+        for n in counts:  # interleaved: drift of the machine hits every server alike
+            for scenario in (idle, inflight, burst):
+                for kind in SERVERS:
+                    add(n, kind, await measure(kind, n, log, scenario))
+            for kind in SERVERS:
+                pinned = await measure(
+                    kind, n, log, lambda s: throughput(s, seconds), cpus=SERVER_CPUS
+                )
+                add(n, kind, pinned)
+            if docker_skipped is None:
+                floor = await asyncio.to_thread(docker_floor)
+                for kind in SERVERS:
+                    got = await asyncio.to_thread(docker_stop, kind, n)
+                    got["docker_above_floor_ms"] = got["docker_stop_ms"] - floor
+                    add(n, kind, got)
+    return results, docker_skipped or ""
+
+
+ROWS = [
+    ("idle: SIGTERM → exit", "idle_exit_ms", "ms"),
+    ("idle: exit code", "idle_exit_code", "codes"),
+    ("idle: `docker stop`, above the engine floor", "docker_above_floor_ms", "ms"),
+    ("idle: `docker stop` exit code", "docker_stop_code", "codes"),
+    ("100 x 1 s in flight: answered", "inflight_answered", "sum"),
+    ("100 x 1 s in flight: reset", "inflight_reset", "sum"),
+    ("100 x 1 s in flight: exit - last answer", "after_last_answer_ms", "ms"),
+    ("burst around SIGTERM: answered", "burst_answered", "sum"),
+    ("burst around SIGTERM: refused", "burst_refused", "sum"),
+    ("burst around SIGTERM: **reset** (accepted, never answered)", "burst_reset", "sum"),
+    ("throughput, client pinned (req/s)", "requests_per_s", "rate"),
+    ("throughput ÷ uvicorn's", "requests_per_s", "ratio"),
+    ("RSS, main process + workers, idle", "rss_mb", "MB"),
+]
+
+
+def report(results: Results, rounds: int, seconds: float, docker_skipped: str) -> str:
+    counts = sorted(results)
+
+    def cell(n: int, kind: str, key: str, how: str) -> str:
+        values = results[n][kind].get(key, [])
         if not values:
             return "-"
         if how == "sum":
             return f"{sum(values):.0f}"
         if how == "codes":
             return ", ".join(str(int(v)) for v in sorted(set(values)))
-        unit = " MB" if key == "rss_mb" else " ms"
-        return f"{statistics.median(values):.0f}{unit}"
+        median = statistics.median(values)
+        if how == "rate":
+            return f"{median:,.0f}"
+        if how == "ratio":
+            base = results[n]["uvicorn"].get(key)
+            return f"**{median / statistics.median(base):.3f}**" if base else "-"
+        return f"{median:.0f} {how}"
 
-    rows = [
-        ("idle: SIGTERM → exit", "idle_exit_ms", "median"),
-        ("idle: exit code", "idle_exit_code", "codes"),
-        ("100 x 1 s in flight: answered", "inflight_answered", "sum"),
-        ("100 x 1 s in flight: reset", "inflight_reset", "sum"),
-        ("100 x 1 s in flight: exit - last answer", "after_last_answer_ms", "median"),
-        ("burst around SIGTERM: answered", "burst_answered", "sum"),
-        ("burst around SIGTERM: refused", "burst_refused", "sum"),
-        ("burst around SIGTERM: **reset** (accepted, never answered)", "burst_reset", "sum"),
-        ("RSS, main process + workers, idle", "rss_mb", "median"),
-    ]
+    flags = ",".join(map(str, counts))
     lines = [
-        f"# Workers benchmark (N={workers})",
+        "# Workers benchmark",
         "",
         (
-            f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {rounds} rounds (medians; "
-            f"counts summed over the rounds). Every server stops with a graceful timeout of "
-            f"{TIMEOUT} s. Reproduce: `python bench/bench_workers.py --rounds {rounds} "
-            f"--workers {workers}`."
+            f"One run of `python bench/bench_workers.py --rounds {rounds} --workers {flags} "
+            f"--seconds {seconds:g}`: Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+            f"{rounds} rounds, N = {flags} interleaved in each round (medians; counts summed "
+            f"over the rounds). Every server stops with a graceful timeout of {TIMEOUT} s. "
+            f"Throughput: load client on CPU {CLIENT_CPU}, servers on CPU {SERVER_CPUS}, "
+            f"{seconds:g} s each."
         ),
-        "",
-        "| figure | " + " | ".join(SERVERS) + " |",
-        "|---|" + "---|" * len(SERVERS),
     ]
-    for title, key, how in rows:
-        lines.append(f"| {title} | " + " | ".join(cell(k, key, how) for k in SERVERS) + " |")
+    if docker_skipped:
+        lines += ["", f"`docker stop` rows skipped: {docker_skipped}."]
+    header = "| figure | " + " | ".join(SERVERS) + " |"
+    for n in counts:
+        lines += ["", f"## {n} worker{'s' if n > 1 else ''}", "", header]
+        lines.append("|---|" + "---:|" * len(SERVERS))
+        for title, key, how in ROWS:
+            cells = " | ".join(cell(n, kind, key, how) for kind in SERVERS)
+            lines.append(f"| {title} | {cells} |")
     lines += [
         "",
         "A reset in the burst is a client whose connection the kernel accepted into a listen",
@@ -277,7 +400,8 @@ async def main_async(rounds: int, workers: int, log: Path) -> str:
         "and its request fail. graceful's supervisor closes its copy of the listener at the",
         "signal and its workers drain the backlog before closing theirs (see",
         "`graceful/serve/listeners.py`); a refused connection is one the server turned away,",
-        "which a client or load balancer retries elsewhere.",
+        "which a client or load balancer retries elsewhere. Fewer answered in the burst means",
+        "the server was gone sooner, not that it turned clients away.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -285,14 +409,22 @@ async def main_async(rounds: int, workers: int, log: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", default="1,4", help="worker counts, comma-separated")
+    parser.add_argument("--seconds", type=float, default=5.0, help="throughput window")
     args = parser.parse_args(argv)
+    counts = [int(n) for n in args.workers.split(",")]
     log = Path(os.environ.get("TMPDIR", "/tmp")) / "bench_workers.log"
     log.write_bytes(b"")
-    report = asyncio.run(main_async(args.rounds, args.workers, log))
-    print(report)
+    try:
+        import uvloop
+
+        results, skipped = uvloop.run(run(args.rounds, counts, args.seconds, log))
+    except ImportError:
+        results, skipped = asyncio.run(run(args.rounds, counts, args.seconds, log))
+    text = report(results, args.rounds, args.seconds, skipped)
+    print(text)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(report)
+    RESULTS.write_text(text)
     return 0
 
 

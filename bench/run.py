@@ -8,7 +8,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-SUITES = ["bench_drain.py", "bench_state.py", "bench_docker.py"]
+SUITES = ["bench_drain.py", "bench_state.py", "bench_docker.py", "bench_workers.py"]
 
 HEADER = """# Benchmarks
 

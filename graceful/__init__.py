@@ -1,5 +1,7 @@
 """graceful: containerized asyncio services that stop correctly."""
 
+from typing import TYPE_CHECKING, Any
+
 from graceful.config import Config
 from graceful.draining import Drainable, WorkTracker
 from graceful.exceptions import (
@@ -12,7 +14,9 @@ from graceful.exceptions import (
 )
 from graceful.logs import configure_logging, get_logger
 from graceful.runtime import ExitCode, LifecycleState, Phase, Runtime, current_runtime, run
-from graceful.state import Batcher, DurableStore
+
+if TYPE_CHECKING:
+    from graceful.state import Batcher, DurableStore
 
 __all__ = [
     "Batcher",
@@ -37,3 +41,13 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The store (and sqlite3) is imported on first use: a process that never keeps state,
+    # such as each worker of ``graceful serve --workers``, does not carry it.
+    if name in ("Batcher", "DurableStore"):
+        from graceful import state
+
+        return getattr(state, name)
+    raise AttributeError(f"module 'graceful' has no attribute {name!r}")

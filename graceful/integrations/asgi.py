@@ -46,7 +46,7 @@ from graceful.exceptions import GracefulError
 from graceful.hooks import Phase
 from graceful.integrations._access import log_access, only_graceful_access_lines
 from graceful.integrations._deprecation import renamed
-from graceful.integrations._uvicorn_connections import HttpConnections
+from graceful.integrations._uvicorn_connections import HttpConnections, without_access_lines
 
 if TYPE_CHECKING:
     from graceful.runtime import Runtime
@@ -440,6 +440,7 @@ async def serve_config(
     """
     if not config.loaded:
         config.load()
+    config.http_protocol_class = without_access_lines(config.http_protocol_class)
     middleware = GracefulMiddleware(
         config.loaded_app,
         runtime=runtime,
