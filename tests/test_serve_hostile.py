@@ -15,7 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
+from graceful.budget import Budget
+from graceful.config import Config
+from graceful.serve.stopping import StopDeadlines, worker_config
 from tests.support import APPS, ServiceProcess, free_port
 from tests.test_pid1 import UNSHARE, namespace_pid1
 from tests.test_supervisor import (
@@ -203,3 +208,52 @@ def test_a_stop_signal_before_the_supervisors_loop_runs_is_not_dropped(pid1: boo
     assert reports[0]["reason"] == "signal SIGTERM"
     assert reports[0]["workers"] == []
     assert "worker.started" not in service.event_names()
+
+
+# -- a short stop timeout -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["control-one-process", "supervisor"])
+def test_a_short_stop_timeout_stops_an_idle_container_cleanly(workers: int) -> None:
+    """``GRACEFUL_STOP_TIMEOUT=0.3``, nothing in flight, SIGTERM.
+
+    Result: exit 0, every worker 0. Old code: each worker kept its whole window (0.2 s, the
+    supervisor keeps the rest to kill and report) as reserve, so ``stop_accept`` and the drain
+    had no time: the hooks were cut and the container exited 4 (hook failed) having done
+    nothing wrong. Control: the same app and budget in one process (``graceful serve``
+    without workers) exits 0.
+    """
+    port, admin = free_port(), free_port()
+    argv = [
+        *(sys.executable, "-m", "graceful", "serve", "tests.apps.workers_app:app"),
+        *("--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin)),
+        *("--workers", str(workers), "--stop-timeout", "0.3"),
+    ]
+    env = {"APP_FAILING_HOOK_WORKER": "none", "GRACEFUL_ACCESS_LOG": "off"}
+    with ServiceProcess(argv, env=env) as service:
+        service.wait_event("service.ready" if workers > 1 else "serve.listening")
+        service.signal(signal.SIGTERM)
+        code = service.wait(HANG_GUARD)
+    assert code == 0, service.output()
+    assert "hook.timed_out" not in service.event_names()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    stop_timeout=st.floats(min_value=0.3, max_value=86400),
+    reserve=st.none() | st.floats(min_value=0.01, max_value=100),
+)
+def test_a_worker_always_has_time_to_stop_accepting_and_drain(
+    stop_timeout: float, reserve: float | None
+) -> None:
+    """For any stop timeout one process can stop in (0.3 s and up), a worker's plan to the
+    supervisor's ``worker_exit_by`` leaves time before the reserve, and a reserve that fits
+    is left as configured."""
+    assume(reserve is None or reserve < stop_timeout / 2)
+    config = Config(stop_timeout=stop_timeout, reserve=reserve)
+    deadlines = StopDeadlines.plan(config, 100.0)
+    budget = Budget.plan(worker_config(config), 100.0, exit_by=deadlines.worker_exit_by, log=False)
+    assert budget.drain_end > 100.0
+    assert budget.exit_at <= deadlines.kill_at
+    if config.effective_reserve <= (deadlines.worker_exit_by - 100.0) / 2:
+        assert worker_config(config) == config

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from graceful.config import Config
@@ -22,6 +22,7 @@ __all__ = [
     "StopDeadlines",
     "SupervisorSettings",
     "most_serious",
+    "worker_config",
     "worker_line",
 ]
 
@@ -115,6 +116,22 @@ class StopDeadlines:
         kill_at = max(exit_at - settle, start)
         worker_exit_by = max(kill_at - 2 * worker_grace - settle, start)
         return cls(start, worker_exit_by, kill_at, exit_at)
+
+
+def worker_config(config: Config) -> Config:
+    """The settings a worker stops with: the container's, with a reserve that fits its window.
+
+    A worker plans its stop to ``worker_exit_by``, which comes before the container's
+    ``exit_at`` by the supervisor's own share. The reserve for cancel, flush and close is
+    derived from the stop timeout (at least 0.2 s), so with a short stop timeout it would take
+    the whole of the worker's window and leave nothing to ``stop_accept`` and the drain: an
+    idle container stopped with ``GRACEFUL_STOP_TIMEOUT=0.3`` exited 4 (hooks cut), where one
+    process exits 0. So a worker keeps at most half of its window as reserve.
+    """
+    window = max(StopDeadlines.plan(config, 0.0).worker_exit_by, 0.0)
+    if config.effective_reserve <= window / 2:
+        return config
+    return replace(config, reserve=round(window / 2, 3))
 
 
 def worker_line(worker: WorkerProcess, start: float) -> dict[str, Any]:

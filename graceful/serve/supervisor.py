@@ -56,7 +56,13 @@ from graceful.serve.listeners import bind_listener
 from graceful.serve.options import ServeOptions
 from graceful.serve.pool import WorkerPool
 from graceful.serve.processes import WorkerProcess, write_whole_lines
-from graceful.serve.stopping import StopDeadlines, SupervisorSettings, most_serious, worker_line
+from graceful.serve.stopping import (
+    StopDeadlines,
+    SupervisorSettings,
+    most_serious,
+    worker_config,
+    worker_line,
+)
 from graceful.signals import Escalation, StopSignals
 from graceful.status import ExitCode, LifecycleState
 from graceful.watchdog import Watchdog, grace_for
@@ -253,7 +259,8 @@ class Supervisor:
         return await self._stop()
 
     def _worker_start(self, index: int) -> WorkerStart:
-        return WorkerStart(index=index, spec=self.spec, options=self.options, config=self.config)
+        config = worker_config(self.config)
+        return WorkerStart(index=index, spec=self.spec, options=self.options, config=config)
 
     # -- signals -----------------------------------------------------------------------------
 
