@@ -29,6 +29,7 @@ from tests.test_supervisor import (
     Container,
     count_in_multiprocess_dir,
     get,
+    gone,
     metric,
     needs_unshare,
     read_answer,
@@ -257,3 +258,51 @@ def test_a_worker_always_has_time_to_stop_accepting_and_drain(
     assert budget.exit_at <= deadlines.kill_at
     if config.effective_reserve <= (deadlines.worker_exit_by - 100.0) / 2:
         assert worker_config(config) == config
+
+
+# -- what the app's own child processes inherit --------------------------------------------------
+
+LEAKY_APP = """
+import os, sys
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            # A child that outlives the worker, started as a shell would (fds inherited).
+            os.system(f"sleep 60 >/dev/null 2>&1 & echo $! >> {sys.argv[0]}.children")
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+"""
+
+
+def test_a_child_the_app_starts_does_not_keep_the_port_after_the_stop(tmp_path: Path) -> None:
+    """Each worker's app starts a long-lived child with ``os.system("sleep 60 &")``.
+
+    Result: once the container stopped, connecting to its port is refused, and the port can be
+    bound again (a restart). Old code: the children inherited the shared listener, so the port
+    stayed taken by processes that never accept: connects timed out (the stop's filter drops
+    their SYNs) and a restart could not bind. Control: the children are still running when
+    the port is checked (so they would hold it if they had it).
+    """
+    (tmp_path / "leaky.py").write_text(LEAKY_APP.replace("{sys.argv[0]}", str(tmp_path / "app")))
+    children = tmp_path / "app.children"
+    env = {"GRACEFUL_APP_DIR": str(tmp_path)}
+    try:
+        with Container(spec="leaky:app", env=env) as container:
+            container.wait_ready()
+            assert container.stop() == 0
+        pids = [int(pid) for pid in children.read_text().split()]
+        assert len(pids) == 2
+        assert all(not gone(pid) for pid in pids)  # the control
+        with socket.socket() as client:
+            client.settimeout(5.0)
+            with pytest.raises(ConnectionRefusedError):
+                client.connect(("127.0.0.1", container.port))
+        with socket.socket() as again:
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind(("127.0.0.1", container.port))
+            again.listen()
+    finally:
+        for pid in [int(pid) for pid in children.read_text().split()] if children.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -184,6 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"graceful serve: worker: no start from the supervisor: {exc}", file=sys.stderr)
         return int(ExitCode.ERROR)
     listener = socket.socket(fileno=args.listen_fd)
+    # Inherited on purpose, but no further: a process the app starts (``os.system("x &")``,
+    # ``Popen(close_fds=False)``) would otherwise hold the shared listener after the container
+    # stopped, leaving the port taken and its new connections unanswered.
+    for inherited in (listener, control):
+        inherited.set_inheritable(False)
     structlog.contextvars.bind_contextvars(worker=start.index)
     os.environ["GRACEFUL_WORKER"] = str(start.index)
     options = start.options
