@@ -391,3 +391,28 @@ def test_a_write_acknowledged_before_it_is_stored_fails_kill_under_load(
     sampled = next(x for x in control.findings if "SIGKILLs under write load" in x)
     assert "3 SIGKILLs" in sampled
     assert "graceful harness soak --faults kill" in sampled
+
+
+def test_signals_on_an_image_without_the_work_endpoint_judges_no_request_of_ours(
+    graceful_engine: Engine, test_images: dict[str, ImageInfo]
+) -> None:
+    """An image without the work URL (the README's FastAPI app before it had /slow): the
+    preflight says "work: no", ``signals`` sends no long requests and so no settling request
+    either, and passes. The old scenario still sent its settling ``GET /work?ms=0``, whose 404
+    the judge counted as a cut in-flight request: FAIL for an image that stops correctly.
+
+    Control: the same image whose work URL exists gets its long requests judged (2 in flight
+    at SIGINT, answered)."""
+    from graceful.harness.workload import Workload
+
+    image = test_images["graceful-uvicorn"]
+    missing = Workload(work_url="/missing?ms={ms}", items_path="", volume_path="")
+    report = run(graceful_engine, image, ["signals"], settings(missing))
+    assert any(line.startswith("work: no") for line in report.contract), report.contract
+    result = only(report)
+    assert result.verdict == "PASS", result.findings
+    assert not any("cut" in finding or "404" in finding for finding in result.findings)
+
+    control = only(run(graceful_engine, image, ["signals"], settings(Workload(items_path=""))))
+    assert control.verdict == "PASS", control.findings
+    assert any("2 still in flight when it began" in f for f in control.findings)

@@ -115,11 +115,23 @@ def test_judge_exit_only_complains_about_unexpected_codes(engine: Engine) -> Non
 def test_judge_inflight_counts_only_requests_sent_before_the_stop() -> None:
     ledger = Ledger()
     ledger.add(rec(Kind.LONG, 1.0, RequestOutcome.OK, status=200))
-    ledger.add(rec(Kind.LONG, 1.0, RequestOutcome.CLOSED))
+    ledger.add(Record(kind=Kind.LONG, sent=1.0, answered=2.5, outcome=RequestOutcome.CLOSED))
     ledger.add(rec(Kind.WORK, 5.0, RequestOutcome.REFUSED))  # after the stop: not in flight
     f = Findings()
     judge_inflight(f, ledger, stop_began=2.0)
     assert f.problems == ["in-flight requests were cut (1 of 2: 1 closed)"]
+
+
+def test_judge_inflight_does_not_call_a_failure_before_the_stop_a_cut() -> None:
+    """A request answered 404 before the signal (an image without the work endpoint) was not
+    cut by the stop; it is still a problem, named for what it is. The old judge said
+    "in-flight requests were cut (1 of 1: 1 HTTP 404)"."""
+    ledger = Ledger()
+    ledger.add(rec(Kind.WORK, 1.0, RequestOutcome.HTTP_ERROR, status=404))  # answered at 1.1
+    f = Findings()
+    judge_inflight(f, ledger, stop_began=2.0)
+    expected = "1 of 1 requests failed before the stop began, so the service was not serving"
+    assert f.problems == [f"{expected} them (1 HTTP 404)"]
 
 
 def ev(t: float, kind: str, outcome: str, status: int | None = None) -> ProbeEvent:

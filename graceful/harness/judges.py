@@ -222,6 +222,13 @@ def judge_inflight(
             say so as inconclusive (else as a note).
     """
     inflight = ledger.select((Kind.WORK, Kind.LONG, Kind.WRITE), sent_before=stop_began)
+    failed_before = [r for r in inflight if not r.ok and r.answered < stop_began]
+    if failed_before:
+        f.problem(
+            f"{prefix}{len(failed_before)} of {len(inflight)} requests failed before the stop "
+            f"began, so the service was not serving them ({describe_failures(failed_before)})"
+        )
+        return
     cut = [r for r in inflight if not r.ok]
     if cut:
         f.problem(
