@@ -306,3 +306,67 @@ def test_a_child_the_app_starts_does_not_keep_the_port_after_the_stop(tmp_path: 
         for pid in [int(pid) for pid in children.read_text().split()] if children.exists() else []:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+# -- --uds without workers ----------------------------------------------------------------------
+
+
+def serve_on_unix_socket(path: str) -> ServiceProcess:
+    argv = [sys.executable, "-m", "graceful", "serve", "serve_starlette:app"]
+    return ServiceProcess([*argv, "--app-dir", str(APPS), "--uds", path, "--admin-port", "0"])
+
+
+@pytest.mark.parametrize("taken_by", ["a-file", "a-live-socket"])
+def test_one_process_on_a_taken_uds_path_fails_before_the_app_starts(
+    tmp_path: Path, taken_by: str
+) -> None:
+    """``graceful serve app --uds PATH`` where PATH is a user's file, or the socket of a
+    server that is listening.
+
+    Result: exit 1 with the path and the reason in one error; the app's lifespan never
+    started, nothing was left running to cancel; the file, or the other server's socket, is
+    untouched. Old code: with a file, the bind failed after the lifespan startup (lifespan
+    task cancelled at exit with a traceback, its shutdown never run); with a live socket,
+    uvicorn replaced it and served, cutting the other server off from every new client.
+    """
+    path = tmp_path / "app.sock"
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if taken_by == "a-file":
+        path.write_text("the user's data\n")
+    else:
+        other.bind(str(path))
+        other.listen()
+    with other, serve_on_unix_socket(str(path)) as service:
+        code = service.wait(HANG_GUARD)
+        if taken_by == "a-live-socket":
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.connect(str(path))
+                other.accept()[0].close()  # the other server's socket, still
+    assert code == 1, service.output()
+    failed = [e for e in service.events() if e.get("event") == "service.crashed"]
+    assert failed, service.output()
+    assert f"cannot listen on unix:{path}" in failed[0]["error"]
+    assert "lifespan startup" not in service.lines  # the app never started
+    assert "tasks.leftover_cancelled" not in service.event_names()
+    if taken_by == "a-file":
+        assert path.read_text() == "the user's data\n"
+
+
+def test_control_one_process_replaces_a_stale_uds_socket_and_removes_it_at_exit(
+    tmp_path: Path,
+) -> None:
+    """The control for the test above: a socket file nobody listens on is replaced and
+    served. After the stop the path is gone (new: old code left the socket file behind)."""
+    path = str(tmp_path / "app.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+        stale.bind(path)
+    with serve_on_unix_socket(path) as service:
+        service.wait_event("service.ready")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(HANG_GUARD)
+            client.connect(path)
+            client.sendall(b"GET /slow?s=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert client.makefile("rb").read().startswith(b"HTTP/1.1 200")
+        service.signal(signal.SIGTERM)
+        assert service.wait(HANG_GUARD) == 0
+    assert not Path(path).exists()

@@ -19,6 +19,9 @@ import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from graceful.exceptions import GracefulError
+from graceful.hooks import Phase
+from graceful.serve.listeners import SocketFile, bind_listener
 from graceful.serve.options import ServeOptions
 from graceful.serve.target import Target
 
@@ -60,12 +63,14 @@ async def serve_target(
 
     .. versionadded:: 0.1
     """
-    owned = sock is None and options.fd is not None
-    if owned:
+    owned = sock is None and (options.fd is not None or options.uds is not None)
+    if sock is None and options.fd is not None:
         # Owned, not duplicated (uvicorn's own ``fd`` path dups it): closing the listener at
         # stop_accept must close the last descriptor, or the kernel keeps queueing
         # connections nobody will accept.
         sock = socket.socket(fileno=options.fd)
+    elif sock is None and options.uds is not None:
+        sock = _bind_unix_socket(runtime, options)
     starting: Callable[[], bool]
     undo: Callable[[], Awaitable[None]]
     if target.kind == "aiohttp":
@@ -102,6 +107,25 @@ async def serve_target(
         sockets=[_name(s) for s in listening],
         access_log=options.access_log,
     )
+
+
+def _bind_unix_socket(runtime: Runtime, options: ServeOptions) -> socket.socket:
+    """Bind ``--uds`` here, before the app starts, as the supervisor does.
+
+    Left to the server, a path that is taken fails only after the app's startup ran (uvicorn
+    then leaves its lifespan running, cancelled at exit with a traceback, its shutdown never
+    run), and a socket another server listens on is silently replaced (asyncio and uvloop
+    remove any socket file). The file is removed in the ``close`` phase if it is still ours.
+
+    Raises:
+        GracefulError: the path cannot be bound; the message says why in one line.
+    """
+    try:
+        sock = bind_listener(options)
+    except OSError as exc:
+        raise GracefulError(f"cannot listen on {options.address}: {exc.strerror or exc}") from None
+    runtime.on_shutdown(SocketFile.of(sock).remove, phase=Phase.CLOSE, name="uds.remove")
+    return sock
 
 
 async def _start_unless_stopped(
@@ -184,7 +208,7 @@ async def _serve_aiohttp(
         host=options.host,
         port=options.port,
         sock=sock,
-        path=options.uds,
+        path=options.uds if sock is None else None,
         keepalive_timeout=float(options.timeout_keep_alive),
         access_log=options.access_log,
         backlog=options.backlog,

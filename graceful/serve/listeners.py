@@ -41,12 +41,13 @@ import os
 import socket
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from graceful.backlog import backlog_waiting, refuse_new_connections
 from graceful.logs import get_logger
 from graceful.serve.options import ServeOptions
 
-__all__ = ["BacklogGuard", "bind_listener"]
+__all__ = ["BacklogGuard", "SocketFile", "bind_listener"]
 
 #: Longest the guard keeps accepting (seconds): a backlog of thousands drains in tens of
 #: milliseconds; this bounds a server that stopped accepting (the phase deadline bounds it too).
@@ -87,6 +88,34 @@ def bind_listener(options: ServeOptions) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+@dataclass(frozen=True, slots=True)
+class SocketFile:
+    """The file of a Unix socket bound here, to remove at exit if it is still ours.
+
+    Attributes:
+        path: where it was bound.
+        inode: its inode then: the path may have been taken over since (a server started
+            after this one stopped listening), and that server's socket must stay.
+
+    .. versionadded:: 0.1
+    """
+
+    path: str
+    inode: int
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> SocketFile:
+        """The file of the bound Unix socket ``sock``."""
+        path = sock.getsockname()
+        return cls(path, os.stat(path).st_ino)
+
+    def remove(self) -> None:
+        """Remove the file unless it is gone or is another socket now."""
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == self.inode:
+                os.remove(self.path)
 
 
 def _remove_stale_socket(path: str) -> None:

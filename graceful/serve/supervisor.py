@@ -26,7 +26,6 @@ On a stop signal (see :class:`StopDeadlines` for the numbers):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
 import signal
@@ -52,7 +51,7 @@ from graceful.serve.aggregate import (
     container_registry,
 )
 from graceful.serve.control import WorkerStart
-from graceful.serve.listeners import bind_listener
+from graceful.serve.listeners import SocketFile, bind_listener
 from graceful.serve.options import ServeOptions
 from graceful.serve.pool import WorkerPool
 from graceful.serve.processes import WorkerProcess, write_whole_lines
@@ -126,7 +125,7 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._plan: StopDeadlines | None = None
         self._stopping: list[WorkerProcess] = []
-        self._bound_uds: str | None = None
+        self._socket_file: SocketFile | None = None
         self._early_signals: list[tuple[signal.Signals, Escalation]] = []
 
     # -- health ------------------------------------------------------------------------------
@@ -222,7 +221,7 @@ class Supervisor:
             self.log.error("startup.failed", error=f"{self.options.address}: {exc.strerror}")
             return ExitCode.ERROR
         if self.options.uds is not None and self.options.fd is None:
-            self._bound_uds = self.options.uds  # ours to remove at exit, and only then
+            self._socket_file = SocketFile.of(self.listener)  # ours to remove at exit
         try:
             self.metrics = MetricsDirectory.prepare(os.environ)
         except OSError as exc:
@@ -381,10 +380,9 @@ class Supervisor:
             await reaper.stop()
         if self.listener is not None:
             self.listener.close()
-        if self._bound_uds is not None:
+        if self._socket_file is not None:
             # Only the socket this supervisor bound: a bind that failed left the path to
             # whoever had it (a user's file, another server's socket).
-            with contextlib.suppress(OSError):
-                os.remove(self._bound_uds)
+            self._socket_file.remove()
         if self.metrics is not None:
             self.metrics.remove()
