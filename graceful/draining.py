@@ -5,10 +5,11 @@ drives all of them through the same three steps of the shutdown sequence:
 
 1. ``stop_accepting()`` in the ``stop_accept`` phase: listeners close, so new connections are
    refused by the kernel instead of being accepted and then reset.
-2. ``drain()`` in the ``drain`` phase: idle connections are closed at once, busy ones are told to
-   finish (``Connection: close``, websocket close 1001, streams told to end), and connections
-   accepted without a request yet get a short grace for it (it may be on the wire). It returns
-   when nothing is in flight; the runtime cancels it at the drain deadline.
+2. ``drain()`` in the ``drain`` phase: idle connections close once no work is in flight (at
+   once when none is), busy ones are told to finish (``Connection: close``, websocket close
+   1001, streams told to end), connections accepted without a request yet get a short grace
+   for it (it may be on the wire). It returns when nothing is in flight; the runtime cancels
+   it at the drain deadline.
 3. ``abort()`` in the ``cancel`` phase: whatever is still running is cut; returns how many units
    of work were cut, which decides the exit code.
 
@@ -275,6 +276,9 @@ BACKLOG_DRAIN_MAX = 1.0
 #: waiting for its first request (see :func:`close_connections`).
 FIRST_REQUEST_GRACE = 0.5
 
+# Rounds of reads a parsed request gets to reach the app (one or two suffice): a bound.
+_TRANSIT_SPINS = 8
+
 
 def _sockets(server: asyncio.AbstractServer) -> list[TransportSocket]:
     # ``sockets`` is on asyncio's and uvloop's servers, not on the abstract class.
@@ -409,24 +413,39 @@ async def _let_reads_in() -> None:
     await asyncio.sleep(0)
 
 
-def _sort(clients: ClientConnections[_Conn], conns: Iterable[_Conn]) -> tuple[list[_Conn], bool]:
-    """Close the idle connections, tell the busy ones to finish; return the others, and
-    whether one of them has a request in transit (``RECEIVED``)."""
+def _sort(
+    clients: ClientConnections[_Conn], conns: Iterable[_Conn], *, close_idle: bool, told: set[int]
+) -> tuple[list[_Conn], bool, bool]:
+    """Tell busy connections (once: ``told``) to close after their response, close the idle
+    ones if ``close_idle``; return those still open, and whether one has a request in
+    transit (``RECEIVED``) or may get one (``FRESH``, or bytes waiting unread)."""
     waiting = []
-    in_transit = False
+    in_transit = fresh = False
     for conn in conns:
         transport = clients.transport_of(conn)
         if transport is None or transport.is_closing():
             continue
         state = clients.state_of(conn)
         if state is ConnectionState.BUSY:
-            clients.close_after_response(conn)
+            if id(conn) not in told:
+                told.add(id(conn))
+                clients.close_after_response(conn)
         elif state is ConnectionState.IDLE and not unread_bytes(transport):
-            clients.close_now(conn)
+            if close_idle:
+                clients.close_now(conn)
+                continue
         else:
-            waiting.append(conn)
             in_transit = in_transit or state is ConnectionState.RECEIVED
-    return waiting, in_transit
+            fresh = fresh or state is not ConnectionState.RECEIVED
+        waiting.append(conn)
+    return waiting, in_transit, fresh
+
+
+def _no_request_in_app(clients: ClientConnections[_Conn], conn: _Conn) -> bool:
+    state = clients.state_of(conn)
+    if state is ConnectionState.IDLE:
+        return bool(unread_bytes(clients.transport_of(conn)))
+    return state is not ConnectionState.BUSY
 
 
 async def close_connections(
@@ -437,43 +456,65 @@ async def close_connections(
     Called as the drain begins, once the listeners are closed. The loop first gets two
     iterations to read and parse what has arrived; then:
 
-    - an idle connection (it had a request answered, none is in progress and no byte waits
-      unread in the kernel) is closed at once, with a clean FIN;
-    - a busy one is told to close after its response;
+    - a busy connection is told to close after its response (which says ``Connection:
+      close``); if that response had begun with keep-alive, it is idle after it;
+    - an idle keep-alive connection (a request answered, none in progress, no byte unread in
+      the kernel) is closed with a clean FIN once no work is in flight on the server (at once
+      when none is). Until then the process cannot exit anyway: its client, which cannot know
+      of the stop before a ``Connection: close`` or a FIN, may be sending its next request
+      right now, and that request is answered (with ``Connection: close``) instead of being
+      reset by a close it crossed: the keep-alive race, common on a starved machine;
     - a fresh one (accepted, no request yet: the listeners closed a moment after accepting
       it) or one whose request has arrived but is not in the app yet is left open until its
-      request reaches the app (it is busy then, and its answer carries ``Connection: close``)
-      or for ``grace`` seconds, and then closed. Closing it at once would make the kernel
-      reset the client's request instead of answering it: at once for bytes already waiting
-      unread, or when they land.
+      request reaches the app (it is busy then) or for ``grace`` seconds, and then closed.
+      Closing it at once would make the kernel reset the client's request instead of
+      answering it: at once for bytes already waiting unread, or when they land.
 
-    Returns once no connection is left waiting; the drain then waits for the work in flight
-    (``tracker.wait_idle()``). The runtime cancels the drain at its deadline, so the grace
-    never runs past it.
+    Returns once every connection is closed or closing. The runtime cancels the drain at its
+    deadline, so no wait here runs past it.
 
     Args:
         clients: the server's connections, where each stands, and how to close it.
-        tracker: the server's work in flight: a request reaching the app ends a wait early.
+        tracker: the server's work in flight: a request reaching the app or ending ends a wait.
         grace: seconds a connection without a request in the app is given to get one there.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.1
+       Idle keep-alive connections wait for the server's work in flight to end.
     """
     await _let_reads_in()
-    waiting, in_transit = _sort(clients, clients.open_connections())
     loop = asyncio.get_running_loop()
     grace_end = loop.time() + grace
-    while waiting and loop.time() < grace_end:
-        if in_transit:
+    spins = 0  # rounds of reads in a row with a request still in transit
+    told: set[int] = set()
+    waiting: Iterable[_Conn] = clients.open_connections()
+    while True:
+        idle = tracker.count == 0
+        waiting, in_transit, fresh = _sort(clients, waiting, close_idle=idle, told=told)
+        if not waiting:
+            return
+        if (fresh and loop.time() >= grace_end) or spins >= _TRANSIT_SPINS:
+            # A request that landed as the grace ended (or while the loop was held up) gets
+            # the iterations it needs to reach the app; what has none there then is closed.
+            # Idle ones go on waiting for the work in flight.
+            await _let_reads_in()
+            for conn in waiting:
+                if _no_request_in_app(clients, conn):
+                    clients.close_now(conn)
+            spins = 0
+        elif in_transit:
+            spins += 1
             await _let_reads_in()  # it gets there without more input: no event to wait for
         else:
-            # Until a request reaches the app (or ends): a unit of work begins (or ends).
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(grace_end):
+            spins = 0
+            # Until a request reaches the app or ends (a unit of work begins or ends), or a
+            # fresh connection's grace runs out. With no work in flight, what is still open a
+            # grace later is closed (a response the server finishes outside the app).
+            until = grace_end if fresh else loop.time() + grace if idle else None
+            try:
+                async with asyncio.timeout_at(until):
                     await tracker.wait_changed()
-        waiting, in_transit = _sort(clients, waiting)
-    if waiting:
-        # A request that landed as the grace ended (or while the loop was held up) gets the
-        # iterations it needs to reach the app; what is still waiting after them is closed.
-        await _let_reads_in()
-        for conn in _sort(clients, waiting)[0]:
-            clients.close_now(conn)
+            except TimeoutError:
+                if not fresh:
+                    for conn in waiting:
+                        clients.close_now(conn)

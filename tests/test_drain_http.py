@@ -10,6 +10,7 @@ the servers in-process, to send a request at a chosen moment of the drain.)
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -189,39 +190,98 @@ async def test_every_accepted_request_is_answered(server: str, loop: str, tmp_pa
     assert report["seconds"] < child.stop_timeout
 
 
+async def wait_refused(child: Child) -> None:
+    """Bounded wait until new connections are refused: the listener is closed, the drain on."""
+    async with asyncio.timeout(HANG_GUARD):
+        while True:
+            try:
+                client = await Client.open(child.port)
+            except ConnectionRefusedError:
+                return
+            client.close()
+            await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"], ids=["child-asyncio", "child-uvloop"])
 @pytest.mark.parametrize("server", SERVERS)
-async def test_idle_keepalive_connections_close_before_the_inflight_answer(
+async def test_keepalive_request_crossing_the_stop_is_answered(
     server: str, loop: str, tmp_path: Path
 ) -> None:
-    """20 idle keep-alive connections and one request in flight when SIGTERM arrives.
+    """The keep-alive race: a client sends its next request on a connection the server saw
+    idle when the drain began (the client cannot know of the stop before a ``Connection:
+    close`` or a FIN).
 
-    Result: every idle connection gets a clean FIN before the in-flight answer is complete
-    (so the exit follows the work, not the keep-alive timeout); that answer is a 200.
+    1. 20 keep-alive connections have each had a request answered; one request is in flight.
+    2. SIGTERM; once new connections are refused (the drain is on) and a little later (a
+       starved client is that late), 10 of the idle connections send their next request.
+
+    Result: each is answered 200 with ``Connection: close`` (the old drain closed the idle
+    connections at once: those requests were reset or closed unanswered); the 10 that send
+    nothing get a clean FIN once the in-flight answer is complete; exit 0.
     """
     async with service(server, tmp_path, loop=loop) as child:
         idle = [await child.connect() for _ in range(20)]
         for client in idle:
             assert (await client.get("/work?ms=0")).status == 200
         busy = await child.connect()
-        order: list[str] = []
-
-        async def watch_idle(client: Client) -> None:
-            await client.eof()
-            order.append("idle-closed")
-
-        async def watch_busy() -> Response:
-            response = await busy.get("/work?ms=1500")
-            order.append("inflight-answered")
-            return response
-
-        watchers = [asyncio.create_task(watch_idle(c)) for c in idle]
-        answer = asyncio.create_task(watch_busy())
+        answer = asyncio.create_task(busy.get("/work?ms=2000"))
         await wait_inflight(child, 1)
         child.terminate()
-        await asyncio.gather(*watchers)
+        await wait_refused(child)
+        await asyncio.sleep(0.2)  # the scenario, not a wait for the server
+        senders, silent = idle[:10], idle[10:]
+        outcomes = await asyncio.gather(
+            *(c.get("/work?ms=0") for c in senders), return_exceptions=True
+        )
+        assert [getattr(r, "status", repr(r)) for r in outcomes] == [200] * 10
+        assert all(
+            r.headers.get("connection") == "close" for r in outcomes if isinstance(r, Response)
+        )
+        assert not answer.done(), "the in-flight request ended before the crossing ones"
+        await asyncio.gather(*(c.eof() for c in silent))
         assert (await answer).status == 200
-        assert order == ["idle-closed"] * 20 + ["inflight-answered"]
+        assert await child.exit_code() == 0
+    assert child.report()["drained"] is True
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_request_body_arriving_after_the_stop_is_read(server: str, tmp_path: Path) -> None:
+    """1. a ``POST /items`` whose headers are in (the handler is reading its body); 2. SIGTERM;
+    3. once the drain is on, the body.
+
+    Result: the write is stored and answered 200 with ``Connection: close``; exit 0. (aiohttp's
+    ``close()``, which the drain used to call on busy connections, drops every byte received
+    after it: the handler waited for the body until the drain deadline, exit 3.)
+    """
+    async with service(server, tmp_path, stop_timeout=4.0) as child:
+        client = await child.connect()
+        body = b'{"id": "late-body"}'
+        head = h11.Request(
+            method="POST",
+            target="/items",
+            headers=[("Host", "127.0.0.1"), ("Content-Length", str(len(body)))],
+        )
+        client.writer.write(client.conn.send(head))
+        await wait_inflight(child, 1)
+        child.terminate()
+        await wait_refused(child)
+        client.writer.write(client.conn.send(h11.Data(data=body)))
+        client.writer.write(client.conn.send(h11.EndOfMessage()))
+        response, answer = None, b""
+        while True:
+            event = client.conn.next_event()
+            if event is h11.NEED_DATA:
+                client.conn.receive_data(await client.reader.read(65536))
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                answer += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                break
+        assert response is not None, answer
+        assert response.status_code == 200, answer
+        assert json.loads(answer) == {"id": "late-body"}
+        assert (b"connection", b"close") in list(response.headers)
         assert await child.exit_code() == 0
 
 

@@ -10,7 +10,8 @@ call applies ``shutdown_timeout`` twice (once to wait, once more to cancel) and 
 of the process's budget. The runtime drives the same steps instead:
 
 1. ``stop_accept``: the listener closes, so new connections are refused.
-2. ``drain``: idle keep-alive connections are closed at once; busy ones close after their
+2. ``drain``: idle keep-alive connections are closed once no request is in flight (at once
+   when none is: a request sent on one meanwhile is answered); busy ones close after their
    current response, which carries ``Connection: close`` (so does every response started once
    the stop has begun); fresh ones (accepted just before the listener closed) are given a
    short grace for their first request (``draining.close_connections``); websockets are closed
@@ -136,7 +137,11 @@ class _Connections:
         conn.force_close()
 
     def close_after_response(self, conn: RequestHandler) -> None:
-        conn.close()
+        # Nothing to do: a response prepared since the stop began says ``Connection: close``
+        # and aiohttp closes after it; one prepared before leaves the connection idle, closed
+        # then as idle. Not ``conn.close()``: from then on aiohttp drops every byte received,
+        # the rest of the request's body too, and the handler waits for it until the deadline.
+        del conn
 
 
 class AiohttpServer:

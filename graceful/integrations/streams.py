@@ -13,9 +13,10 @@ know which connections are idle and which are busy::
     server = await streams.start_server(runtime, handle, "0.0.0.0", 7000)
 
 On a stop: the listener closes (new connections are refused); idle connections (a unit done,
-none in progress, nothing received since) are closed at once, so their handlers read EOF; busy
-ones are closed right after their current unit; a connection that has had no unit yet, or has
-received bytes since its last one, is given a short grace to begin its unit
+none in progress, nothing received since) are closed once no unit is in progress on the
+server (at once when none is: a unit begun on one meanwhile is served), so their handlers
+read EOF; busy ones are closed right after their current unit; a connection that has had no
+unit yet, or has received bytes since its last one, is given a short grace to begin its unit
 (``draining.close_connections``); at the drain deadline the handlers still running are
 cancelled.
 """
