@@ -370,3 +370,44 @@ def test_control_one_process_replaces_a_stale_uds_socket_and_removes_it_at_exit(
         service.signal(signal.SIGTERM)
         assert service.wait(HANG_GUARD) == 0
     assert not Path(path).exists()
+
+
+# -- --fd that is not a listening socket --------------------------------------------------------
+
+#: Execs ``graceful serve`` with ``--fd`` naming a socket of the kind in argv[1], as systemd
+#: or a parent process would hand one over.
+FD_LAUNCHER = """
+import os, socket, sys
+kind = socket.SOCK_DGRAM if sys.argv[1] == "udp" else socket.SOCK_STREAM
+sock = socket.socket(socket.AF_INET, kind)
+if sys.argv[1] != "unbound":
+    sock.bind(("127.0.0.1", 0))
+os.set_inheritable(sock.fileno(), True)
+argv = [sys.executable, "-m", "graceful", *sys.argv[2:], "--fd", str(sock.fileno())]
+os.execv(sys.executable, argv)
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [("udp", "not a stream (TCP or Unix) socket"), ("unbound", "not bound to an address")],
+)
+def test_an_fd_that_is_no_listener_is_one_error_and_exit_1(
+    kind: str, problem: str, workers: int
+) -> None:
+    """``--fd N`` naming a UDP socket, or a TCP socket never bound.
+
+    Result: exit 1 with an error that says which (``fd:N: ...``). Old code: a UDP socket was
+    a ValueError traceback (one process) or every worker crashing; an unbound socket was
+    served on a random port on every interface, which nobody would ever reach. Control:
+    ``tests/test_serve.py::test_unix_socket_and_inherited_fd_listeners_close_at_stop[fd]``
+    serves a bound socket handed over the same way.
+    """
+    argv = [sys.executable, "-c", FD_LAUNCHER, kind, "serve", "tests.apps.workers_app:app"]
+    argv += ["--workers", str(workers), "--admin-port", "0"]
+    with ServiceProcess(argv) as service:
+        code = service.wait(HANG_GUARD)
+    assert code == 1, service.output()
+    errors = [e["error"] for e in service.events() if "error" in e and "worker" not in e]
+    assert any(problem in error and "fd:" in error for error in errors), service.output()

@@ -68,9 +68,10 @@ async def serve_target(
         # Owned, not duplicated (uvicorn's own ``fd`` path dups it): closing the listener at
         # stop_accept must close the last descriptor, or the kernel keeps queueing
         # connections nobody will accept.
-        sock = socket.socket(fileno=options.fd)
+        sock = _listener(options)
     elif sock is None and options.uds is not None:
-        sock = _bind_unix_socket(runtime, options)
+        sock = _listener(options)
+        runtime.on_shutdown(SocketFile.of(sock).remove, phase=Phase.CLOSE, name="uds.remove")
     starting: Callable[[], bool]
     undo: Callable[[], Awaitable[None]]
     if target.kind == "aiohttp":
@@ -109,23 +110,22 @@ async def serve_target(
     )
 
 
-def _bind_unix_socket(runtime: Runtime, options: ServeOptions) -> socket.socket:
-    """Bind ``--uds`` here, before the app starts, as the supervisor does.
+def _listener(options: ServeOptions) -> socket.socket:
+    """The ``--fd`` or ``--uds`` listener, made here as the supervisor makes it.
 
-    Left to the server, a path that is taken fails only after the app's startup ran (uvicorn
-    then leaves its lifespan running, cancelled at exit with a traceback, its shutdown never
-    run), and a socket another server listens on is silently replaced (asyncio and uvloop
-    remove any socket file). The file is removed in the ``close`` phase if it is still ours.
+    Before the app starts: left to the server, a Unix socket path that is taken fails only
+    after the app's startup ran (uvicorn then leaves its lifespan running, cancelled at exit
+    with a traceback, its shutdown never run), a socket another server listens on is
+    silently replaced (asyncio and uvloop remove any socket file), and an ``--fd`` that is
+    not a bound stream socket is a traceback, or served on a random port.
 
     Raises:
-        GracefulError: the path cannot be bound; the message says why in one line.
+        GracefulError: it cannot be listened on; the message says why in one line.
     """
     try:
-        sock = bind_listener(options)
+        return bind_listener(options)
     except OSError as exc:
         raise GracefulError(f"cannot listen on {options.address}: {exc.strerror or exc}") from None
-    runtime.on_shutdown(SocketFile.of(sock).remove, phase=Phase.CLOSE, name="uds.remove")
-    return sock
 
 
 async def _start_unless_stopped(

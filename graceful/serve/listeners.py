@@ -47,7 +47,7 @@ from graceful.backlog import backlog_waiting, refuse_new_connections
 from graceful.logs import get_logger
 from graceful.serve.options import ServeOptions
 
-__all__ = ["BacklogGuard", "SocketFile", "bind_listener"]
+__all__ = ["BacklogGuard", "SocketFile", "bind_listener", "inherited_listener"]
 
 #: Longest the guard keeps accepting (seconds): a backlog of thousands drains in tens of
 #: milliseconds; this bounds a server that stopped accepting (the phase deadline bounds it too).
@@ -68,7 +68,7 @@ def bind_listener(options: ServeOptions) -> socket.socket:
         OSError: the address cannot be bound (``EADDRINUSE`` for a path that is taken).
     """
     if options.fd is not None:
-        return socket.socket(fileno=options.fd)
+        return inherited_listener(options.fd)
     if options.uds is not None:
         _remove_stale_socket(options.uds)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -87,6 +87,27 @@ def bind_listener(options: ServeOptions) -> socket.socket:
     except OSError:
         sock.close()
         raise
+    return sock
+
+
+def inherited_listener(fd: int) -> socket.socket:
+    """The socket given as ``--fd``, once it is known to be one a server can listen on.
+
+    Raises:
+        OSError: ``fd`` is not open, not a socket, not a stream socket (a UDP socket), or
+            not bound (uvicorn would listen on a random port on every interface).
+    """
+    sock = socket.socket(fileno=fd)
+    problem = None
+    if sock.type != socket.SOCK_STREAM:
+        problem = "not a stream (TCP or Unix) socket"
+    else:
+        address = sock.getsockname()
+        if (isinstance(address, tuple) and address[1] == 0) or address in ("", b""):
+            problem = "the socket is not bound to an address"
+    if problem is not None:
+        sock.detach()  # the caller's descriptor: left as it was
+        raise OSError(errno.EINVAL, problem)
     return sock
 
 
