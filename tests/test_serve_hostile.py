@@ -411,3 +411,50 @@ def test_an_fd_that_is_no_listener_is_one_error_and_exit_1(
     assert code == 1, service.output()
     errors = [e["error"] for e in service.events() if "error" in e and "worker" not in e]
     assert any(problem in error and "fd:" in error for error in errors), service.output()
+
+
+# -- the port taken by someone else -------------------------------------------------------------
+
+
+def test_admin_port_equal_to_the_app_port_is_one_error_before_any_worker_starts() -> None:
+    """``ADMIN_PORT`` = ``PORT`` (a copy-paste slip) with ``--workers 2``.
+
+    Result: exit 1, ``startup.failed`` names the address in use, no worker is started.
+    Old code: the supervisor bound the app port without listening, the admin server then
+    took the same port, and each worker crashed with an AttributeError from deep inside
+    (uvloop did not report the failed listen). Control: without workers the same slip is
+    refused as "address already in use" too (the conflict is real).
+    """
+    port = free_port()
+    with Container(workers=2, env={"PORT": str(port), "ADMIN_PORT": str(port)}) as container:
+        assert container.service.wait(HANG_GUARD) == 1
+    failed = container.events("startup.failed")
+    assert len(failed) == 1, container.service.output()
+    assert "Address already in use" in failed[0]["error"]
+    assert "worker.started" not in container.service.event_names()
+    assert "AttributeError" not in container.service.output()
+    argv = [sys.executable, "-m", "graceful", "serve", "tests.apps.workers_app:app"]
+    argv += ["--host", "127.0.0.1", "--port", str(port)]
+    with ServiceProcess(argv, env={"ADMIN_PORT": str(port)}) as single:
+        assert single.wait(HANG_GUARD) == 1
+    assert "address already in use" in single.output()
+
+
+def test_a_port_taken_while_the_workers_start_is_an_error_that_says_so() -> None:
+    """Another server binds and listens on the port after the supervisor bound it (the
+    supervisor does not listen) and before the workers, which take a second to import, do.
+
+    Result: the workers fail with "Address already in use"; the container exits 1. Old code:
+    uvloop swallowed the failed listen and each worker crashed with an AttributeError.
+    Control: the intruder's listen succeeded (the port was free to take).
+    """
+    with Container(workers=2, env={"APP_IMPORT_DELAY_S": "1"}) as container:
+        container.service.wait_count("worker.started", 2)
+        with socket.socket() as intruder:
+            intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            intruder.bind(("127.0.0.1", container.port))
+            intruder.listen()  # the control: nothing stopped it
+            assert container.service.wait(HANG_GUARD) == 1
+    output = container.service.output()
+    assert "Address already in use" in output
+    assert "AttributeError" not in output

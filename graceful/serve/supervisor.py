@@ -216,13 +216,6 @@ class Supervisor:
             stop_timeout=self.config.stop_timeout,
         )
         try:
-            self.listener = bind_listener(self.options)
-        except OSError as exc:
-            self.log.error("startup.failed", error=f"{self.options.address}: {exc.strerror}")
-            return ExitCode.ERROR
-        if self.options.uds is not None and self.options.fd is None:
-            self._socket_file = SocketFile.of(self.listener)  # ours to remove at exit
-        try:
             self.metrics = MetricsDirectory.prepare(os.environ)
         except OSError as exc:
             self.log.warning("metrics.not_aggregated", error=str(exc), variable=ENV_VAR)
@@ -252,6 +245,16 @@ class Supervisor:
                 self.admin = None
                 return ExitCode.ERROR
             self.log.info("admin.listening", host=self.config.admin_host, port=self.admin.port)
+        # After the admin server: the listener is bound but not listening until a worker
+        # serves, so a server started after it on the same port (ADMIN_PORT = PORT) would
+        # take the port from under the workers; bound after it, the conflict is ours to see.
+        try:
+            self.listener = bind_listener(self.options)
+        except OSError as exc:
+            self.log.error("startup.failed", error=f"{self.options.address}: {exc.strerror}")
+            return ExitCode.ERROR
+        if self.options.uds is not None and self.options.fd is None:
+            self._socket_file = SocketFile.of(self.listener)  # ours to remove at exit
         if not self._stop_requested.is_set():  # a stop before any worker starts none
             self.pool.start(self.listener, self.metrics)
         await self._stop_requested.wait()

@@ -202,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     runtime = WorkerRuntime(replace(start.config, admin_port=None), control)
 
     async def serve(runtime: Runtime) -> None:
+        # Listen here, where a failure is an error that says so (the port was taken since the
+        # supervisor bound it): uvloop's server would swallow it and serve nothing.
+        listener.listen(options.backlog)
         if start.backlog_guard:  # registered first: its stop_accept runs before the server's
             runtime.add_drainable(BacklogGuard(listener, lambda: stopped_by_supervisor(runtime)))
         await serve_target(runtime, target, options, sock=listener)
