@@ -13,7 +13,8 @@ before the listener opens; its lifespan shutdown runs in the runtime's ``close``
 stop, driven by the runtime:
 
 1. ``stop_accept``: the listeners close, so new connections are refused.
-2. ``drain``: idle keep-alive connections are closed at once; busy ones answer with
+2. ``drain``: idle keep-alive connections are closed once no request is in flight (at once
+   when none is: a request sent on one meanwhile is answered); busy ones answer with
    ``Connection: close`` (already from the moment the stop began), as do fresh ones, given a
    short grace for their first request (``draining.close_connections``); websockets are closed
    with 1001 (going away, instead of uvicorn's 1012); streaming responses see :func:`draining`
