@@ -1,6 +1,6 @@
 """graceful: containerized asyncio services that stop correctly."""
 
-from typing import TYPE_CHECKING, Any
+import typing
 
 from graceful.config import Config
 from graceful.draining import Drainable, WorkTracker
@@ -15,7 +15,7 @@ from graceful.exceptions import (
 from graceful.logs import configure_logging, get_logger
 from graceful.runtime import ExitCode, LifecycleState, Phase, Runtime, current_runtime, run
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from graceful.state import Batcher, DurableStore
 
 __all__ = [
@@ -43,11 +43,18 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> Any:
+_ON_FIRST_USE = ("Batcher", "DurableStore")
+
+
+def __getattr__(name: str) -> typing.Any:
     # The store (and sqlite3) is imported on first use: a process that never keeps state,
     # such as each worker of ``graceful serve --workers``, does not carry it.
-    if name in ("Batcher", "DurableStore"):
+    if name in _ON_FIRST_USE:
         from graceful import state
 
         return getattr(state, name)
     raise AttributeError(f"module 'graceful' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_ON_FIRST_USE])

@@ -31,6 +31,6 @@ def test_all_names_exist_and_are_documented(name: str) -> None:
 
 
 def test_package_reexports_only_what_it_lists() -> None:
-    public = {n for n in vars(graceful) if not n.startswith("_")}
+    public = {n for n in dir(graceful) if not n.startswith("_")}  # with the lazy ones
     modules = {n for n in public if type(getattr(graceful, n)).__name__ == "module"}
     assert public - modules - {"__version__"} == set(graceful.__all__)
