@@ -458,3 +458,49 @@ def test_a_port_taken_while_the_workers_start_is_an_error_that_says_so() -> None
     output = container.service.output()
     assert "Address already in use" in output
     assert "AttributeError" not in output
+
+
+# -- nobody reads the logs any more --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reader", ["gone", "control-still-reading"])
+def test_a_stop_after_the_log_reader_went_away_is_still_clean(reader: str) -> None:
+    """The container's stdout is a pipe whose reader goes away once the service is ready (a
+    log collector restarted, ``graceful serve ... | head``); then SIGTERM.
+
+    Result: exit 0, at once. Old code: the supervisor's first log line after the signal
+    raised BrokenPipeError inside its signal callback, so the stop never began; the watchdog
+    ended the container at its deadline with exit 6. Control: the same with the reader still
+    there.
+    """
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(free_port()),
+        "ADMIN_PORT": str(free_port()),
+        "WEB_CONCURRENCY": "2",
+        "GRACEFUL_STOP_TIMEOUT": "10",
+        "GRACEFUL_LOG_FORMAT": "json",
+    }
+    argv = [sys.executable, "-u", str(APPS / "supervise.py"), "tests.apps.workers_app:app"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # until the supervisor's own service.ready
+            seen.append(line)
+            if b'"event": "service.ready"' in line and b'"worker"' not in line:
+                break
+        else:
+            raise AssertionError(b"".join(seen).decode())
+        if reader == "gone":
+            proc.stdout.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(HANG_GUARD) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None and not proc.stdout.closed:
+            proc.stdout.read()
+            proc.stdout.close()
