@@ -504,3 +504,30 @@ def test_a_stop_after_the_log_reader_went_away_is_still_clean(reader: str) -> No
         if proc.stdout is not None and not proc.stdout.closed:
             proc.stdout.read()
             proc.stdout.close()
+
+
+def test_a_worker_killed_while_creating_a_metrics_file_does_not_break_metrics(
+    tmp_path: Path,
+) -> None:
+    """1. Worker 0 is frozen and left an empty ``histogram_<pid>.db`` behind, as a worker
+    SIGKILLed between creating a metrics file and writing it does; 2. it is killed.
+
+    Result: the supervisor removes the unreadable file with the dead worker
+    (``metrics.file_removed``) and /metrics answers 200 with both workers' counts. Old code:
+    the file stayed, and every scrape failed with 500 from then on. Control: while the
+    worker is still frozen the same file already fails the scrape.
+    """
+    directory = tmp_path / "metrics"
+    with Container(env={"PROMETHEUS_MULTIPROC_DIR": str(directory)}) as container:
+        pids = container.wait_ready()
+        os.kill(pids[0], signal.SIGSTOP)
+        (directory / f"histogram_{pids[0]}.db").write_bytes(b"")
+        assert get(container.url("/metrics", admin=True))[0] == 500  # the control
+        os.kill(pids[0], signal.SIGKILL)
+        container.service.wait_count("worker.ready", 3)
+        status, body, _ = get(container.url("/metrics", admin=True))
+        assert container.stop() == 0
+    assert status == 200
+    assert metric(body.decode(), "app_workers_started_total") == 3
+    removed = container.events("metrics.file_removed")
+    assert [e["path"] for e in removed] == [str(directory / f"histogram_{pids[0]}.db")]

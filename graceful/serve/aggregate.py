@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
@@ -78,10 +79,28 @@ class MetricsDirectory:
             return cls(path, owned=False)
         return cls(_temporary(), owned=True)
 
-    def process_dead(self, pid: int) -> None:
-        """Drop an exited worker's live gauges."""
+    def process_dead(self, pid: int) -> list[str]:
+        """Drop an exited worker's live gauges, and any file of its that cannot be read.
+
+        A worker killed while prometheus-client created a file (between its creation and
+        its first write: SIGKILL, the OOM killer) leaves it empty or cut short, and one such
+        file fails every scrape of ``/metrics`` from then on (the collector reads them all).
+        Its counters are kept otherwise: totals never go down.
+
+        Returns:
+            The unreadable files removed.
+        """
         with contextlib.suppress(OSError):
             mark_process_dead(pid, self.path)  # type: ignore[no-untyped-call]
+        removed = []
+        for path in glob.glob(os.path.join(glob.escape(self.path), f"*_{pid}.db")):
+            try:
+                list(MmapedDict.read_all_values_from_file(path))  # type: ignore[no-untyped-call]
+            except Exception:  # whatever a cut-short file makes the reader raise
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+                    removed.append(path)
+        return removed
 
     def remove(self) -> None:
         """Remove the directory if it was created here."""

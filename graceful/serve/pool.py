@@ -131,7 +131,8 @@ class WorkerPool:
 
     def _exited(self, worker: WorkerProcess, status: ExitStatus) -> None:
         if self.metrics is not None:
-            self.metrics.process_dead(worker.pid)
+            for path in self.metrics.process_dead(worker.pid):
+                self.log.warning("metrics.file_removed", worker=worker.index, path=path)
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
         self._count()
