@@ -32,6 +32,7 @@ from graceful.logs import last_line
 from graceful.runtime import ExitCode, Runtime
 from graceful.serve.app import serve_target
 from graceful.serve.options import DEFAULT_HOST, DEFAULT_PORT, SERVE_ENV_VARS, ServeOptions
+from graceful.serve.stopping import StopDeadlines, worker_config
 from graceful.serve.target import (
     LoadingStopped,
     StartupSignals,
@@ -101,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
         "with the phase deadlines of a stop. Exit 1 when a setting is invalid.",
     )
     config.add_argument("--json", action="store_true", help="print JSON")
+    config.add_argument(
+        "--workers",
+        type=int,
+        help="plan the stop of `graceful serve --workers N` [WEB_CONCURRENCY; 1]",
+    )
 
     probe = sub.add_parser(
         "probe",
@@ -410,17 +416,30 @@ def _run_target(
 def _config(args: argparse.Namespace) -> int:
     try:
         config = Config.from_env()
+        overrides = {} if args.workers is None else {"workers": args.workers}
+        workers = ServeOptions.from_env(**overrides).workers
     except ConfigError as exc:
         print(f"graceful: configuration error: {exc}", file=sys.stderr)
         return int(ExitCode.ERROR)
-    budget = Budget.plan(config, 0.0, log=False)
+    if workers > 1:  # each worker plans to the supervisor's deadline for it
+        deadlines = StopDeadlines.plan(config, 0.0)
+        budget = Budget.plan(
+            worker_config(config), 0.0, exit_by=deadlines.worker_exit_by, log=False
+        )
+    else:
+        budget = Budget.plan(config, 0.0, log=False)
     plan = {
         "delay_until_s": round(budget.delay_end, 3),
         "drain_until_s": round(budget.drain_end, 3),
         "cancel_until_s": round(budget.cancel_end, 3),
-        "exit_by_s": round(budget.exit_at, 3),
-        "sigkill_at_s": config.stop_timeout,
     }
+    if workers > 1:
+        plan["workers_exit_by_s"] = round(budget.exit_at, 3)
+        plan["workers_killed_at_s"] = round(deadlines.kill_at, 3)
+        plan["exit_by_s"] = round(deadlines.exit_at, 3)
+    else:
+        plan["exit_by_s"] = round(budget.exit_at, 3)
+    plan["sigkill_at_s"] = config.stop_timeout
     if budget.delay_end < config.delay:
         plan = {"delay_asked_s": config.delay, **plan}
     # What the runtime will use: a margin or reserve left unset is derived from stop_timeout.
@@ -435,6 +454,7 @@ def _config(args: argparse.Namespace) -> int:
     if args.json:
         document = {
             "settings": settings,
+            "workers": workers,
             "derived": sorted(name for name, is_derived in derived.items() if is_derived),
             "plan": plan,
             "warnings": warnings,
@@ -449,11 +469,13 @@ def _config(args: argparse.Namespace) -> int:
     if config.hook_timeout is None:
         notes["hook_timeout"] = "(no cap: a hook may use what is left of its phase)"
     for name, var in ENV_VARS.items():
-        print(f"{var:24} {settings[name]!r}  {notes.get(name, '')}".rstrip())
+        print(f"{var:28} {settings[name]!r}  {notes.get(name, '')}".rstrip())
+    if workers > 1:
+        print(f"{'WEB_CONCURRENCY':28} {workers!r}  (a supervisor and {workers} workers)")
     print()
     print("after the stop signal (seconds):")
     for key, value in plan.items():
-        print(f"  {key:16} {value:g}")
+        print(f"  {key:20} {value:g}")
     for warning in warnings:
         print(f"warning: {warning}")
     return 0

@@ -352,3 +352,41 @@ def test_graceful_config_shows_a_shortened_delay() -> None:
     plan = json.loads(out.getvalue())["plan"]
     assert plan["delay_asked_s"] == 5.0
     assert plan["delay_until_s"] < plan["drain_until_s"]
+
+
+def test_graceful_config_plans_the_stop_of_workers_as_they_carry_it_out() -> None:
+    """``graceful config --workers 2`` prints the plan a real ``graceful serve --workers 2``
+    logs at its stop: the supervisor's deadlines, and the workers' drain, cancel and exit.
+
+    Control: the single-process plan (what the old command printed for any WEB_CONCURRENCY)
+    drains longer than the workers may, so it misstated when a worker's requests are cut."""
+    out = io.StringIO()
+    with environment(GRACEFUL_STOP_TIMEOUT="5"), contextlib.redirect_stdout(out):
+        assert cli.main(["config", "--json", "--workers", "2"]) == 0
+    shown = json.loads(out.getvalue())
+    assert shown["workers"] == 2
+    plan = shown["plan"]
+
+    env = {"GRACEFUL_STOP_TIMEOUT": "5", "PORT": "0", "WEB_CONCURRENCY": "2"}
+    argv = [sys.executable, "-m", "graceful", "serve", "workers_app:app", "--app-dir", str(APPS)]
+    with ServiceProcess(argv, env=env) as service:
+        service.wait_count("worker.ready", 2)
+        service.signal(signal.SIGTERM)
+        assert service.wait() == 0
+    started = [e for e in service.events() if e.get("event") == "shutdown.started"]
+    supervisor = next(e["plan"] for e in started if "worker" not in e)
+    workers = [e["plan"] for e in started if "worker" in e]
+    assert len(workers) == 2
+    assert supervisor["workers_exit_by_s"] == plan["workers_exit_by_s"]
+    assert supervisor["kill_at_s"] == plan["workers_killed_at_s"]
+    assert supervisor["exit_by_s"] == plan["exit_by_s"]
+    for worker in workers:  # counted from when the worker got the stop: a hair later
+        for key in ("drain_until_s", "cancel_until_s", "exit_by_s"):
+            key_shown = "workers_exit_by_s" if key == "exit_by_s" else key
+            assert plan[key_shown] - 0.25 <= worker[key] <= plan[key_shown] + 0.001
+
+    single = io.StringIO()
+    with environment(GRACEFUL_STOP_TIMEOUT="5"), contextlib.redirect_stdout(single):
+        assert cli.main(["config", "--json", "--workers", "1"]) == 0
+    control = json.loads(single.getvalue())["plan"]
+    assert control["drain_until_s"] > workers[0]["drain_until_s"] + 0.25
