@@ -531,3 +531,28 @@ def test_a_worker_killed_while_creating_a_metrics_file_does_not_break_metrics(
     assert metric(body.decode(), "app_workers_started_total") == 3
     removed = container.events("metrics.file_removed")
     assert [e["path"] for e in removed] == [str(directory / f"histogram_{pids[0]}.db")]
+
+
+# -- the app's module ends the worker while it is imported --------------------------------------
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_a_module_that_calls_sys_exit_at_import_fails_the_worker_with_exit_1(
+    tmp_path: Path, code: int
+) -> None:
+    """The app's module calls ``sys.exit(0)`` or ``sys.exit(3)`` while a worker imports it.
+
+    Result: the worker says ``... failed to load: it called sys.exit(3) while being
+    imported`` and ends with exit 1 (error), as ``graceful serve`` without workers does; the
+    container exits 1. Old code: the worker ended with the module's own code, reported as
+    "exit 3 (work_cut)" or "exit 0 (ok)" before any worker was ready. Control:
+    ``tests/test_serve.py::test_a_module_that_exits_or_raises_a_base_exception_at_import_is_exit_1``
+    (one process).
+    """
+    (tmp_path / "exits.py").write_text(f"import sys\nsys.exit({code})\n")
+    with Container(spec="exits:app", env={"GRACEFUL_APP_DIR": str(tmp_path)}) as container:
+        assert container.service.wait(HANG_GUARD) == 1
+    exited = container.events("worker.exited")
+    assert exited, container.service.output()
+    assert {e["status"] for e in exited} == {"exit 1 (error)"}
+    assert f"exits:app failed to load: it called sys.exit({code})" in container.service.output()

@@ -196,9 +196,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = load_target(start.spec, factory=options.factory, app_dir=options.app_dir)
     except TargetImportError as exc:
         return _fail(start, str(exc))
-    except Exception as exc:  # the app's own code failed while importing: show where
+    except BaseException as exc:  # the app's own code failed while importing: show where
+        # Any BaseException, as ``graceful serve`` without workers: a module that calls
+        # ``sys.exit(3)`` must not end the worker with 3, which reads as "work cut".
         traceback.print_exception(exc, file=sys.stderr)
-        return _fail(start, f"{start.spec} failed to load: {type(exc).__name__}: {exc}")
+        if isinstance(exc, SystemExit):
+            why = f"it called sys.exit({exc.code!r}) while being imported"
+        else:
+            why = f"{type(exc).__name__}: {exc}"
+        return _fail(start, f"{start.spec} failed to load: {why}")
     runtime = WorkerRuntime(replace(start.config, admin_port=None), control)
 
     async def serve(runtime: Runtime) -> None:
