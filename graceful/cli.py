@@ -22,7 +22,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from dataclasses import fields
-from typing import Any
+from typing import Any, NoReturn
 
 from graceful import __version__
 from graceful.budget import Budget
@@ -75,8 +75,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return harness_cli.main(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad option is an invalid setting: exit 1, as for a bad environment variable (the
+    README's exit codes). ``graceful harness`` keeps argparse's 2: it exits 2 whenever it
+    could not run."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        code = 2 if self.prog.startswith("graceful harness") else int(ExitCode.ERROR)
+        self.exit(code, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="graceful",
         description="Containerized asyncio services that stop correctly.",
     )
@@ -405,7 +416,7 @@ def _run_target(
             f"serve it with `graceful serve {args.target}`",
             file=sys.stderr,
         )
-        return 2
+        return int(ExitCode.ERROR)
     if not callable(target):
         parser.error(f"{args.target} is neither a Runtime nor an async main(runtime)")
     runtime = Runtime(config)

@@ -390,3 +390,27 @@ def test_graceful_config_plans_the_stop_of_workers_as_they_carry_it_out() -> Non
         assert cli.main(["config", "--json", "--workers", "1"]) == 0
     control = json.loads(single.getvalue())["plan"]
     assert control["drain_until_s"] > workers[0]["drain_until_s"] + 0.25
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "app:app", "--port", "abc"],
+        ["serve", "app:app", "--workers", "two"],
+        ["run", "app:main", "--stop-timeout", "x"],
+        ["config", "--workers", "x"],
+        ["nonsense"],
+    ],
+)
+def test_a_bad_option_is_an_invalid_setting_exit_1(argv: list[str]) -> None:
+    """``--port abc`` exits 1 like ``PORT=abc`` (the README's table: a setting is invalid);
+    argparse's own exit code was 2. Control: ``graceful harness`` keeps 2, its code for
+    "could not run" (a CI tells that apart from a failed verdict)."""
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as exited, contextlib.redirect_stderr(err):
+        cli.main(argv)
+    assert exited.value.code == 1
+    assert "error: " in err.getvalue()
+    with pytest.raises(SystemExit) as harness, contextlib.redirect_stderr(io.StringIO()):
+        cli.main(["harness", "run", "--stop-timeout", "x"])
+    assert harness.value.code == 2
