@@ -217,7 +217,8 @@ async def inflight_stop(server: Server) -> dict[str, float]:
     return {"after_last_answer_ms": (exited - answered) * 1000}
 
 
-async def throughput(server: Server, seconds: float) -> dict[str, float]:
+async def load(server: Server, seconds: float) -> tuple[int, float]:
+    """``GET /work?ms=0`` on 32 keep-alive connections for ``seconds``: requests, elapsed."""
     conns = [await Conn.open(server.port) for _ in range(32)]
     done = 0
     stop_at = time.perf_counter() + seconds
@@ -233,6 +234,11 @@ async def throughput(server: Server, seconds: float) -> dict[str, float]:
     elapsed = time.perf_counter() - started
     for conn in conns:
         conn.close()
+    return done, elapsed
+
+
+async def throughput(server: Server, seconds: float) -> dict[str, float]:
+    done, elapsed = await load(server, seconds)
     server.terminate()
     await server.exited()
     return {"requests_per_s": done / elapsed}

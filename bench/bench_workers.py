@@ -23,7 +23,9 @@ Figures, for every N (median of the rounds, counts summed):
    connections the kernel accepted that nobody answered;
 5. throughput (``GET /work?ms=0`` on 32 keep-alive connections), with the load client pinned
    to the last CPU and the server with ``taskset`` to the others, so the client's own work
-   does not steal the server's CPU; the ratio to uvicorn's is the figure to read;
+   does not steal the server's CPU; the ratio to uvicorn's is the figure to read, and beside
+   it the CPU time the server's processes spent per request, which other load on a shared
+   machine disturbs far less than requests per second;
 6. memory: RSS of the main process and every descendant, idle after one request each.
 """
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -138,23 +141,38 @@ class Server(bench_drain.Server):
         assert self.proc.returncode is not None
         return exited, self.proc.returncode
 
-    def rss_mb(self) -> float:
-        """RSS of the main process and its descendants."""
+    def tree(self) -> list[int]:
+        """The main process and its descendants."""
         assert self.proc is not None
-        pids = [self.proc.pid]
-        total = 0
+        pids, found = [self.proc.pid], []
         while pids:
             pid = pids.pop()
             try:
-                status = Path(f"/proc/{pid}/status").read_text()
                 children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
             except OSError:
                 continue
-            for line in status.splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            found.append(pid)
             pids += [int(child) for child in children]
+        return found
+
+    def rss_mb(self) -> float:
+        """RSS of the main process and its descendants."""
+        total = 0
+        for pid in self.tree():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
         return total / 1024
+
+    def cpu_s(self) -> float:
+        """CPU time (user + system) the main process and its descendants have used."""
+        ticks = 0
+        for pid in self.tree():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
 
 async def request(port: int, path: str) -> tuple[int, bytes]:
@@ -235,11 +253,13 @@ async def throughput(server: Server, seconds: float) -> dict[str, float]:
     """Requests per second with this process (the client) pinned to ``CLIENT_CPU``."""
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {CLIENT_CPU})
+    cpu = server.cpu_s()
     try:
-        result = await bench_drain.throughput(server, seconds)
+        done, elapsed = await bench_drain.load(server, seconds)
+        cpu = server.cpu_s() - cpu
     finally:
         os.sched_setaffinity(0, before)
-    return result
+    return {"requests_per_s": done / elapsed, "cpu_us_per_request": cpu / done * 1e6}
 
 
 async def measure(
@@ -348,6 +368,8 @@ ROWS = [
     ("burst around SIGTERM: **reset** (accepted, never answered)", "burst_reset", "sum"),
     ("throughput, client pinned (req/s)", "requests_per_s", "rate"),
     ("throughput ÷ uvicorn's", "requests_per_s", "ratio"),
+    ("server CPU per request (µs), all processes", "cpu_us_per_request", "µs"),
+    ("uvicorn's CPU per request ÷ this one's", "cpu_us_per_request", "inverse"),
     ("RSS, main process + workers, idle", "rss_mb", "MB"),
 ]
 
@@ -366,9 +388,12 @@ def report(results: Results, rounds: int, seconds: float, docker_skipped: str) -
         median = statistics.median(values)
         if how == "rate":
             return f"{median:,.0f}"
-        if how == "ratio":
+        if how in ("ratio", "inverse"):
             base = results[n]["uvicorn"].get(key)
-            return f"**{median / statistics.median(base):.3f}**" if base else "-"
+            if not base:
+                return "-"
+            ratio = median / statistics.median(base)
+            return f"**{ratio if how == 'ratio' else 1 / ratio:.3f}**"
         return f"{median:.0f} {how}"
 
     flags = ",".join(map(str, counts))

@@ -184,9 +184,12 @@ def test_control_a_stream_deaf_to_the_stop_is_cut_at_the_deadline() -> None:
     """Control for the test above: the clean end is the app's doing, and the test can see a cut.
 
     The same stream without ``draining()`` is cut at the drain deadline: no last event, no
-    chunked terminator, exit code 3 (work cut).
+    chunked terminator, exit code 3 (work cut), and its access line says ``complete: false``
+    beside the 200 its response started with (it used to read as a plain 200; a request
+    answered in full, the control, carries no such field).
     """
     with serving("serve_starlette:app", "--stop-timeout", "2") as (service, port):
+        assert get(port, "/slow?s=0")[0] == 200
         stream = RawStream(port, "/sse-deaf")
         stream.wait_first_event()
         service.signal(signal.SIGTERM)
@@ -195,6 +198,10 @@ def test_control_a_stream_deaf_to_the_stop_is_cut_at_the_deadline() -> None:
         assert not ended_cleanly(body)
         assert service.wait() == 3
         assert report(service)["cancelled"] == 1
+    lines = access_lines(service.events())
+    (cut,) = lines["/sse-deaf"]
+    assert (cut["status"], cut["complete"]) == (200, False)
+    assert "complete" not in lines["/slow"][0]
 
 
 def test_pid1_in_a_pid_namespace_stops_on_sigterm_with_inflight_answered() -> None:

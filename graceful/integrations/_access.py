@@ -26,6 +26,7 @@ def log_access(
     http_version: str,
     status: int,
     duration: float,
+    complete: bool = True,
 ) -> None:
     """Write one access line on ``logger`` at INFO.
 
@@ -38,6 +39,8 @@ def log_access(
         http_version: ``"1.1"``, ``"2"``, ...
         status: the response status.
         duration: seconds from the request to the end of the response.
+        complete: False when the response started but its body was cut (the app raised, or
+            the drain deadline cancelled it): the line then carries ``complete=False``.
     """
     if not logger.isEnabledFor(logging.INFO):
         return
@@ -56,6 +59,7 @@ def log_access(
             "status": status,
             "duration_s": round(duration, 6),
             "client": client_addr,
+            **({} if complete else {"complete": False}),
         },
     )
 
