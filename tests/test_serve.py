@@ -198,6 +198,8 @@ def test_control_a_stream_deaf_to_the_stop_is_cut_at_the_deadline() -> None:
         assert not ended_cleanly(body)
         assert service.wait() == 3
         assert report(service)["cancelled"] == 1
+    (named,) = [e for e in service.events() if e.get("event") == "requests.cut"]
+    assert named["requests"] == ["GET /sse-deaf"]  # the request answered in full is not named
     lines = access_lines(service.events())
     (cut,) = lines["/sse-deaf"]
     assert (cut["status"], cut["complete"]) == (200, False)
@@ -651,7 +653,9 @@ def test_draining_under_plain_uvicorn_is_an_event_never_set() -> None:
 
 # -- the README's FastAPI section, run ------------------------------------------------------------
 
-README_BLOCKS: list[str] = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+README_BLOCKS: list[str] = re.findall(
+    r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S
+)
 
 
 def readme_block(first_line: str) -> str:

@@ -227,6 +227,11 @@ class StartupSignals:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
+    @property
+    def in_import(self) -> bool:
+        """Inside :meth:`importing`'s block now (a stop signal would raise there)."""
+        return self._importing
+
     @contextlib.contextmanager
     def importing(self) -> Iterator[None]:
         """A stop signal inside this block raises :class:`LoadingStopped` in it."""

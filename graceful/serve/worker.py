@@ -49,15 +49,16 @@ import structlog
 from graceful.config import Config
 from graceful.draining import Drainable, DrainableServer
 from graceful.exceptions import TargetImportError
+from graceful.logs import last_line
 from graceful.runtime import Runtime
 from graceful.serve.app import serve_target
-from graceful.serve.control import WorkerStart, encode, messages, read_start
+from graceful.serve.control import Message, WorkerStart, encode, messages, read_start
 from graceful.serve.listeners import BacklogGuard
 from graceful.serve.processes import write_whole_lines
-from graceful.serve.target import load_target
+from graceful.serve.target import LoadingStopped, StartupSignals, Target, load_target
 from graceful.status import ExitCode
 
-__all__ = ["WorkerRuntime", "main"]
+__all__ = ["ControlReader", "WorkerRuntime", "main"]
 
 _PR_SET_PDEATHSIG = 1
 #: Seconds between two writes of the in-flight and connection gauges (multiprocess mode).
@@ -78,15 +79,20 @@ class WorkerRuntime(Runtime):
     Args:
         config: the worker's settings.
         control: this worker's end of the control link (blocking).
+        reader: the link's reader, already running (from before the app's import); ``None``
+            starts one here.
 
     .. versionadded:: 0.1
     """
 
-    def __init__(self, config: Config, control: socket.socket) -> None:
+    def __init__(
+        self, config: Config, control: socket.socket, reader: ControlReader | None = None
+    ) -> None:
         super().__init__(config)
         self.recorder.event = "worker.shutdown.report"
         self.servers: list[Drainable] = []
         self.control = control
+        self.reader = ControlReader(control) if reader is None else reader
         self.cleanup_context(self._linked)
 
     def add_drainable(self, drainable: Drainable) -> None:
@@ -111,14 +117,10 @@ class WorkerRuntime(Runtime):
             self.control.sendall(encode({"op": "ready", "pid": os.getpid()}))
 
     async def _linked(self) -> AsyncIterator[None]:
-        # The first startup step: from here on a stop from the supervisor aborts the rest.
-        # In a copy of this task's context: what it hands to the loop logs as this worker.
-        context = contextvars.copy_context()
-        reader = threading.Thread(
-            target=context.run, args=(self._read_control,), name="graceful-control"
-        )
-        reader.daemon = True  # blocked in recv until the supervisor closes its end
-        reader.start()
+        # The first startup step: from here on a stop from the supervisor aborts the rest
+        # (one that came earlier is handed over now).
+        self.reader.start()
+        self.reader.attach(self)
         gauges = asyncio.get_running_loop().create_task(self._publish(), name="gauges")
         try:
             yield
@@ -142,24 +144,89 @@ class WorkerRuntime(Runtime):
             self._watchdog.arm(exit_by)
         self._on_loop(functools.partial(self.request_stop, reason, exit_by=exit_by))
 
-    def _read_control(self) -> None:
-        """The control link's reader thread."""
-        for message in messages(self.control):
-            op = message.get("op")
-            reason = f"supervisor: {message.get('reason', 'stop')}"
-            if op == "stop":
-                exit_by = message.get("exit_by")
-                deadline = None if exit_by is None else float(exit_by)
-                self.request_stop_threadsafe(reason, exit_by=deadline)
-            elif op == "skip_drain":
-                self._on_loop(functools.partial(self.skip_drain, reason))
-        self._on_loop(functools.partial(self.request_stop, "supervisor gone"))
+    def on_control(self, message: Message) -> None:
+        """Act on a message from the supervisor (on the reader's thread)."""
+        op = message.get("op")
+        reason = f"supervisor: {message.get('reason', 'stop')}"
+        if op == "stop":
+            exit_by = message.get("exit_by")
+            deadline = None if exit_by is None else float(exit_by)
+            self.request_stop_threadsafe(reason, exit_by=deadline)
+        elif op == "skip_drain":
+            self._on_loop(functools.partial(self.skip_drain, reason))
+        elif op == GONE:
+            self._on_loop(functools.partial(self.request_stop, "supervisor gone"))
 
     def _on_loop(self, call: Callable[[], None]) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # closed meanwhile: the stop is over
                 loop.call_soon_threadsafe(call)
+
+
+#: What the reader hands on when the supervisor closed its end of the link.
+GONE = "gone"
+
+
+class ControlReader:
+    """Reads the control link on a thread of its own, from before the app is imported.
+
+    Until a :class:`WorkerRuntime` is attached, messages are kept for it; a ``stop`` (or the
+    supervisor's end) that comes while the app is still being imported also interrupts the
+    import, through ``guard`` (SIGTERM sent to the main thread, where
+    :class:`~graceful.serve.target.StartupSignals` raises ``LoadingStopped``): an import can
+    outlast the whole stop budget (a framework, a model), and a worker that served nothing
+    then ends at once with exit 0, as ``graceful serve`` without workers does, instead of
+    being killed at its deadline.
+
+    Args:
+        control: the worker's end of the link (blocking).
+        guard: the startup signal handlers, if the import is guarded.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, control: socket.socket, guard: StartupSignals | None = None) -> None:
+        self.control = control
+        self.guard = guard
+        self._lock = threading.Lock()
+        self._runtime: WorkerRuntime | None = None
+        self._pending: list[Message] = []
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the reader thread (once), in a copy of the caller's context (its log fields)."""
+        if self._thread is not None:
+            return
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._read,), name="graceful-control"
+        )
+        self._thread.daemon = True  # blocked in recv until the supervisor closes its end
+        self._thread.start()
+
+    def attach(self, runtime: WorkerRuntime) -> None:
+        """Hand every message, those kept so far first, to ``runtime`` from now on."""
+        with self._lock:
+            self._runtime, pending, self._pending = runtime, self._pending, []
+        for message in pending:
+            runtime.on_control(message)
+
+    def _read(self) -> None:
+        for message in messages(self.control):
+            self._dispatch(message)
+        self._dispatch({"op": GONE})
+
+    def _dispatch(self, message: Message) -> None:
+        with self._lock:
+            runtime = self._runtime
+            if runtime is None:
+                self._pending.append(message)
+                guard = self.guard
+                if message.get("op") in ("stop", GONE) and guard is not None and guard.in_import:
+                    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+                return
+        runtime.on_control(message)
 
 
 def stopped_by_supervisor(runtime: Runtime) -> bool:
@@ -192,20 +259,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     structlog.contextvars.bind_contextvars(worker=start.index)
     os.environ["GRACEFUL_WORKER"] = str(start.index)
     options = start.options
+    # The stop may come while the app is imported: the reader interrupts the import with
+    # SIGTERM, which these handlers turn into LoadingStopped there (a SIGTERM sent to the
+    # worker itself does the same), and hand to the runtime after it.
+    guard = StartupSignals(("SIGTERM",)).install()
+    reader = ControlReader(control, guard)
     try:
-        target = load_target(start.spec, factory=options.factory, app_dir=options.app_dir)
-    except TargetImportError as exc:
-        return _fail(start, str(exc))
-    except BaseException as exc:  # the app's own code failed while importing: show where
-        # Any BaseException, as ``graceful serve`` without workers: a module that calls
-        # ``sys.exit(3)`` must not end the worker with 3, which reads as "work cut".
-        traceback.print_exception(exc, file=sys.stderr)
-        if isinstance(exc, SystemExit):
-            why = f"it called sys.exit({exc.code!r}) while being imported"
-        else:
-            why = f"{type(exc).__name__}: {exc}"
-        return _fail(start, f"{start.spec} failed to load: {why}")
-    runtime = WorkerRuntime(replace(start.config, admin_port=None), control)
+        try:
+            with guard.importing():
+                reader.start()  # in the block: a stop read from now on interrupts the import
+                target = load_target(start.spec, factory=options.factory, app_dir=options.app_dir)
+        except LoadingStopped as stopped:
+            last_line(
+                "serve.stopped_while_loading", level="info", app=start.spec, signal=stopped.signal
+            )
+            return int(ExitCode.OK)
+        except TargetImportError as exc:
+            return _fail(start, str(exc))
+        except BaseException as exc:  # the app's own code failed while importing: show where
+            # Any BaseException, as ``graceful serve`` without workers: a module that calls
+            # ``sys.exit(3)`` must not end the worker with 3, which reads as "work cut".
+            traceback.print_exception(exc, file=sys.stderr)
+            if isinstance(exc, SystemExit):
+                why = f"it called sys.exit({exc.code!r}) while being imported"
+            else:
+                why = f"{type(exc).__name__}: {exc}"
+            return _fail(start, f"{start.spec} failed to load: {why}")
+        runtime = WorkerRuntime(replace(start.config, admin_port=None), control, reader)
+        guard.hand_over(runtime)
+        return _serve(runtime, start, listener, target)
+    finally:
+        guard.restore()
+
+
+def _serve(
+    runtime: WorkerRuntime, start: WorkerStart, listener: socket.socket, target: Target
+) -> int:
+    options = start.options
 
     async def serve(runtime: Runtime) -> None:
         # Listen here, where a failure is an error that says so (the port was taken since the
