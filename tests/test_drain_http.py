@@ -343,6 +343,9 @@ async def test_work_longer_than_the_budget_is_cut_and_flush_still_runs(
             assert cut.status == 503  # told why, not a 500
     assert marker.read_text() == "flush"
     assert "Exception in ASGI application" not in child.process.output()
+    # The operator is told which request was cut, not only how many (was: a count alone).
+    (named,) = [e for e in child.process.events() if e.get("event") == "requests.cut"]
+    assert (named["requests"], named["count"]) == (["GET /work"], 1)
     report = child.report()
     assert report["cancelled"] >= 1
     assert report["drained"] is False

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from graceful.draining import TaskSet, WorkTracker
 from graceful.integrations._access import log_access
+from graceful.integrations._cut import name_request
 
 if TYPE_CHECKING:
     from graceful.runtime import Runtime
@@ -187,6 +188,7 @@ class GracefulMiddleware:
         task = asyncio.current_task()
         if task is not None:
             self.tasks.add(task)
+            name_request(task, scope.get("method", "WEBSOCKET"), scope["path"])
         self.tracker.begin()
         try:
             if kind == "http":

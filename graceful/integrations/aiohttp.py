@@ -48,6 +48,7 @@ from graceful.draining import (
 )
 from graceful.hooks import Phase
 from graceful.integrations._access import log_access
+from graceful.integrations._cut import log_requests_cut, name_request
 from graceful.integrations._deprecation import renamed
 
 if TYPE_CHECKING:
@@ -197,7 +198,8 @@ class AiohttpServer:
         protocol = request.protocol
         self._busy[protocol] = self._busy.get(protocol, 0) + 1
         try:
-            with self.tasks.track(), self.tracker.track():
+            with self.tasks.track() as task, self.tracker.track():
+                name_request(task, request.method, request.path)
                 try:
                     response = await handler(request)
                 except web.HTTPException as exc:
@@ -273,6 +275,7 @@ class AiohttpServer:
         cut = self.tracker.count
         for closer in list(self._closers):
             closer.cancel()
+        log_requests_cut(self.name, self.tasks)
         await self.tasks.cancel_all(abort_deadline(self._runtime.budget))
         for conn in self._connections():
             conn.force_close()

@@ -51,6 +51,7 @@ from graceful.integrations._asgi_middleware import (
     draining,
     status,
 )
+from graceful.integrations._cut import log_requests_cut
 from graceful.integrations._deprecation import renamed
 from graceful.integrations._uvicorn_connections import HttpConnections, without_access_lines
 
@@ -159,6 +160,7 @@ class UvicornServer:
         """Cancel the requests still running and drop every connection; return the count cut."""
         cut = self.middleware.tracker.count
         self.middleware.aborting = True
+        log_requests_cut(self.name, self.middleware.tasks)
         await self.middleware.tasks.cancel_all(abort_deadline(self.middleware.runtime.budget))
         for conn in list(self.server.server_state.connections):
             conn.shutdown()
