@@ -444,9 +444,10 @@ def test_a_port_taken_while_the_workers_start_is_an_error_that_says_so() -> None
     """Another server binds and listens on the port after the supervisor bound it (the
     supervisor does not listen) and before the workers, which take a second to import, do.
 
-    Result: the workers fail with "Address already in use"; the container exits 1. Old code:
-    uvloop swallowed the failed listen and each worker crashed with an AttributeError.
-    Control: the intruder's listen succeeded (the port was free to take).
+    Result: the workers fail with "cannot listen on ...: Address already in use" before
+    their app starts; the container exits 1. Old code: uvloop swallowed the failed listen
+    and each worker crashed with an AttributeError. Control: the intruder's listen
+    succeeded (the port was free to take).
     """
     with Container(workers=2, env={"APP_IMPORT_DELAY_S": "1"}) as container:
         container.service.wait_count("worker.started", 2)
@@ -456,6 +457,7 @@ def test_a_port_taken_while_the_workers_start_is_an_error_that_says_so() -> None
             intruder.listen()  # the control: nothing stopped it
             assert container.service.wait(HANG_GUARD) == 1
     output = container.service.output()
+    assert "cannot listen on http://127.0.0.1:" in output
     assert "Address already in use" in output
     assert "AttributeError" not in output
 

@@ -100,6 +100,10 @@ async def serve_target(
             action=f"{step} cancelled, what it had opened closed; nothing was served",
         )
         return
+    if any(s is None for s in listening):
+        # uvloop does not report a ``listen`` that failed on a given socket (a port another
+        # process took since a supervisor bound it): it leaves no socket, and serves nothing.
+        raise GracefulError(f"cannot listen on {options.address}: the server could not listen")
     runtime.log.info(
         "serve.listening",
         app=target.spec,

@@ -47,7 +47,7 @@ from graceful.backlog import backlog_waiting, refuse_new_connections
 from graceful.logs import get_logger
 from graceful.serve.options import ServeOptions
 
-__all__ = ["BacklogGuard", "SocketFile", "bind_listener", "inherited_listener"]
+__all__ = ["BacklogGuard", "SocketFile", "bind_listener", "inherited_listener", "taken_by_another"]
 
 #: Longest the guard keeps accepting (seconds): a backlog of thousands drains in tens of
 #: milliseconds; this bounds a server that stopped accepting (the phase deadline bounds it too).
@@ -109,6 +109,32 @@ def inherited_listener(fd: int) -> socket.socket:
         sock.detach()  # the caller's descriptor: left as it was
         raise OSError(errno.EINVAL, problem)
     return sock
+
+
+def taken_by_another(sock: socket.socket) -> OSError | None:
+    """Why the shared TCP listener ``sock``, bound but not yet listening, could not listen.
+
+    The supervisor binds without listening, so another process may since have bound the same
+    address with ``SO_REUSEADDR`` and listened; the workers' ``listen`` would then fail (and
+    uvloop does not say so). A probe bound to the same address fails exactly when something
+    listens there; if it is one of our own workers, ``sock`` itself is listening.
+
+    Returns:
+        The probe's error when a foreign server listens there, else ``None``.
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or _listening(sock):
+        return None
+    with socket.socket(sock.family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sock.getsockname())
+        except OSError as exc:
+            return None if _listening(sock) else exc  # a sibling listened meanwhile: fine
+    return None
+
+
+def _listening(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ from graceful.logs import last_line
 from graceful.runtime import Runtime
 from graceful.serve.app import serve_target
 from graceful.serve.control import Message, WorkerStart, encode, messages, read_start
-from graceful.serve.listeners import BacklogGuard
+from graceful.serve.listeners import BacklogGuard, taken_by_another
 from graceful.serve.processes import write_whole_lines
 from graceful.serve.target import LoadingStopped, StartupSignals, Target, load_target
 from graceful.status import ExitCode
@@ -285,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 why = f"{type(exc).__name__}: {exc}"
             return _fail(start, f"{start.spec} failed to load: {why}")
+        taken = taken_by_another(listener)
+        if taken is not None:
+            return _fail(start, f"cannot listen on {options.address}: {taken.strerror}")
         runtime = WorkerRuntime(replace(start.config, admin_port=None), control, reader)
         guard.hand_over(runtime)
         return _serve(runtime, start, listener, target)
@@ -298,9 +301,6 @@ def _serve(
     options = start.options
 
     async def serve(runtime: Runtime) -> None:
-        # Listen here, where a failure is an error that says so (the port was taken since the
-        # supervisor bound it): uvloop's server would swallow it and serve nothing.
-        listener.listen(options.backlog)
         if start.backlog_guard:  # registered first: its stop_accept runs before the server's
             runtime.add_drainable(BacklogGuard(listener, lambda: stopped_by_supervisor(runtime)))
         await serve_target(runtime, target, options, sock=listener)
