@@ -1,22 +1,38 @@
-"""graceful: containerized asyncio services that stop correctly."""
+"""graceful: containerized asyncio services that stop correctly.
 
-import typing
+Every name here is imported on first use (PEP 562): the ``graceful`` command installs its
+stop-signal handlers before anything heavy is imported (:mod:`graceful._early`), and a
+process that never keeps state, such as each worker of ``graceful serve --workers``, never
+loads the store.
+"""
 
-from graceful.config import Config
-from graceful.draining import Drainable, WorkTracker
-from graceful.exceptions import (
-    ConfigError,
-    GracefulError,
-    HookError,
-    ShutdownTimeout,
-    StateError,
-    TargetImportError,
-)
-from graceful.logs import configure_logging, get_logger
-from graceful.runtime import ExitCode, LifecycleState, Phase, Runtime, current_runtime, run
+import importlib
 
-if typing.TYPE_CHECKING:
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from graceful.config import Config
+    from graceful.draining import Drainable, WorkTracker
+    from graceful.exceptions import (
+        ConfigError,
+        GracefulError,
+        HookError,
+        ShutdownTimeout,
+        StateError,
+        TargetImportError,
+    )
+    from graceful.logs import configure_logging, get_logger
+    from graceful.runtime import (
+        ExitCode,
+        LifecycleState,
+        Phase,
+        Runtime,
+        current_runtime,
+        run,
+    )
     from graceful.state import Batcher, DurableStore
+del TYPE_CHECKING
 
 __all__ = [
     "Batcher",
@@ -42,19 +58,38 @@ __all__ = [
 
 __version__ = "0.1.0"
 
+#: Where each public name lives.
+_HOMES = {
+    "Batcher": "graceful.state",
+    "Config": "graceful.config",
+    "ConfigError": "graceful.exceptions",
+    "Drainable": "graceful.draining",
+    "DurableStore": "graceful.state",
+    "ExitCode": "graceful.runtime",
+    "GracefulError": "graceful.exceptions",
+    "HookError": "graceful.exceptions",
+    "LifecycleState": "graceful.runtime",
+    "Phase": "graceful.runtime",
+    "Runtime": "graceful.runtime",
+    "ShutdownTimeout": "graceful.exceptions",
+    "StateError": "graceful.exceptions",
+    "TargetImportError": "graceful.exceptions",
+    "WorkTracker": "graceful.draining",
+    "configure_logging": "graceful.logs",
+    "current_runtime": "graceful.runtime",
+    "get_logger": "graceful.logs",
+    "run": "graceful.runtime",
+}
 
-_ON_FIRST_USE = ("Batcher", "DurableStore")
 
-
-def __getattr__(name: str) -> typing.Any:
-    # The store (and sqlite3) is imported on first use: a process that never keeps state,
-    # such as each worker of ``graceful serve --workers``, does not carry it.
-    if name in _ON_FIRST_USE:
-        from graceful import state
-
-        return getattr(state, name)
-    raise AttributeError(f"module 'graceful' has no attribute {name!r}")
+def __getattr__(name: str) -> "Any":  # a string: typing is not imported at run time
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'graceful' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_ON_FIRST_USE])
+    return sorted({*globals(), *__all__})

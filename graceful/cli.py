@@ -23,6 +23,7 @@ from dataclasses import fields
 from typing import Any, NoReturn
 
 from graceful import __version__
+from graceful._early import hand_over
 from graceful.budget import Budget
 from graceful.config import ENV_VARS, Config
 from graceful.exceptions import ConfigError, TargetImportError
@@ -54,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "run":
         return _run(parser, args)
+    hand_over()  # the other commands install no stop handlers: the defaults apply
     if args.command == "config":
         return _config(args)
     if args.command == "probe":
@@ -306,6 +308,7 @@ def _serve(args: argparse.Namespace) -> int:
     # From here until the runtime's own handlers, a stop signal is never dropped: it aborts
     # the import, or (after it) starts the runtime's stop as soon as the runtime exists.
     guard = StartupSignals(config.signals if config.handle_signals else ()).install()
+    hand_over()  # a signal from before the guard (graceful._early) reaches it now
     try:
         try:
             with guard.importing():
@@ -374,6 +377,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(str(exc))
     # As in `serve`: a stop signal aborts a slow import, and is never dropped after it.
     guard = StartupSignals(config.signals if config.handle_signals else ()).install()
+    hand_over()  # a signal from before the guard (graceful._early) reaches it now
     try:
         try:
             with guard.importing():

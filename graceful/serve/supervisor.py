@@ -36,6 +36,7 @@ from typing import Any
 
 import structlog
 
+from graceful._early import hand_over
 from graceful.config import Config
 from graceful.exceptions import ConfigError
 from graceful.health import AdminServer
@@ -159,6 +160,7 @@ class Supervisor:
         # dropped, and ``docker stop`` would wait for SIGKILL. One that comes before the loop
         # runs is recorded and acted on once it does (see ``_on_signal``).
         self._install_signals()
+        hand_over()  # a signal from before these handlers (graceful._early) reaches them now
         try:
             try:
                 factory = loop_factory(config.loop)
