@@ -44,4 +44,3 @@ def hand_over() -> None:
     _received.clear()
     for signum in pending:
         signal.raise_signal(signum)
-

@@ -10,7 +10,9 @@ is one JSON object.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import json
 import logging
 import os
@@ -21,7 +23,14 @@ from typing import Any
 
 import structlog
 
-__all__ = ["StdlibHandler", "configure_logging", "get_logger", "last_line"]
+__all__ = [
+    "LossyStream",
+    "StdlibHandler",
+    "configure_logging",
+    "get_logger",
+    "last_line",
+    "lossy_output",
+]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -178,3 +187,61 @@ def _flush_stdio() -> None:
             stream.flush()
         except Exception:  # a reentrant flush (from a signal handler) may fail; go on
             pass
+
+
+def lossy_output() -> None:
+    """Wrap ``sys.stdout`` and ``sys.stderr`` in :class:`LossyStream` (once): from then on no
+    write to them raises, so no log line can end a stop. ``graceful.run`` and ``graceful
+    serve`` do it before they log anything.
+
+    .. versionadded:: 0.1
+    """
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, LossyStream):
+            setattr(sys, name, LossyStream(stream))
+
+
+class LossyStream:
+    """A text stream whose writes never raise: a line that cannot be written is lost.
+
+    When the reader of stdout is gone (a log collector restarted, ``| head``), every write
+    raises ``BrokenPipeError``. Raised from a log call, that ended the stop in the signal
+    callback that logs ``signal.received``: the stop never began and the watchdog ended the
+    container at its deadline with exit 6. Once the pipe is broken (or the terminal
+    hung up) the descriptor is pointed at ``/dev/null``, so that later lines and the
+    interpreter's last flush at exit (which would otherwise make the exit status 120) go
+    nowhere. Any other error (a full disk) loses that line only.
+
+    Args:
+        stream: the stream to write to.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self.stream.write(text))
+        except OSError as exc:
+            self._lost(exc)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as exc:
+            self._lost(exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+    def _lost(self, exc: OSError) -> None:
+        if isinstance(exc, BrokenPipeError) or exc.errno == errno.EIO:
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self.stream.fileno())
+                os.close(devnull)
+                self.stream.flush()  # what was buffered goes to /dev/null now

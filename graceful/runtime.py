@@ -35,7 +35,7 @@ from graceful.draining import Drainable
 from graceful.exceptions import ConfigError
 from graceful.health import AdminServer
 from graceful.hooks import Phase
-from graceful.logs import configure_logging, get_logger
+from graceful.logs import configure_logging, get_logger, lossy_output
 from graceful.loops import loop_factory
 from graceful.metrics import Metrics
 from graceful.reaper import ZombieReaper
@@ -239,6 +239,7 @@ class Runtime(Registrations):
         except ConfigError as exc:
             print(f"graceful: configuration error: {exc}", file=sys.stderr, flush=True)
             return int(ExitCode.ERROR)
+        lossy_output()  # a log line nobody can read any more must not end the stop
         if not structlog.is_configured() and config.log_format != "off":
             configure_logging(format=config.log_format, level=config.log_level)
         self._owns_loop = True

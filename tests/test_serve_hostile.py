@@ -193,7 +193,8 @@ def test_a_stop_signal_before_the_supervisors_loop_runs_is_not_dropped(pid1: boo
         "HOST": "127.0.0.1",
         "PORT": str(free_port()),
         "ADMIN_PORT": str(free_port()),
-        "WEB_CONCURRENCY": "2",
+        "WEB_CONCURRENCY": workers,
+        "APP_FAILING_HOOK_WORKER": "none",  # no worker index matches: no failing hook
     }
     argv = [sys.executable, "-u", "-c", SIGNAL_WHILE_STARTING]
     with ServiceProcess([*UNSHARE, *argv] if pid1 else argv, env=env) as service:
@@ -465,14 +466,16 @@ def test_a_port_taken_while_the_workers_start_is_an_error_that_says_so() -> None
 # -- nobody reads the logs any more --------------------------------------------------------------
 
 
+@pytest.mark.parametrize("workers", ["2", "1"])
 @pytest.mark.parametrize("reader", ["gone", "control-still-reading"])
-def test_a_stop_after_the_log_reader_went_away_is_still_clean(reader: str) -> None:
+def test_a_stop_after_the_log_reader_went_away_is_still_clean(reader: str, workers: str) -> None:
     """The container's stdout is a pipe whose reader goes away once the service is ready (a
     log collector restarted, ``graceful serve ... | head``); then SIGTERM.
 
     Result: exit 0, at once. Old code: the supervisor's first log line after the signal
     raised BrokenPipeError inside its signal callback, so the stop never began; the watchdog
-    ended the container at its deadline with exit 6. Control: the same with the reader still
+    ended the container at its deadline with exit 6; one process (``workers=1``, the
+    runtime's own signal callback) did the same. Control: the same with the reader still
     there.
     """
     env = {
@@ -480,11 +483,15 @@ def test_a_stop_after_the_log_reader_went_away_is_still_clean(reader: str) -> No
         "HOST": "127.0.0.1",
         "PORT": str(free_port()),
         "ADMIN_PORT": str(free_port()),
-        "WEB_CONCURRENCY": "2",
+        "WEB_CONCURRENCY": workers,
+        "APP_FAILING_HOOK_WORKER": "none",  # no worker index matches: no failing hook
         "GRACEFUL_STOP_TIMEOUT": "10",
         "GRACEFUL_LOG_FORMAT": "json",
     }
-    argv = [sys.executable, "-u", str(APPS / "supervise.py"), "tests.apps.workers_app:app"]
+    if workers == "1":  # graceful serve in one process: the runtime's signal callback
+        argv = [sys.executable, "-u", "-m", "graceful", "serve", "tests.apps.workers_app:app"]
+    else:
+        argv = [sys.executable, "-u", str(APPS / "supervise.py"), "tests.apps.workers_app:app"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     try:
         assert proc.stdout is not None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import io
 import os
 import signal
@@ -22,12 +21,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from graceful.logs import lossy_output
 from graceful.serve.control import ControlChannel, Message, WorkerStart, send_start
 from graceful.status import ExitCode
 
-__all__ = ["ExitStatus", "LossyStream", "WorkerProcess", "write_whole_lines"]
+__all__ = ["ExitStatus", "WorkerProcess", "write_whole_lines"]
 
 
 def write_whole_lines() -> None:
@@ -40,60 +39,15 @@ def write_whole_lines() -> None:
     ``PYTHONUNBUFFERED``, as containers often set), so two processes' JSON lines could mix;
     line buffering keeps each line whole and still flushes it at once.
 
-    Both streams are then wrapped in :class:`LossyStream`: a log line is not worth a stop.
+    Both streams are then wrapped in :class:`~graceful.logs.LossyStream`: a log line is not
+    worth a stop.
     """
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if isinstance(stream, io.TextIOWrapper):
             with contextlib.suppress(Exception):  # a stream that cannot be reconfigured
                 stream.reconfigure(line_buffering=True, write_through=False)
-        if stream is not None and not isinstance(stream, LossyStream):
-            setattr(sys, name, LossyStream(stream))
-
-
-class LossyStream:
-    """A text stream whose writes never raise: a line that cannot be written is lost.
-
-    When the reader of stdout is gone (a log collector restarted, ``| head``), every write
-    raises ``BrokenPipeError``. Raised from a log call, that ended the supervisor's stop in
-    the signal callback that logs ``signal.received``: the stop never began and the watchdog
-    ended the container at its deadline with exit 6. Once the pipe is broken (or the terminal
-    hung up) the descriptor is pointed at ``/dev/null``, so that later lines and the
-    interpreter's last flush at exit (which would otherwise make the exit status 120) go
-    nowhere. Any other error (a full disk) loses that line only.
-
-    Args:
-        stream: the stream to write to.
-
-    .. versionadded:: 0.1
-    """
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            return int(self.stream.write(text))
-        except OSError as exc:
-            self._lost(exc)
-            return len(text)
-
-    def flush(self) -> None:
-        try:
-            self.stream.flush()
-        except OSError as exc:
-            self._lost(exc)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)
-
-    def _lost(self, exc: OSError) -> None:
-        if isinstance(exc, BrokenPipeError) or exc.errno == errno.EIO:
-            with contextlib.suppress(OSError, ValueError):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, self.stream.fileno())
-                os.close(devnull)
-                self.stream.flush()  # what was buffered goes to /dev/null now
+    lossy_output()
 
 
 @dataclass(frozen=True, slots=True)
