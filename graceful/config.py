@@ -124,10 +124,16 @@ class Config:
 
     @property
     def effective_reserve(self) -> float:
-        """Seconds kept for cancel, flush and close (derived: to the ms)."""
+        """Seconds kept for cancel, flush and close (derived: to the ms).
+
+        Derived, it is a fifth of the stop timeout (0.2 s to 3 s), but never more than half of
+        what the margin leaves: with a stop timeout under half a second the 0.2 s floor took
+        it all, the drain got no time, and an idle service stopped with exit 3.
+        """
         if self.reserve is not None:
             return self.reserve
-        return round(min(max(0.2 * self.stop_timeout, 0.2), 3.0), 3)
+        usable = self.stop_timeout - self.effective_margin
+        return round(min(max(0.2 * self.stop_timeout, 0.2), 3.0, usable / 2), 3)
 
     def fit_warnings(self) -> list[str]:
         """Explain, with the numbers, why this configuration cannot fit its stop timeout."""

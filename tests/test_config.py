@@ -414,3 +414,25 @@ def test_a_bad_option_is_an_invalid_setting_exit_1(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as harness, contextlib.redirect_stderr(io.StringIO()):
         cli.main(["harness", "run", "--stop-timeout", "x"])
     assert harness.value.code == 2
+
+
+@pytest.mark.parametrize("stop_timeout", ["0.2", "0.1"])
+def test_a_short_stop_timeout_leaves_the_drain_time_and_an_idle_stop_exits_0(
+    stop_timeout: str,
+) -> None:
+    """An idle ``graceful serve`` with a stop timeout under half a second: exit 0, with a
+    drain window in the plan and no ``budget.does_not_fit``. Old code: the derived reserve's
+    0.2 s floor took the whole budget (drain_until_s 0), the drain could not finish, exit 3.
+
+    Control: the same budget with the reserve set to that old floor still does not fit."""
+    env = {"GRACEFUL_STOP_TIMEOUT": stop_timeout, "PORT": "0"}
+    argv = [sys.executable, "-m", "graceful", "serve", "serve_starlette:app"]
+    with ServiceProcess(argv, env=env, cwd=APPS) as service:
+        service.wait_event("service.ready")
+        service.signal(signal.SIGTERM)
+        assert service.wait() == 0, service.output()
+    plan = next(e["plan"] for e in service.events() if e.get("event") == "shutdown.started")
+    assert plan["drain_until_s"] > 0
+    assert "budget.does_not_fit" not in service.event_names()
+    old = Config(stop_timeout=float(stop_timeout), reserve=0.2)
+    assert old.fit_warnings(), "the old derived reserve would have fit"
