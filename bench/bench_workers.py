@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -154,6 +155,15 @@ class Server(bench_drain.Server):
             found.append(pid)
             pids += [int(child) for child in children]
         return found
+
+    async def kill(self) -> None:
+        """SIGKILL the main process and every descendant: uvicorn's and gunicorn's workers
+        outlive a killed parent, and left running they would load the later measurements."""
+        if self.proc is not None and self.proc.returncode is None:
+            for pid in self.tree():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        await super().kill()
 
     def rss_mb(self) -> float:
         """RSS of the main process and its descendants."""

@@ -14,9 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from graceful.draining import TaskSet, WorkTracker
+from graceful.draining import WorkTracker
 from graceful.integrations._access import log_access
-from graceful.integrations._cut import name_request
 
 if TYPE_CHECKING:
     from graceful.runtime import Runtime
@@ -168,7 +167,6 @@ class GracefulMiddleware:
         self.app = app
         self.tracker = WorkTracker(name)
         self.status = ServerStatus(runtime, name, self.tracker)
-        self.tasks = TaskSet(name)
         self.runtime = runtime
         self.access_log = access_log
         self._ws_close_code = ws_close_code
@@ -183,12 +181,8 @@ class GracefulMiddleware:
         started: list[int] = []  # the response's status, once it has started
         began = asyncio.get_running_loop().time() if self.access_log else 0.0
         failed = True
-        # begin/end and a task set with a done callback rather than two context managers:
-        # this runs for every request (uvicorn runs each in a task of its own).
-        task = asyncio.current_task()
-        if task is not None:
-            self.tasks.add(task)
-            name_request(task, scope.get("method", "WEBSOCKET"), scope["path"])
+        # begin/end rather than a context manager, and no lookup of the current task: this
+        # runs for every request (the server cancels its own request tasks at the deadline).
         self.tracker.begin()
         try:
             if kind == "http":

@@ -45,6 +45,14 @@ class HttpConnections:
             return ConnectionState.BUSY
         return ConnectionState.RECEIVED  # parsed; its task has not reached the app yet
 
+    def in_flight(self) -> list[str]:
+        """``"METHOD /path"`` of each HTTP request whose response is not complete."""
+        return [
+            f"{conn.cycle.scope['method']} {conn.cycle.scope['path']}"
+            for conn in self.open_connections()
+            if conn.cycle is not None and not conn.cycle.response_complete
+        ]
+
     def transport_of(self, conn: Any) -> asyncio.BaseTransport | None:
         """The connection's transport."""
         transport: asyncio.BaseTransport | None = conn.transport

@@ -48,7 +48,7 @@ from graceful.draining import (
 )
 from graceful.hooks import Phase
 from graceful.integrations._access import log_access
-from graceful.integrations._cut import log_requests_cut, name_request
+from graceful.integrations._cut import log_requests_cut, name_request, task_names
 from graceful.integrations._deprecation import renamed
 
 if TYPE_CHECKING:
@@ -275,7 +275,7 @@ class AiohttpServer:
         cut = self.tracker.count
         for closer in list(self._closers):
             closer.cancel()
-        log_requests_cut(self.name, self.tasks)
+        log_requests_cut(self.name, task_names(self.tasks))
         await self.tasks.cancel_all(abort_deadline(self._runtime.budget))
         for conn in self._connections():
             conn.force_close()
