@@ -93,10 +93,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, kind: str, tmp: Path) -> None:
+    def __init__(self, kind: str, tmp: Path, env: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.port = free_port()
         self.tmp = tmp
+        self.env = env or {}
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -108,6 +109,7 @@ class Server:
             "STATE_PATH": state,
             "GRACEFUL_STOP_TIMEOUT": "10",
             "GRACEFUL_LOG_FORMAT": "json",
+            **self.env,
         }
         env.pop("ADMIN_PORT", None)
         if self.kind.startswith("graceful+"):
@@ -245,9 +247,12 @@ async def throughput(server: Server, seconds: float) -> dict[str, float]:
 
 
 async def measure(
-    kind: str, tmp: Path, scenario: Callable[[Server], Awaitable[dict[str, float]]]
+    kind: str,
+    tmp: Path,
+    scenario: Callable[[Server], Awaitable[dict[str, float]]],
+    env: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    server = Server(kind, tmp)
+    server = Server(kind, tmp, env)
     await server.start()
     try:
         return await scenario(server)
@@ -278,7 +283,13 @@ async def main_async(rounds: int, seconds: float) -> str:
                         results[kind].setdefault(key, []).append(value)
         for _ in range(2):
             for kind in SERVERS:
-                got = await measure(kind, tmp, lambda s: throughput(s, seconds))
+                # No access lines on any server (the peers run with access_log=False): at
+                # level warning graceful drops its INFO access lines before rendering them.
+                quiet = {"GRACEFUL_LOG_LEVEL": "warning"}
+                got = await measure(kind, tmp, lambda s: throughput(s, seconds), quiet)
+                if kind.startswith("graceful+"):  # and as shipped: an access line per request
+                    logged = await measure(kind, tmp, lambda s: throughput(s, seconds))
+                    got["requests_per_s_logged"] = logged["requests_per_s"]
                 for key, value in got.items():
                     results[kind].setdefault(key, []).append(value)
 
@@ -292,7 +303,8 @@ async def main_async(rounds: int, seconds: float) -> str:
         ("100 idle keep-alive: SIGTERM → all closed", "keepalive_closed_ms", "ms"),
         ("100 idle keep-alive: SIGTERM → exit", "keepalive_exit_ms", "ms"),
         ("500 ms in flight: exit - last answer", "after_last_answer_ms", "ms"),
-        ("throughput, GET /work?ms=0, 32 conns", "requests_per_s", "req/s"),
+        ("throughput, GET /work?ms=0, 32 conns, no access log", "requests_per_s", "req/s"),
+        ("the same with graceful's JSON access line per request", "requests_per_s_logged", "req/s"),
     ]
     lines = [
         "# Drain benchmark",
@@ -312,6 +324,10 @@ async def main_async(rounds: int, seconds: float) -> str:
         a, b = med(ours, "requests_per_s"), med(peer, "requests_per_s")
         if a and b:
             ratios.append(f"- throughput {ours} / {peer}: **{a / b:.3f}**")
+    for ours in ("graceful+uvicorn", "graceful+aiohttp"):
+        a, b = med(ours, "requests_per_s_logged"), med(ours, "requests_per_s")
+        if a and b:
+            ratios.append(f"- {ours} with its access log / without: **{a / b:.3f}**")
     lines += ["", "Ratios (tracking middleware and graceful runtime over the plain server):", ""]
     lines += ratios
     lines += [

@@ -1,6 +1,6 @@
 """Benchmark: N worker processes behind one port, stopped, beside the peers that do it too.
 
-Run: ``python bench/bench_workers.py [--rounds 3] [--workers 1,4] [--seconds 5]``. Prints a
+Run: ``python bench/bench_workers.py [--rounds 5] [--workers 1,4] [--seconds 5]``. Prints a
 markdown report and writes it to ``bench/results/workers.md``. Not a test: numbers depend on
 the machine.
 
@@ -346,19 +346,22 @@ async def run(rounds: int, counts: list[int], seconds: float, log: Path) -> tupl
             results[n][kind].setdefault(key, []).append(value)
 
     docker_skipped = build_image()
-    for _ in range(rounds):
-        for n in counts:  # interleaved: drift of the machine hits every server alike
+    for r in range(rounds):
+        # Interleaved, and each round starts with another server: drift of the machine, and
+        # whatever the previous measurement left behind, hits every server alike.
+        order = SERVERS[r % len(SERVERS) :] + SERVERS[: r % len(SERVERS)]
+        for n in counts:
             for scenario in (idle, inflight, burst):
-                for kind in SERVERS:
+                for kind in order:
                     add(n, kind, await measure(kind, n, log, scenario))
-            for kind in SERVERS:
+            for kind in order:
                 pinned = await measure(
                     kind, n, log, lambda s: throughput(s, seconds), cpus=SERVER_CPUS
                 )
                 add(n, kind, pinned)
             if docker_skipped is None:
                 floor = await asyncio.to_thread(docker_floor)
-                for kind in SERVERS:
+                for kind in order:
                     got = await asyncio.to_thread(docker_stop, kind, n)
                     got["docker_above_floor_ms"] = got["docker_stop_ms"] - floor
                     add(n, kind, got)
@@ -443,7 +446,7 @@ def report(results: Results, rounds: int, seconds: float, docker_skipped: str) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", default="1,4", help="worker counts, comma-separated")
     parser.add_argument("--seconds", type=float, default=5.0, help="throughput window")
     args = parser.parse_args(argv)
