@@ -193,8 +193,7 @@ def test_a_stop_signal_before_the_supervisors_loop_runs_is_not_dropped(pid1: boo
         "HOST": "127.0.0.1",
         "PORT": str(free_port()),
         "ADMIN_PORT": str(free_port()),
-        "WEB_CONCURRENCY": workers,
-        "APP_FAILING_HOOK_WORKER": "none",  # no worker index matches: no failing hook
+        "WEB_CONCURRENCY": "2",
     }
     argv = [sys.executable, "-u", "-c", SIGNAL_WHILE_STARTING]
     with ServiceProcess([*UNSHARE, *argv] if pid1 else argv, env=env) as service:
@@ -264,30 +263,45 @@ def test_a_worker_always_has_time_to_stop_accepting_and_drain(
 # -- what the app's own child processes inherit --------------------------------------------------
 
 LEAKY_APP = """
-import os, sys
+import os, sys, time
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         while (message := await receive())["type"] != "lifespan.shutdown":
-            # A child that outlives the worker, started as a shell would (fds inherited).
-            os.system(f"sleep 60 >/dev/null 2>&1 & echo $! >> {sys.argv[0]}.children")
+            if os.environ["LEAKY_HOW"] == "fork":  # multiprocessing's "fork" does this
+                child = os.fork()
+                if child == 0:  # off the test's output pipe, as the shell child is
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, 1)
+                    os.dup2(devnull, 2)
+                    time.sleep(60)
+                    os._exit(0)
+                with open("{sys.argv[0]}.children", "a") as out:
+                    out.write(f"{child}\\n")
+            else:  # a child that outlives the worker, started as a shell would (fds inherited)
+                os.system(f"sleep 60 >/dev/null 2>&1 & echo $! >> {sys.argv[0]}.children")
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
 """
 
 
-def test_a_child_the_app_starts_does_not_keep_the_port_after_the_stop(tmp_path: Path) -> None:
-    """Each worker's app starts a long-lived child with ``os.system("sleep 60 &")``.
+@pytest.mark.parametrize("how", ["system", "fork"])
+def test_a_child_the_app_starts_does_not_keep_the_port_after_the_stop(
+    tmp_path: Path, how: str
+) -> None:
+    """Each worker's app starts a long-lived child with ``os.system("sleep 60 &")``, or
+    forks one (``os.fork()``, as multiprocessing's "fork" start method does).
 
     Result: once the container stopped, connecting to its port is refused, and the port can be
     bound again (a restart). Old code: the children inherited the shared listener, so the port
     stayed taken by processes that never accept: connects timed out (the stop's filter drops
     their SYNs) and a restart could not bind. Control: the children are still running when
-    the port is checked (so they would hold it if they had it).
+    the port is checked (so they would hold it if they had it). A forked child got the
+    listener whatever its inheritable flag: the worker now closes its copies in the child.
     """
     (tmp_path / "leaky.py").write_text(LEAKY_APP.replace("{sys.argv[0]}", str(tmp_path / "app")))
     children = tmp_path / "app.children"
-    env = {"GRACEFUL_APP_DIR": str(tmp_path)}
+    env = {"GRACEFUL_APP_DIR": str(tmp_path), "LEAKY_HOW": how}
     try:
         with Container(spec="leaky:app", env=env) as container:
             container.wait_ready()

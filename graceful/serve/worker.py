@@ -256,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # stopped, leaving the port taken and its new connections unanswered.
     for inherited in (listener, control):
         inherited.set_inheritable(False)
+    # Nor to a child it forks (``os.fork``, multiprocessing's "fork"): not a server either.
+    os.register_at_fork(after_in_child=functools.partial(_drop_in_child, listener, control))
     structlog.contextvars.bind_contextvars(worker=start.index)
     os.environ["GRACEFUL_WORKER"] = str(start.index)
     options = start.options
@@ -293,6 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(runtime, start, listener, target)
     finally:
         guard.restore()
+
+
+def _drop_in_child(*sockets: socket.socket) -> None:
+    for sock in sockets:  # detached first, so that the objects never close a reused number
+        with contextlib.suppress(OSError):
+            os.close(sock.detach())
 
 
 def _serve(
