@@ -253,6 +253,8 @@ AS_NOBODY = textwrap.dedent(
     """
     import importlib.util, os, sys
     import graceful, graceful.integrations.streams, graceful.state
+    for name in graceful.__all__:  # the package imports its names on first use: all now
+        getattr(graceful, name)
     if importlib.util.find_spec("uvloop") is not None:
         import uvloop
     script = sys.argv[1]
