@@ -74,14 +74,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """A bad option is an invalid setting: exit 1, as for a bad environment variable (the
-    README's exit codes). ``graceful harness`` keeps argparse's 2: it exits 2 whenever it
-    could not run."""
+    """A bad option is an invalid setting: one line and exit 1, as for a bad environment
+    variable (the README's exit codes). ``graceful harness`` keeps argparse's usage and 2: it
+    exits 2 whenever it could not run."""
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        code = 2 if self.prog.startswith("graceful harness") else int(ExitCode.ERROR)
-        self.exit(code, f"{self.prog}: error: {message}\n")
+        if self.prog.startswith("graceful harness"):
+            self.print_usage(sys.stderr)
+            self.exit(2, f"{self.prog}: error: {message}\n")
+        # One line, as every other startup error: a container's log is read line by line.
+        self.exit(int(ExitCode.ERROR), f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
