@@ -36,6 +36,7 @@ from graceful.serve.stopping import StopDeadlines, worker_config
 from graceful.serve.target import (
     LoadingStopped,
     StartupSignals,
+    failed_to_load,
     import_from_string,
     load_target,
     web_app_kind,
@@ -343,11 +344,7 @@ def _load_failed(command: str, target: str, exc: BaseException) -> int:
     its code (3 reads as "work cut"), nor a ``KeyboardInterrupt`` it raises look like Ctrl-C.
     """
     _print_app_traceback(exc)
-    if isinstance(exc, SystemExit):
-        why = f"it called sys.exit({exc.code!r}) while being imported"
-    else:
-        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    print(f"graceful {command}: {target} failed to load: {why}", file=sys.stderr, flush=True)
+    print(f"graceful {command}: {failed_to_load(target, exc)}", file=sys.stderr, flush=True)
     return int(ExitCode.ERROR)
 
 

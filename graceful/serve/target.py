@@ -29,6 +29,7 @@ __all__ = [
     "LoadingStopped",
     "StartupSignals",
     "Target",
+    "failed_to_load",
     "import_from_string",
     "load_target",
     "web_app_kind",
@@ -52,6 +53,19 @@ class Target:
     spec: str
     kind: AppKind
     app: Any
+
+
+def failed_to_load(spec: str, exc: BaseException) -> str:
+    """The one line that says why the app's module (or factory) raised while loading.
+
+    Any ``BaseException``: a module that calls ``sys.exit(3)`` must not end graceful with its
+    code (3 reads as "work cut"), so the code is said here instead.
+    """
+    if isinstance(exc, SystemExit):
+        why = f"it called sys.exit({exc.code!r}) while being imported"
+    else:
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"{spec} failed to load: {why}"
 
 
 class LoadingStopped(BaseException):

@@ -55,7 +55,13 @@ from graceful.serve.app import serve_target
 from graceful.serve.control import Message, WorkerStart, encode, messages, read_start
 from graceful.serve.listeners import BacklogGuard, taken_by_another
 from graceful.serve.processes import write_whole_lines
-from graceful.serve.target import LoadingStopped, StartupSignals, Target, load_target
+from graceful.serve.target import (
+    LoadingStopped,
+    StartupSignals,
+    Target,
+    failed_to_load,
+    load_target,
+)
 from graceful.status import ExitCode
 
 __all__ = ["ControlReader", "WorkerRuntime", "main"]
@@ -282,11 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Any BaseException, as ``graceful serve`` without workers: a module that calls
             # ``sys.exit(3)`` must not end the worker with 3, which reads as "work cut".
             traceback.print_exception(exc, file=sys.stderr)
-            if isinstance(exc, SystemExit):
-                why = f"it called sys.exit({exc.code!r}) while being imported"
-            else:
-                why = f"{type(exc).__name__}: {exc}"
-            return _fail(start, f"{start.spec} failed to load: {why}")
+            return _fail(start, failed_to_load(start.spec, exc))
         taken = taken_by_another(listener)
         if taken is not None:
             return _fail(start, f"cannot listen on {options.address}: {taken.strerror}")
