@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv engine images lint typecheck check test demo bench soak fuzz clean
+.PHONY: venv engine images lint typecheck check test demo bench soak fuzz clean test-swarm bench-swarm
 
 venv: $(STAMP)
 
@@ -44,6 +44,14 @@ bench: venv
 
 soak: images
 	$(BIN)/python bench/bench_soak.py --rounds 100
+
+# Minutes of real Docker Swarm updates (controls, the stack file, Ctrl-C); make test runs one short roll.
+test-swarm: images
+	GRACEFUL_SWARM_LONG=1 $(BIN)/pytest -p no:randomly tests/test_swarm.py tests/test_swarm_long.py
+
+# 10 consecutive Swarm rolls per balancer profile, beside plain uvicorn (about half an hour).
+bench-swarm: images
+	$(BIN)/python bench/bench_swarm.py
 
 # The property tests with many more examples (minutes, not seconds); make test keeps them short.
 fuzz: venv

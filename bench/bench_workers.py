@@ -444,8 +444,8 @@ def report(results: Results, rounds: int, seconds: float, docker_skipped: str) -
         "Memory: graceful's workers are started fresh (not forked from a supervisor that has",
         "imported the app, as gunicorn's are), and each carries graceful's runtime, structlog",
         "and prometheus-client: about 5 MB more per worker than a uvicorn worker. Throughput",
-        "and CPU per request are measured with access lines off on all three; graceful's JSON",
-        "access line costs more than uvicorn's plain one (see the drain benchmark).",
+        "and CPU per request are measured with access lines off on all three (the access lines",
+        "of graceful and uvicorn side by side: the access benchmark).",
     ]
     return "\n".join(lines) + "\n"
 

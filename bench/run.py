@@ -8,7 +8,13 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-SUITES = ["bench_drain.py", "bench_state.py", "bench_docker.py", "bench_workers.py"]
+SUITES = [
+    "bench_drain.py",
+    "bench_state.py",
+    "bench_docker.py",
+    "bench_workers.py",
+    "bench_access.py",
+]
 
 HEADER = """# Benchmarks
 
@@ -22,6 +28,8 @@ from them.
 def main() -> int:
     failed = 0
     suites = [] if "--collect-only" in sys.argv else SUITES
+    if "--swarm" in sys.argv and "--collect-only" not in sys.argv:
+        suites = [*suites, "bench_swarm.py"]  # about half an hour of Swarm updates: opt-in
     for suite in suites:
         print(f"== {suite}", flush=True)
         failed += subprocess.run([sys.executable, str(BENCH / suite)], check=False).returncode != 0

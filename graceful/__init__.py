@@ -18,7 +18,6 @@ if TYPE_CHECKING:
         ConfigError,
         GracefulError,
         HookError,
-        ShutdownTimeout,
         StateError,
         TargetImportError,
     )
@@ -46,7 +45,6 @@ __all__ = [
     "LifecycleState",
     "Phase",
     "Runtime",
-    "ShutdownTimeout",
     "StateError",
     "TargetImportError",
     "WorkTracker",
@@ -71,7 +69,6 @@ _HOMES = {
     "LifecycleState": "graceful.runtime",
     "Phase": "graceful.runtime",
     "Runtime": "graceful.runtime",
-    "ShutdownTimeout": "graceful.exceptions",
     "StateError": "graceful.exceptions",
     "TargetImportError": "graceful.exceptions",
     "WorkTracker": "graceful.draining",

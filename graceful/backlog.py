@@ -5,7 +5,7 @@ backlog until the server accepts them; closing the listener resets whatever is q
 goes on completing handshakes up to the very ``close()``. :func:`refuse_new_connections` stops
 new ones from arriving (a socket filter that drops bare SYNs), so that the backlog can only
 shrink; :func:`backlog_waiting` tells whether anything is left to accept.
-``draining.close_listeners`` is built from both.
+``closing.close_listeners`` is built from both.
 """
 
 from __future__ import annotations

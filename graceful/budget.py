@@ -62,9 +62,6 @@ class Budget:
                 as ``start``): ``exit_at`` is then ``exit_by`` (never before ``start``) instead
                 of ``stop_timeout - margin`` after ``start``, and the phases split what is left.
             log: log a shortened delay (off for a plan that is only displayed).
-
-        .. versionchanged:: 0.1
-           The delay leaves ``stop_accept`` and the drain their time; ``log``.
         """
         if exit_by is None:
             exit_at = start + config.stop_timeout - config.effective_margin
@@ -97,6 +94,15 @@ class Budget:
         """The budget after a second signal: drain ends now, cancel gets its short grace."""
         grace = min(self.cancel_end - self.drain_end, max(self.exit_at - now, 0.0))
         return Budget(self.start, min(self.delay_end, now), now, now + grace, self.exit_at)
+
+    def offsets(self) -> dict[str, float]:
+        """The deadlines as seconds after the start, as logged and as ``graceful config`` shows."""
+        return {
+            "delay_until_s": round(self.delay_end - self.start, 4),
+            "drain_until_s": round(self.drain_end - self.start, 4),
+            "cancel_until_s": round(self.cancel_end - self.start, 4),
+            "exit_by_s": round(self.exit_at - self.start, 4),
+        }
 
     def share(self, seconds: float) -> float:
         """Fraction of the whole budget that ``seconds`` represents."""

@@ -15,9 +15,7 @@ import argparse
 import importlib
 import json
 import math
-import os
 import sys
-import traceback
 from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any, NoReturn
@@ -26,21 +24,20 @@ from graceful import __version__
 from graceful._early import hand_over
 from graceful.budget import Budget
 from graceful.config import ENV_VARS, Config
-from graceful.exceptions import ConfigError, TargetImportError
-from graceful.logs import last_line
+from graceful.exceptions import ConfigError
 from graceful.probe import DEFAULT_ADMIN_PORT, probe
 from graceful.runtime import ExitCode, Runtime
 from graceful.serve.app import serve_target
 from graceful.serve.options import DEFAULT_HOST, DEFAULT_PORT, SERVE_ENV_VARS, ServeOptions
 from graceful.serve.stopping import StopDeadlines, worker_config
 from graceful.serve.target import (
-    LoadingStopped,
     StartupSignals,
-    failed_to_load,
     import_from_string,
+    load_guarded,
     load_target,
     web_app_kind,
 )
+from graceful.swarm_settings import swarm_lines, swarm_settings
 
 __all__ = ["import_target", "main"]
 
@@ -51,7 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     .. versionadded:: 0.1
     """
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        message = f"unrecognized arguments: {' '.join(unknown)}"
+        if args.command == "harness":
+            parser.error(message)
+        # Name the command whose --help lists the options (the top level's does not).
+        _Parser(prog=f"graceful {args.command}").error(message)
     if args.command == "serve":
         return _serve(args)
     if args.command == "run":
@@ -313,19 +316,17 @@ def _serve(args: argparse.Namespace) -> int:
     guard = StartupSignals(config.signals if config.handle_signals else ()).install()
     hand_over()  # a signal from before the guard (graceful._early) reaches it now
     try:
-        try:
-            with guard.importing():
-                target = load_target(args.target, factory=options.factory, app_dir=options.app_dir)
-        except LoadingStopped as stopped:
-            # Nothing serves yet, so nothing to drain: a clean stop, said in one JSON line.
-            last_line(
-                "serve.stopped_while_loading", level="info", app=args.target, signal=stopped.signal
-            )
-            return int(ExitCode.OK)
-        except TargetImportError as exc:
-            return _serve_error(str(exc))
-        except BaseException as exc:  # the app's own code failed while importing: show where
-            return _load_failed("serve", args.target, exc)
+        target = load_guarded(
+            args.target,
+            lambda: load_target(args.target, factory=options.factory, app_dir=options.app_dir),
+            guard,
+            command="serve",
+            label="graceful serve",
+            log_format=config.log_format,
+            import_error=_serve_error,
+        )
+        if isinstance(target, ExitCode):
+            return int(target)
 
         async def main(runtime: Runtime) -> None:
             await serve_target(runtime, target, options)
@@ -335,32 +336,6 @@ def _serve(args: argparse.Namespace) -> int:
         return runtime.run(main)
     finally:
         guard.restore()
-
-
-def _load_failed(command: str, target: str, exc: BaseException) -> int:
-    """The app's module (or factory) raised while loading: its traceback, then one line.
-
-    Any ``BaseException``: a module that calls ``sys.exit(3)`` must not end ``graceful`` with
-    its code (3 reads as "work cut"), nor a ``KeyboardInterrupt`` it raises look like Ctrl-C.
-    """
-    _print_app_traceback(exc)
-    print(f"graceful {command}: {failed_to_load(target, exc)}", file=sys.stderr, flush=True)
-    return int(ExitCode.ERROR)
-
-
-def _print_app_traceback(exc: BaseException) -> None:
-    """The traceback of an error in the app's code, without graceful's and importlib's frames."""
-    ours = os.path.dirname(os.path.abspath(__file__))
-    shown = traceback.TracebackException.from_exception(exc)
-    shown.stack = traceback.StackSummary.from_list(
-        [
-            frame
-            for frame in shown.stack
-            if not frame.filename.startswith((ours, "<frozen"))
-            and "importlib" not in frame.filename
-        ]
-    )
-    print("".join(shown.format()), end="", file=sys.stderr, flush=True)
 
 
 def _serve_error(message: str) -> int:
@@ -378,18 +353,17 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     guard = StartupSignals(config.signals if config.handle_signals else ()).install()
     hand_over()  # a signal from before the guard (graceful._early) reaches it now
     try:
-        try:
-            with guard.importing():
-                target = import_target(args.target)
-        except LoadingStopped as stopped:
-            last_line(
-                "run.stopped_while_loading", level="info", app=args.target, signal=stopped.signal
-            )
-            return int(ExitCode.OK)
-        except TargetImportError as exc:
-            parser.error(str(exc))
-        except BaseException as exc:  # the app's own code failed while importing
-            return _load_failed("run", args.target, exc)
+        target = load_guarded(
+            args.target,
+            lambda: import_target(args.target),
+            guard,
+            command="run",
+            label="graceful run",
+            log_format=config.log_format,
+            import_error=parser.error,
+        )
+        if isinstance(target, ExitCode):
+            return int(target)
         return _run_target(parser, args, target, config, guard)
     finally:
         guard.restore()
@@ -438,17 +412,11 @@ def _config(args: argparse.Namespace) -> int:
         )
     else:
         budget = Budget.plan(config, 0.0, log=False)
-    plan = {
-        "delay_until_s": round(budget.delay_end, 3),
-        "drain_until_s": round(budget.drain_end, 3),
-        "cancel_until_s": round(budget.cancel_end, 3),
-    }
+    plan = budget.offsets()
     if workers > 1:
-        plan["workers_exit_by_s"] = round(budget.exit_at, 3)
-        plan["workers_killed_at_s"] = round(deadlines.kill_at, 3)
-        plan["exit_by_s"] = round(deadlines.exit_at, 3)
-    else:
-        plan["exit_by_s"] = round(budget.exit_at, 3)
+        plan["workers_exit_by_s"] = plan.pop("exit_by_s")
+        plan["workers_killed_at_s"] = round(deadlines.kill_at, 4)
+        plan["exit_by_s"] = round(deadlines.exit_at, 4)
     plan["sigkill_at_s"] = config.stop_timeout
     if budget.delay_end < config.delay:
         plan = {"delay_asked_s": config.delay, **plan}
@@ -468,6 +436,7 @@ def _config(args: argparse.Namespace) -> int:
             "derived": sorted(name for name, is_derived in derived.items() if is_derived),
             "plan": plan,
             "warnings": warnings,
+            "swarm": swarm_settings(config),
         }
         print(json.dumps(document, indent=2))
         return 0
@@ -486,6 +455,7 @@ def _config(args: argparse.Namespace) -> int:
     print("after the stop signal (seconds):")
     for key, value in plan.items():
         print(f"  {key:20} {value:g}")
+    print("\n" + "\n".join(swarm_lines(config)))
     for warning in warnings:
         print(f"warning: {warning}")
     return 0

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import os
 import re
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from graceful.environment import from_environment
 from graceful.exceptions import ConfigError
 
 __all__ = ["ENV_VARS", "MAX_SECONDS", "STOP_SIGNALS", "Config"]
@@ -175,34 +175,14 @@ class Config:
 
         .. versionadded:: 0.1
         """
-        environ = os.environ if environ is None else environ
-        known = {f.name for f in fields(cls)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        values: dict[str, Any] = {}
-        from_env: dict[str, str] = {}  # field -> "VARIABLE='raw value'", for error messages
-        for name, var in ENV_VARS.items():
-            raw = environ.get(var)
-            if raw is None or raw.strip() == "" or name in overrides:
-                continue
-            from_env[name] = f"{var}={raw!r}"
-            values[name] = _parse_env(name, raw.strip(), from_env[name])
-        values.update(overrides)
-        # Validate before construction, so that an error names the variable a value came from
-        # (construction would name the field); values from code are named as arguments.
-        defaults = cls()._values()
-        merged = {**defaults, **values}
-
-        def label(name: str) -> str:
-            if name in from_env:
-                return from_env[name]
-            if name in values:
-                return f"{name}={values[name]!r}"
-            return f"{ENV_VARS.get(name, name)} (default {defaults[name]!r})"
-
-        _validate(merged, label)
-        return cls(**values)
+        return from_environment(
+            cls,
+            ENV_VARS,
+            environ=environ,
+            overrides=overrides,
+            parse=_parse_env,
+            validate=_validate,
+        )
 
 
 #: Longest accepted duration, in seconds: a day. Longer is a typo, and overflows the timers

@@ -6,7 +6,6 @@ __all__ = [
     "ConfigError",
     "GracefulError",
     "HookError",
-    "ShutdownTimeout",
     "StateError",
     "TargetImportError",
 ]
@@ -23,13 +22,6 @@ class ConfigError(GracefulError, ValueError):
     """A setting (argument or environment variable) has a value that cannot work.
 
     The message names the setting and the value, so it can be fixed without reading code.
-
-    .. versionadded:: 0.1
-    """
-
-
-class ShutdownTimeout(GracefulError, TimeoutError):
-    """A shutdown step did not finish before its deadline.
 
     .. versionadded:: 0.1
     """

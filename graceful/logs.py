@@ -5,7 +5,8 @@ or ``log_format="off"``: pretty lines on a TTY, one JSON object per line otherwi
 container log collectors parse). Unless the application has configured ``logging`` itself,
 the standard library's records (uvicorn's, aiohttp's, the app's own ``logging`` calls, Python
 warnings) are rendered by the same structlog processors, so every line of the container's log
-is one JSON object.
+is one JSON object. The access line takes a shorter way to the same handler when nothing
+else would see it (``graceful.integrations._access``): :meth:`StdlibHandler.write_line`.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ __all__ = [
     "LossyStream",
     "StdlibHandler",
     "configure_logging",
+    "exception_dicts",
     "get_logger",
     "last_line",
     "lossy_output",
+    "writes_json",
 ]
 
 _LEVELS = {
@@ -60,6 +63,30 @@ def get_logger(*, level: str | None = None, **initial: Any) -> Any:
     )
 
 
+#: An exception as graceful's JSON lines carry it (``"exception"``): its chain, each with its
+#: frames, without the frames' local variables (a log line must not carry request data or
+#: credentials that happened to be in scope).
+_EXCEPTION_DICT = structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+
+
+def writes_json(format: str) -> bool:
+    """Whether :func:`configure_logging` with this ``format`` writes JSON lines: ``"json"``,
+    or ``"auto"`` when stdout is not a terminal.
+
+    .. versionadded:: 0.1
+    """
+    return format == "json" or (format == "auto" and not sys.stdout.isatty())
+
+
+def exception_dicts(exc: BaseException) -> list[dict[str, Any]]:
+    """``exc`` and its traceback as graceful's JSON error lines carry them (``"exception"``).
+
+    .. versionadded:: 0.1
+    """
+    found: list[dict[str, Any]] = _EXCEPTION_DICT((type(exc), exc, exc.__traceback__))
+    return found
+
+
 def configure_logging(*, format: str = "auto", level: str = "info", stdlib: bool = True) -> None:
     """Configure structlog for a service: JSON when not on a TTY, pretty on one.
 
@@ -75,7 +102,7 @@ def configure_logging(*, format: str = "auto", level: str = "info", stdlib: bool
        ``stdlib``: the standard library's records as structlog events.
     """
     if format == "auto":
-        format = "console" if sys.stdout.isatty() else "json"
+        format = "json" if writes_json(format) else "console"
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -83,11 +110,7 @@ def configure_logging(*, format: str = "auto", level: str = "info", stdlib: bool
     ]
     if format == "json":
         render: list[Any] = [
-            # Without the frames' local variables: a log line must not carry request data
-            # or credentials that happened to be in scope.
-            structlog.processors.ExceptionRenderer(
-                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-            ),
+            structlog.processors.ExceptionRenderer(_EXCEPTION_DICT),  # without locals
             structlog.processors.EventRenamer("event"),
             structlog.processors.JSONRenderer(),
         ]
@@ -100,7 +123,7 @@ def configure_logging(*, format: str = "auto", level: str = "info", stdlib: bool
         cache_logger_on_first_use=False,
     )
     if stdlib:
-        _route_stdlib(shared, render, _LEVELS[level])
+        _route_stdlib(shared, render, _LEVELS[level], json_lines=format == "json")
 
 
 class StdlibHandler(logging.Handler):
@@ -109,12 +132,23 @@ class StdlibHandler(logging.Handler):
     Lines go through a ``structlog.PrintLogger`` on the same stream as graceful's own events,
     so both share one lock and a line is never split by another thread's.
 
+    Args:
+        formatter: renders a record as one line.
+        stream: where to write (``sys.stdout`` by default).
+        json_lines: the formatter writes JSON objects: a line built elsewhere in that shape
+            (the access line's fast path) may be handed to :meth:`write_line`.
+
     .. versionadded:: 0.1
+    .. versionchanged:: 0.1
+       ``json_lines`` and :meth:`write_line`.
     """
 
-    def __init__(self, formatter: logging.Formatter, stream: Any = None) -> None:
+    def __init__(
+        self, formatter: logging.Formatter, stream: Any = None, *, json_lines: bool = False
+    ) -> None:
         super().__init__()
         self.setFormatter(formatter)
+        self.json_lines = json_lines
         self._printer = structlog.PrintLogger(sys.stdout if stream is None else stream)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -124,8 +158,15 @@ class StdlibHandler(logging.Handler):
         except Exception:
             self.handleError(record)
 
+    def write_line(self, line: str) -> None:
+        """Print one line already rendered (no record, no formatter); never raises."""
+        try:
+            self._printer.msg(line)
+        except Exception:  # a log line is not worth the request that wrote it
+            pass
 
-def _route_stdlib(shared: list[Any], render: list[Any], level: int) -> None:
+
+def _route_stdlib(shared: list[Any], render: list[Any], level: int, *, json_lines: bool) -> None:
     root = logging.getLogger()
     if any(not isinstance(handler, StdlibHandler) for handler in root.handlers):
         return  # the application configured logging: its handlers, its format
@@ -140,7 +181,7 @@ def _route_stdlib(shared: list[Any], render: list[Any], level: int) -> None:
     )
     for handler in list(root.handlers):  # configured again: replace ours
         root.removeHandler(handler)
-    root.addHandler(StdlibHandler(formatter))
+    root.addHandler(StdlibHandler(formatter, json_lines=json_lines))
     root.setLevel(level)
     logging.captureWarnings(True)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Enum, Gauge
 
+from graceful.hooks import Outcome, Phase
+
 __all__ = ["Metrics"]
 
 
@@ -77,3 +79,11 @@ class Metrics:
             registry=registry,
         )
         self.state.state("starting")
+        # Every label the stop writes, created now: under multiprocess mode the first value of
+        # a kind of metric opens a file, and at the stop the process may be at its descriptor
+        # limit (EMFILE there ended workers with requests in flight). A phase reads 0 until a
+        # stop has measured it.
+        for phase in Phase:
+            self.phase_seconds.labels(str(phase))
+            for outcome in (Outcome.FAILED, Outcome.TIMED_OUT):
+                self.hooks_failed.labels(str(phase), str(outcome))

@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["ZombieReaper", "zombie_children"]
+__all__ = ["ZombieReaper", "start_reaper", "zombie_children"]
 
 
 def zombie_children(parent: int | None = None) -> set[int]:
@@ -93,3 +94,17 @@ class ZombieReaper:
         while True:
             await asyncio.sleep(self.interval)
             self.sweep()
+
+
+def start_reaper(reap: bool | None, log: Any) -> ZombieReaper | None:
+    """Start reaping if asked to, or (``reap`` is ``None``) if this process is PID 1.
+
+    Each reaped zombie is logged as ``zombie.reaped``.
+    """
+    if not (reap or (reap is None and os.getpid() == 1)):
+        return None
+    reaper = ZombieReaper(
+        on_reaped=lambda pid, status: log.info("zombie.reaped", pid=pid, status=status)
+    )
+    reaper.start()
+    return reaper

@@ -6,6 +6,7 @@ The runtime drives the phases; the recorder keeps the account of them and writes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from graceful.budget import Budget
@@ -41,7 +42,26 @@ class ShutdownRecorder:
         self.phase_seconds: dict[str, float] = {}
         self.flushed = 0
         self.leftovers: list[str] = []
+        self.background: list[str] = []
         self.signals: list[str] = []
+        self._metrics_failed = False
+
+    def count(self, update: Callable[[], object]) -> None:
+        """Run one metric update; if it fails, log it once and go on: a metric never ends a
+        stop.
+
+        Under prometheus-client's multiprocess mode a metric's first value opens a file: at
+        the descriptor limit (a worker holding hundreds of idle connections) that raised
+        EMFILE out of the first phase and killed the worker with requests in flight.
+        `Metrics` creates every label the stop uses at startup, so no file is opened here;
+        this guards whatever is left (a file that cannot grow, a full disk).
+        """
+        try:
+            update()
+        except Exception as exc:
+            if not self._metrics_failed:
+                self._metrics_failed = True
+                self.log.error("metrics.update_failed", error=f"{type(exc).__name__}: {exc}")
 
     def hook(self, outcome: HookOutcome) -> None:
         """Count and log how one hook ended."""
@@ -52,7 +72,8 @@ class ShutdownRecorder:
         if outcome.outcome is Outcome.SKIPPED:
             self.log.warning("hook.skipped", hook=outcome.name, reason=outcome.error)
             return
-        self.metrics.hooks_failed.labels(str(outcome.phase), str(outcome.outcome)).inc()
+        failed = self.metrics.hooks_failed
+        self.count(lambda: failed.labels(str(outcome.phase), str(outcome.outcome)).inc())
         self.log.error(
             "hook.timed_out" if outcome.outcome is Outcome.TIMED_OUT else "hook.failed",
             hook=outcome.name,
@@ -63,12 +84,12 @@ class ShutdownRecorder:
     def flushed_items(self, count: int) -> None:
         """Count items a flush wrote to durable state."""
         self.flushed += count
-        self.metrics.flushed_items.inc(count)
+        self.count(lambda: self.metrics.flushed_items.inc(count))
 
     def phase(self, phase: Phase, seconds: float, budget: Budget, time_left: float) -> None:
         """Record and log the end of a phase."""
         self.phase_seconds[str(phase)] = rounded(seconds)
-        self.metrics.phase_seconds.labels(str(phase)).set(seconds)
+        self.count(lambda: self.metrics.phase_seconds.labels(str(phase)).set(seconds))
         self.log.info(
             "phase.finished",
             phase=str(phase),
@@ -81,14 +102,13 @@ class ShutdownRecorder:
         return [o.name for o in self.outcomes if o.outcome in (Outcome.FAILED, Outcome.TIMED_OUT)]
 
     def exit_code(self, *, crashed: bool, drained: bool, cut: int) -> ExitCode:
-        """The most serious cause wins: error, then a failed hook, then cut work."""
-        if crashed:
-            return ExitCode.ERROR
-        if self.failed_hooks():
-            return ExitCode.HOOK_FAILED
-        if cut or not drained:
-            return ExitCode.WORK_CUT
-        return ExitCode.OK
+        """The most serious cause wins (``ExitCode.worst``)."""
+        causes = [
+            ExitCode.ERROR if crashed else ExitCode.OK,
+            ExitCode.HOOK_FAILED if self.failed_hooks() else ExitCode.OK,
+            ExitCode.WORK_CUT if cut or not drained else ExitCode.OK,
+        ]
+        return ExitCode.worst(causes)
 
     def report(
         self,
@@ -125,6 +145,7 @@ class ShutdownRecorder:
                 for kind in (Outcome.OK, Outcome.FAILED, Outcome.TIMED_OUT, Outcome.SKIPPED)
             },
             leftover_tasks=self.leftovers,
+            background_cancelled=self.background,
             failed_hooks=self.failed_hooks(),
             signals=self.signals,
             zombies_reaped=zombies_reaped,

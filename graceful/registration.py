@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar, overload
 
+from graceful.background import capture_tasks
 from graceful.draining import Drainable, DrainableServer, TaskSet
 from graceful.exceptions import ConfigError, HookError
 from graceful.hooks import HOOK_PHASES, Phase, hook_name
@@ -44,6 +45,10 @@ class Registrations:
         self._closers = Closers()
         self._drainables: list[Drainable] = []
         self._tasks = TaskSet("runtime")
+        # Never-ending work the drain does not wait for: marked (create_task(background=True))
+        # and the app's own, captured while it started (capture_background).
+        self._background = TaskSet("background")
+        self._app_background = TaskSet("app background")
 
     def _on_drainable_added(self, drainable: Drainable) -> None:
         """The runtime's part when a drainable arrives (during a stop: stop it at once)."""
@@ -199,13 +204,35 @@ class Registrations:
         self._on_drainable_added(drainable)
 
     def create_task(
-        self, coro: Coroutine[Any, Any, T], *, name: str | None = None
+        self, coro: Coroutine[Any, Any, T], *, name: str | None = None, background: bool = False
     ) -> asyncio.Task[T]:
-        """Start tracked background work: awaited in ``drain``, cancelled in ``cancel``."""
+        """Start tracked work: by default awaited in ``drain`` and cancelled in ``cancel``.
+
+        Args:
+            coro: the work.
+            name: the task's name, in logs and the report.
+            background: the work never ends by itself (a poller, a refresh loop): the drain
+                does not wait for it; it is cancelled right after the drain, before the
+                ``flush`` hooks, and logged at info as ``tasks.background_cancelled``, without
+                counting as cut work.
+        """
         task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
+        (self._background if background else self._tasks).add(task)
         task.add_done_callback(self._log_failure)
         return task
+
+    def capture_background(self) -> contextlib.AbstractContextManager[None]:
+        """Treat the tasks the code in this block starts as the app's background work.
+
+        For a server integration: the app's startup (an ASGI lifespan startup, aiohttp's
+        ``on_startup`` and cleanup contexts) runs inside it. Such tasks that are still running
+        after the ``close`` phase (the app's own shutdown did not end them) are cancelled and
+        logged at info as ``tasks.background_cancelled``; unlike a task left running by a
+        request handler, they do not count as cut work (exit code 3).
+
+        .. versionadded:: 0.1
+        """
+        return capture_tasks(self._app_background)
 
     def _log_failure(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled() and task.exception() is not None:

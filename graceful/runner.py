@@ -23,6 +23,7 @@ from graceful.status import ExitCode
 
 __all__ = [
     "cancel_leftovers",
+    "end_child_processes",
     "exit_now_if_threads_block",
     "pending_labels",
     "run_on_new_loop",
@@ -30,8 +31,10 @@ __all__ = [
 ]
 
 LEFTOVER_HINT = (
-    "start background work with runtime.create_task (from a handler: "
-    "graceful.current_runtime().create_task) so the drain waits for it"
+    "work a handler started and left running counts as cut: start it with "
+    "graceful.current_runtime().create_task(...) so the drain waits for it, or, for a loop "
+    "that never ends (a poller), with create_task(..., background=True) so the stop cancels "
+    "it without counting it as cut"
 )
 
 
@@ -79,6 +82,38 @@ async def cancel_leftovers(deadline: float, log: Any) -> tuple[list[str], bool]:
         log.error("shutdown.asyncgens_abandoned", reason="exit deadline")
         return labels, False
     return labels, True
+
+
+def end_child_processes(time_left: float, log: Any) -> None:
+    """Stop the app's ``multiprocessing`` children that would hold the exit.
+
+    At exit ``multiprocessing`` joins every child that is not a daemon, for as long as it runs:
+    one the app left running would hold the process until the watchdog ends it (exit 6). They
+    get SIGTERM now, the rest of the budget to exit, then SIGKILL.
+    """
+    mp = sys.modules.get("multiprocessing")
+    if mp is None:  # never imported: no child of its kind
+        return
+    children = [child for child in mp.active_children() if not child.daemon]
+    if not children:
+        return
+    deadline = time.monotonic() + time_left
+    for child in children:
+        with contextlib.suppress(OSError):
+            child.terminate()
+    for child in children:
+        child.join(max(deadline - time.monotonic(), 0.0))
+    killed = [child for child in children if child.is_alive()]
+    for child in killed:
+        with contextlib.suppress(OSError):
+            child.kill()
+        child.join(0.2)
+    log.warning(
+        "shutdown.children_stopped",
+        children=[f"{child.name} (pid {child.pid})" for child in children],
+        killed=[child.pid for child in killed],
+        reason="multiprocessing children the app left running would hold the exit",
+    )
 
 
 def exit_now_if_threads_block(code: int, time_left: float, log: Any) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
-import os
 import signal
 import sys
 import time
@@ -35,18 +34,21 @@ from graceful.draining import Drainable
 from graceful.exceptions import ConfigError
 from graceful.health import AdminServer
 from graceful.hooks import Phase
-from graceful.logs import configure_logging, get_logger, lossy_output
-from graceful.loops import loop_factory
+from graceful.logs import get_logger, lossy_output
 from graceful.metrics import Metrics
-from graceful.reaper import ZombieReaper
-from graceful.recorder import ShutdownRecorder, rounded
+from graceful.reaper import ZombieReaper, start_reaper
+from graceful.recorder import ShutdownRecorder
 from graceful.registration import Registrations
-from graceful.runner import exit_now_if_threads_block, pending_labels, run_on_new_loop
+from graceful.runner import (
+    end_child_processes,
+    exit_now_if_threads_block,
+    pending_labels,
+)
+from graceful.shell import ProcessShell
 from graceful.shutdown import Shutdown
-from graceful.signals import Escalation, StopSignals
+from graceful.signals import Escalation
 from graceful.startup import StartOutcome, log_starting, run_startup
 from graceful.status import ExitCode, LifecycleState
-from graceful.watchdog import Watchdog, grace_for
 
 __all__ = ["ExitCode", "LifecycleState", "Phase", "Runtime", "current_runtime", "run"]
 
@@ -116,12 +118,16 @@ class Runtime(Registrations):
         self._serving = asyncio.Event()
         self._stopped = asyncio.Event()
         self._crashed = False
-        self._signals: StopSignals | None = None
-        self._signal_at: float | None = None
         self._exit_by: float | None = None
         self._main_ready = False
         self._owns_loop = False
-        self._watchdog: Watchdog | None = None
+        self._shell = ProcessShell(
+            self.config,
+            log=self.log,
+            exit_at=lambda at: at + self.config.stop_timeout - self.config.effective_margin,
+            on_signal=self._signal_arrived,
+            describe=self._describe_overrun,
+        )
         self._stop: Shutdown | None = None
 
     # -- state -------------------------------------------------------------------------------
@@ -233,23 +239,12 @@ class Runtime(Registrations):
         the deadline; threads that are not daemons get until the deadline, then the process
         exits without them. Afterwards the previous signal handlers are back.
         """
-        config = self.config
-        try:
-            factory = loop_factory(config.loop)
-        except ConfigError as exc:
-            print(f"graceful: configuration error: {exc}", file=sys.stderr, flush=True)
-            return int(ExitCode.ERROR)
-        lossy_output()  # a log line nobody can read any more must not end the stop
-        if not structlog.is_configured() and config.log_format != "off":
-            configure_logging(format=config.log_format, level=config.log_level)
         self._owns_loop = True
-        self._watchdog = Watchdog(
-            exit_code=int(ExitCode.OVERRAN),
-            describe=self._describe_overrun,
-            grace=grace_for(config.effective_margin),
-        )
-        self._watchdog.start()
-        code = run_on_new_loop(factory, self.serve(main))
+        # A log line nobody can read any more must not end the stop (lossy_output).
+        code = self._shell.run(lambda: self.serve(main), output=lossy_output)
+        if code == ExitCode.ERROR and self._loop is None:
+            return code  # a setting made the loop impossible: nothing ran
+        end_child_processes(self.time_left() or 0.0, self.log)
         exit_now_if_threads_block(code, self.time_left() or 0.0, self.log)
         self.release()
         # The process is about to exit: spare the interpreter's final garbage collections a
@@ -271,18 +266,19 @@ class Runtime(Registrations):
             # default prints every level, so keep graceful's own events at our level at least.
             self.log = self.recorder.log = get_logger(level=self.config.log_level)
         token = bind_current(self)
-        reaper = self._start_reaper()
-        self._install_signals()
+        reaper = start_reaper(self.config.reap_zombies, self.log)
+        self._shell.log = self.log  # the logger chosen above
+        self._shell.install_signals()
+        self._shell.attach(self._loop)
+        signals = self._shell.signals
         try:
-            log_starting(self.log, self.config, signals_on=self._signals is not None)
+            log_starting(self.log, self.config, signals_on=signals is not None)
             started = await self._start()
             if started is StartOutcome.STARTED:
                 self._set_state(LifecycleState.SERVING)
                 self._serving.set()
-                if self._signals is not None:
-                    self._signals.watch_ownership(
-                        self.log, lambda: self.state is LifecycleState.SERVING
-                    )
+                if signals is not None:
+                    signals.watch_ownership(self.log, lambda: self.state is LifecycleState.SERVING)
                 if main is None:
                     self.mark_ready()
                 else:
@@ -307,17 +303,14 @@ class Runtime(Registrations):
         ``serve`` calls it when it returns; ``run`` only once the loop is closed, so that a late
         stop signal still finds our handler (not the default, which would end us with 143).
         """
-        if self._signals is not None:
-            self._signals.restore()
-        if self._watchdog is not None and not self._terminating():
-            self._watchdog.disarm()
+        self._shell.release(keep_watchdog=self._terminating())
 
     def _terminating(self) -> bool:
         # A stop signal other than SIGINT means the supervisor ends this process: the watchdog
         # then stays armed through interpreter teardown (atexit handlers, thread joins). After
         # Ctrl-C or request_stop an embedding program may go on, so it is disarmed.
-        first = self.recorder.signals[0] if self.recorder.signals else None
-        return first is not None and first != "SIGINT" and self._owns_loop
+        first = self._shell.first_signal
+        return first is not None and first is not signal.SIGINT and self._owns_loop
 
     async def _start(self) -> StartOutcome:
         """Start the admin server and run the startup steps; a stop signal aborts startup."""
@@ -362,21 +355,6 @@ class Runtime(Registrations):
 
     # -- signals -----------------------------------------------------------------------------
 
-    def _install_signals(self) -> None:
-        self._signals = StopSignals.for_config(self.config, self._on_signal, self.log)
-
-    def _on_signal(self, sig: signal.Signals, level: Escalation, at: float) -> None:
-        # Signal-handler context: record and wake the loop, nothing else. The budget counts
-        # from now, not from when a possibly blocked loop gets to it, and the watchdog is armed
-        # here for the same reason.
-        if level is Escalation.STOP and self._signal_at is None:
-            self._signal_at = at
-            if self._watchdog is not None:
-                self._watchdog.arm(at + self.config.stop_timeout - self.config.effective_margin)
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._signal_arrived, sig, level)
-
     def _signal_arrived(self, sig: signal.Signals, level: Escalation) -> None:
         self.metrics.signals.labels(sig.name).inc()
         self.recorder.signals.append(sig.name)
@@ -393,22 +371,25 @@ class Runtime(Registrations):
 
     async def _shutdown(self, reaper: ZombieReaper | None) -> None:
         loop = asyncio.get_running_loop()
-        if self._signals is not None:
-            self._signals.check_ownership(self.log)
+        if self._shell.signals is not None:
+            self._shell.signals.check_ownership(self.log)
         now = loop.time()
-        start = now if self._signal_at is None else min(self._signal_at, now)
+        signal_at = self._shell.signal_at
+        start = now if signal_at is None else min(signal_at, now)
         # A deadline given from outside is on the monotonic clock: move it onto the loop's.
         exit_by = None if self._exit_by is None else now + self._exit_by - time.monotonic()
         budget = Budget.plan(self.config, start, exit_by=exit_by)
-        if self._watchdog is not None:
-            self._watchdog.arm(time.monotonic() + budget.exit_at - now)
-            self._watchdog.arm_backstop()
+        if self._shell.watchdog is not None:
+            self._shell.watchdog.arm(time.monotonic() + budget.exit_at - now)
+            self._shell.watchdog.arm_backstop()
         stop = self._stop = Shutdown(
             config=self.config,
             budget=budget,
             recorder=self.recorder,
             drainables=self._drainables,
             tasks=self._tasks,
+            background=self._background,
+            app_background=self._app_background,
             hooks=self._hooks,
             closers=self._closers,
             force=self._force,
@@ -421,12 +402,7 @@ class Runtime(Registrations):
             reason=self.stop_reason,
             stop_timeout=self.config.stop_timeout,
             inflight=inflight_at_signal,
-            plan={
-                "delay_s": rounded(budget.delay_end - budget.start),
-                "drain_until_s": rounded(budget.drain_end - budget.start),
-                "cancel_until_s": rounded(budget.cancel_end - budget.start),
-                "exit_by_s": rounded(budget.exit_at - budget.start),
-            },
+            plan=budget.offsets(),
         )
 
         async def before_close() -> None:
@@ -458,18 +434,6 @@ class Runtime(Registrations):
     def _set_state(self, state: LifecycleState) -> None:
         self.state = state
         self.metrics.state.state(str(state))
-
-    def _start_reaper(self) -> ZombieReaper | None:
-        reap = self.config.reap_zombies
-        if reap is None:
-            reap = os.getpid() == 1
-        if not reap:
-            return None
-        reaper = ZombieReaper(
-            on_reaped=lambda pid, status: self.log.info("zombie.reaped", pid=pid, status=status)
-        )
-        reaper.start()
-        return reaper
 
     def _describe_overrun(self) -> dict[str, Any]:
         # Runs on the watchdog thread while the loop may be blocked: read, never wait.

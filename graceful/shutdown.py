@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from graceful.background import cancel_background
 from graceful.budget import Budget
 from graceful.config import Config
 from graceful.draining import Drainable, TaskSet
@@ -47,6 +48,9 @@ class Shutdown:
         recorder: where outcomes and phase times go.
         drainables: the servers; read live, so one added during the stop takes part.
         tasks: tracked work (and ``main``), awaited in drain, cancelled in cancel.
+        background: work marked as never ending, cancelled (not cut) right after the drain.
+        app_background: tasks the app started while it started, cancelled (not cut) after
+            ``close``, once the app's own shutdown had its chance to end them.
         hooks: shutdown hooks by phase (``close`` hooks live in ``closers``).
         closers: the LIFO stack unwound in ``close``.
         force: set by a second signal: skip the rest of the drain.
@@ -63,6 +67,8 @@ class Shutdown:
         recorder: ShutdownRecorder,
         drainables: Sequence[Drainable],
         tasks: TaskSet,
+        background: TaskSet,
+        app_background: TaskSet,
         hooks: Hooks,
         closers: Closers,
         force: asyncio.Event,
@@ -74,6 +80,8 @@ class Shutdown:
         self.log = recorder.log
         self.drainables = drainables
         self.tasks = tasks
+        self.background = background
+        self.app_background = app_background
         self.hooks = hooks
         self.closers = closers
         self.force = force
@@ -105,6 +113,9 @@ class Shutdown:
             with contextlib.suppress(asyncio.CancelledError):
                 await drain_hooks
         with self._phase(Phase.CANCEL):
+            self.recorder.background += await cancel_background(
+                self.background, budget.cancel_end, self.log
+            )
             cut = 0 if drained else await self._cancel(budget.cancel_end)
         with self._phase(Phase.FLUSH):
             await self.run_hooks(Phase.FLUSH, budget.flush_end)
@@ -116,6 +127,13 @@ class Shutdown:
                 )
             await before_close()
             if self.owns_loop:
+                # The cancel phase's grace, not the whole reserve: one that swallows the
+                # cancellation must not take the time of what still has to run.
+                grace = budget.cancel_end - budget.drain_end
+                until = min(budget.exit_at, loop.time() + grace)
+                self.recorder.background += await cancel_background(
+                    self.app_background, until, self.log
+                )
                 leftovers, generators_closed = await cancel_leftovers(budget.exit_at, self.log)
                 self.recorder.leftovers += leftovers
                 cut += len(leftovers) + (0 if generators_closed else 1)

@@ -32,9 +32,8 @@ from graceful.config import Config
 from graceful.logs import last_line
 from graceful.status import ExitCode
 
-__all__ = ["HANDLED_SIGNALS", "Escalation", "StopSignals", "shell_pid1_warning"]
+__all__ = ["Escalation", "StopSignals", "shell_pid1_warning"]
 
-HANDLED_SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGINT")
 
 EXIT_FORCED = int(ExitCode.FORCED)
 

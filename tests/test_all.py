@@ -11,6 +11,7 @@ import graceful
 MODULES = [
     "graceful",
     "graceful.config",
+    "graceful.closing",
     "graceful.draining",
     "graceful.exceptions",
     "graceful.health",

@@ -392,6 +392,22 @@ def test_graceful_config_plans_the_stop_of_workers_as_they_carry_it_out() -> Non
     assert control["drain_until_s"] > workers[0]["drain_until_s"] + 0.25
 
 
+@pytest.mark.parametrize("command", ["serve", "run", "config"])
+def test_a_mistyped_option_points_to_the_commands_own_help(command: str) -> None:
+    """``graceful serve app:app --wokers 2`` names ``graceful serve --help``, whose text lists
+    serve's options (was: ``graceful --help``, which does not)."""
+    argv = [command, *(["app:app"] if command != "config" else []), "--wokers", "2"]
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as exited, contextlib.redirect_stderr(err):
+        cli.main(argv)
+    assert exited.value.code == 1
+    (line,) = err.getvalue().splitlines()
+    assert line == (
+        f"graceful {command}: error: unrecognized arguments: --wokers 2 "
+        f"(see graceful {command} --help)"
+    )
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from graceful import Runtime
-from graceful.draining import ConnectionState
+from graceful.closing import ConnectionState
 from graceful.hooks import Phase
 from graceful.integrations import aiohttp as graceful_aiohttp
 from graceful.integrations import asgi, streams

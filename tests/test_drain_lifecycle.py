@@ -2,14 +2,12 @@
 
 uvicorn: lifespan startup before the listener opens, lifespan shutdown in ``close``.
 aiohttp: ``on_startup`` before the listener opens, ``on_shutdown`` in ``drain``,
-``on_cleanup`` in ``close``. And what the apps see of it: the ``draining`` event under its
-old name ``stopping`` still works, with a warning.
+``on_cleanup`` in ``close``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -108,48 +106,3 @@ async def test_aiohttp_signals_run_in_their_phases() -> None:
     runtime = await serve_one_request(holder, start)
     assert runtime.exit_code == 0
     assert seen == ["on_startup in None", "request", "on_shutdown in drain", "on_cleanup in close"]
-
-
-def old_and_new_name(old: Callable[[], asyncio.Event], new: Callable[[], asyncio.Event]) -> str:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        event = old()
-    kinds = [w.category.__name__ for w in caught]
-    return f"same event: {event is new()}, warnings: {kinds}"
-
-
-async def test_stopping_is_a_deprecated_name_of_draining() -> None:
-    """1. each server answers one request that looks up both names; 2. stop.
-
-    Result: ``stopping(...)`` returns the ``draining(...)`` event and warns once.
-    """
-    seen: list[str] = []
-    holder: dict[str, Runtime] = {}
-
-    async def asgi_app(scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
-        seen.append(old_and_new_name(lambda: asgi.stopping(scope), lambda: asgi.draining(scope)))
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    async def view(request: web.Request) -> web.Response:
-        seen.append(
-            old_and_new_name(
-                lambda: graceful_aiohttp.stopping(request),
-                lambda: graceful_aiohttp.draining(request),
-            )
-        )
-        return web.Response(text="ok")
-
-    aiohttp_app = web.Application()
-    aiohttp_app.router.add_get("/", view)
-
-    async def start_asgi(runtime: Runtime) -> int:
-        server = await asgi.serve(runtime, asgi_app, host="127.0.0.1", port=0, lifespan="off")
-        return server.port
-
-    async def start_aiohttp(runtime: Runtime) -> int:
-        return (await graceful_aiohttp.serve(runtime, aiohttp_app, host="127.0.0.1", port=0)).port
-
-    for start in (start_asgi, start_aiohttp):
-        assert (await serve_one_request(holder, start)).exit_code == 0
-    assert seen == ["same event: True, warnings: ['DeprecationWarning']"] * 2

@@ -24,14 +24,13 @@ from structlog.testing import capture_logs
 from graceful import Config, Runtime
 from graceful.backlog import backlog_waiting, refuse_new_connections
 from graceful.budget import Budget
+from graceful.closing import close_listeners, unread_bytes
 from graceful.draining import (
     Drainable,
     DrainableServer,
     TaskSet,
     WorkTracker,
     abort_deadline,
-    close_listeners,
-    unread_bytes,
 )
 from graceful.integrations import aiohttp as graceful_aiohttp
 from graceful.integrations import asgi, streams

@@ -72,7 +72,7 @@ def test_run_options_describe_the_workload() -> None:
             "--strict",
         ]
     )
-    w = cli._workload(args)
+    w = cli._config(args).workload
     assert (w.admin_port, w.ready_on, w.ready_path, w.has_stream) == (
         None,
         "main",
@@ -81,5 +81,5 @@ def test_run_options_describe_the_workload() -> None:
     )
     assert w.work_target(2000) == "/slow?s=2"
     assert args.strict
-    old = cli._workload(parser.parse_args(["run", "--image", "x", "--work-path", "/w"]))
+    old = cli._config(parser.parse_args(["run", "--image", "x", "--work-path", "/w"])).workload
     assert old.work_target(5) == "/w?ms=5"

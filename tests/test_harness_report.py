@@ -46,11 +46,32 @@ def test_json_report_has_exactly_the_contract_keys() -> None:
         "findings",
     }
     assert (entry["verdict"], entry["passed"]) == ("FAIL", False)
-    assert entry["requests"] == {"sent": 10, "ok": 9, "failed": 1}
+    assert entry["requests"] == {"sent": 10, "ok": 9, "failed": 1, "expected_cut": 0}
     assert entry["findings"] == ["bad"]
     assert entry["stop_seconds"] == 0.123
     assert not report.passed
     assert not Report(image="img").passed
+
+
+def test_requests_cut_on_purpose_show_as_expected_not_as_failures() -> None:
+    """stop-over-budget cuts its long requests on purpose: the row says so (the JSON keeps
+    them in failed, and says how many of them were expected); a real failure beside them
+    still shows as one (the control)."""
+    import dataclasses
+
+    over = dataclasses.replace(
+        result("stop-over-budget", Verdict.PASS), sent=24, ok=20, failed=4, expected_cut=4
+    )
+    mixed = dataclasses.replace(over, name="mixed", ok=19, failed=5)
+    plain = result("stop-idle", Verdict.FAIL)
+    table = format_table("img", [over, mixed, plain], width=200)
+    rows = {line.split()[0]: line for line in table.splitlines() if line.startswith(("s", "m"))}
+    assert "cut 4 (expected)" in rows["stop-over-budget"]
+    assert "failed" not in rows["stop-over-budget"]
+    assert " 1 + cut 4 (expected)" in rows["mixed"]
+    assert "(expected)" not in rows["stop-idle"]
+    entry = over.to_dict()["requests"]
+    assert entry == {"sent": 24, "ok": 20, "failed": 4, "expected_cut": 4}
 
 
 def test_only_pass_is_passed_and_only_fail_fails_the_exit_code() -> None:

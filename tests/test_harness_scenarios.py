@@ -60,9 +60,20 @@ def test_opt_in_is_a_class_attribute() -> None:
 
     assert RollingRestart.opt_in is True
     assert PowerLoss.opt_in is True
-    assert opt_in_scenarios() == {"rolling-restart": RollingRestart, "power-loss": PowerLoss}
+    from graceful.harness.scenarios.swarm import SwarmUpdate
+
+    assert opt_in_scenarios() == {
+        "rolling-restart": RollingRestart,
+        "swarm-update": SwarmUpdate,
+        "power-loss": PowerLoss,
+    }
     assert not any(getattr(cls, "opt_in", False) for cls in SCENARIOS.values())
-    assert scenario_names(opt_in=True) == [*SCENARIOS, "rolling-restart", "power-loss"]
+    assert scenario_names(opt_in=True) == [
+        *SCENARIOS,
+        "rolling-restart",
+        "swarm-update",
+        "power-loss",
+    ]
 
 
 def test_scenarios_are_configured_by_their_fields() -> None:

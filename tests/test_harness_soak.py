@@ -179,7 +179,7 @@ def test_the_report_adds_up_per_fault_and_fails_on_any_loss(tmp_path: Path) -> N
     [
         (["--faults", "stop,reboot"], "--faults: unknown fault 'reboot'"),
         (["--rounds", "0"], "--rounds must be at least 1"),
-        (["--stop-timeout", "0"], "--stop-timeout must be at least 1 s"),
+        (["--stop-timeout", "0"], "--stop-timeout: 0 is out of range (1 to 86400)"),
         (
             ["--faults", "kill,power-loss", "--volume-path", ""],
             "power-loss cannot run here: it needs a state volume to cut the power under",

@@ -184,6 +184,7 @@ def test_report_has_every_field_an_operator_reads() -> None:
         "flushed": 12,
         "hooks": {"ok": 1, "failed": 0, "timed_out": 1, "skipped": 1},
         "leftover_tasks": ["Task-7 (poll)"],
+        "background_cancelled": [],
         "failed_hooks": ["slow_flush"],
         "signals": ["SIGTERM"],
         "zombies_reaped": 1,

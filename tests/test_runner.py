@@ -51,7 +51,8 @@ async def test_leftover_tasks_are_cancelled_and_named() -> None:
     (warning,) = [e for e in logs if e["event"] == "tasks.leftover_cancelled"]
     assert warning["count"] == len(labels)
     assert warning["tasks"] == labels
-    assert "runtime.create_task" in warning["hint"]
+    assert "current_runtime().create_task" in warning["hint"]
+    assert "background=True" in warning["hint"]
     assert not [e for e in logs if e["event"] == "task.refused_to_exit"]
 
 

@@ -183,27 +183,45 @@ def test_sigterm_answers_inflight_requests_and_ends_streams_cleanly(
 def test_control_a_stream_deaf_to_the_stop_is_cut_at_the_deadline() -> None:
     """Control for the test above: the clean end is the app's doing, and the test can see a cut.
 
-    The same stream without ``draining()`` is cut at the drain deadline: no last event, no
+    An endless ``text/plain`` stream without ``draining()`` is cut at the drain deadline: no
     chunked terminator, exit code 3 (work cut), and its access line says ``complete: false``
-    beside the 200 its response started with (it used to read as a plain 200; a request
-    answered in full, the control, carries no such field).
+    beside the 200 its response started with (a request answered in full carries no such
+    field). (An event stream deaf to the stop is ended by graceful at the drain's start:
+    ``test_event_stream_deaf_to_the_stop_is_ended_at_the_drains_start``.)
     """
     with serving("serve_starlette:app", "--stop-timeout", "2") as (service, port):
         assert get(port, "/slow?s=0")[0] == 200
-        stream = RawStream(port, "/sse-deaf")
-        stream.wait_first_event()
+        stream = RawStream(port, "/stream-deaf")
+        while b"line" not in stream.data:
+            assert stream._thread.is_alive(), bytes(stream.data)
+            threading.Event().wait(0.01)
         service.signal(signal.SIGTERM)
         body = stream.result()
-        assert b"event: bye" not in body
         assert not ended_cleanly(body)
         assert service.wait() == 3
         assert report(service)["cancelled"] == 1
     (named,) = [e for e in service.events() if e.get("event") == "requests.cut"]
-    assert named["requests"] == ["GET /sse-deaf"]  # the request answered in full is not named
+    assert named["requests"] == ["GET /stream-deaf"]  # the request answered in full is not named
     lines = access_lines(service.events())
-    (cut,) = lines["/sse-deaf"]
+    (cut,) = lines["/stream-deaf"]
     assert (cut["status"], cut["complete"]) == (200, False)
     assert "complete" not in lines["/slow"][0]
+
+
+def test_event_stream_deaf_to_the_stop_is_ended_at_the_drains_start() -> None:
+    """The same deafness in an event stream: graceful sends its last chunk when the drain
+    begins (an ``EventSource`` reconnects at once) instead of cutting it 1.5 s later; exit 0."""
+    with serving("serve_starlette:app", "--stop-timeout", "2") as (service, port):
+        stream = RawStream(port, "/sse-deaf")
+        stream.wait_first_event()
+        service.signal(signal.SIGTERM)
+        assert ended_cleanly(stream.result())
+        assert service.wait() == 0
+        assert report(service)["cancelled"] == 0
+    assert "requests.cut" not in service.event_names()
+    (line,) = access_lines(service.events())["/sse-deaf"]
+    assert line["status"] == 200
+    assert "complete" not in line
 
 
 def test_pid1_in_a_pid_namespace_stops_on_sigterm_with_inflight_answered() -> None:
@@ -446,7 +464,7 @@ def test_every_line_is_json_with_access_fields_app_logs_and_tracebacks() -> None
         assert line["status"] == (500 if path == "/boom" else 200)
         assert isinstance(line["duration_s"], float)
         assert line["duration_s"] >= 0
-        assert f"GET {path}" in line["event"]
+        assert line["event"] == "http.request"  # a dotted name, as graceful's own lines
     app_lines = {e["event"]: e for e in events if e.get("logger") == "app"}
     assert app_lines["user logged in"]["user"] == "ada"
     assert app_lines["disk almost full"]["level"] == "warning"
@@ -558,8 +576,11 @@ def test_a_bad_target_is_one_line_and_exit_1(target: str, options: list[str], me
 
 
 def test_an_error_in_the_apps_own_import_shows_its_traceback_then_one_line() -> None:
-    """Not a bad target but a bug in the app: its traceback (the app's frames only) helps."""
-    result = run_serve("serve_raises:app")
+    """Not a bad target but a bug in the app: its traceback (the app's frames only) helps.
+
+    For a person (the console format); JSON logs get one line: ``tests/test_failed_to_load.py``.
+    """
+    result = run_serve("serve_raises:app", env={"GRACEFUL_LOG_FORMAT": "console"})
     assert result.returncode == 1
     assert "Traceback" in result.stderr
     assert "serve_raises.py" in result.stderr
@@ -593,7 +614,7 @@ def test_a_module_that_exits_or_raises_a_base_exception_at_import_is_exit_1(
         timeout=HANG_GUARD,
         check=False,
         cwd=APPS,
-        env={**os.environ, "APP_RAISE": how},
+        env={**os.environ, "APP_RAISE": how, "GRACEFUL_LOG_FORMAT": "console"},
     )
     assert result.returncode == 1
     assert "serve_exits.py" in result.stderr

@@ -165,12 +165,12 @@ def test_an_unusable_metrics_dir_is_replaced_and_the_workers_metrics_still_add_u
 #: logging, before its event loop runs (a ``docker stop`` right after ``docker start``).
 SIGNAL_WHILE_STARTING = f"""
 import os, runpy, signal, sys
-import graceful.serve.supervisor as supervisor
-configure = supervisor.configure_logging
+import graceful.shell as shell
+configure = shell.configure_logging
 def configure_then_sigterm(**kwargs):
     configure(**kwargs)
     os.kill(os.getpid(), signal.SIGTERM)
-supervisor.configure_logging = configure_then_sigterm
+shell.configure_logging = configure_then_sigterm
 sys.argv = ["supervise.py", "tests.apps.workers_app:app"]
 runpy.run_path({str(APPS / "supervise.py")!r}, run_name="__main__")
 """

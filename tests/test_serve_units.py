@@ -9,7 +9,6 @@ import signal
 import socket
 import string
 import sys
-import warnings
 from typing import Any
 
 import httpx
@@ -243,16 +242,11 @@ def test_starlette_testclient_stream_runs_with_draining_never_set() -> None:
         asgi.status({"type": "http"})
 
 
-async def test_draining_outside_graceful_is_an_unset_event_and_the_old_name_warns() -> None:
+async def test_draining_outside_graceful_is_an_unset_event() -> None:
     scope: dict[str, Any] = {"type": "http"}
     event = asgi.draining(scope)
     assert isinstance(event, asyncio.Event)
     assert not event.is_set()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        old = asgi.stopping(scope)
-    assert not old.is_set()
-    assert [w.category for w in caught] == [DeprecationWarning]
 
 
 async def test_aiohttp_draining_under_aiohttps_own_test_server() -> None:

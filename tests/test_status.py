@@ -41,6 +41,7 @@ def test_exit_code_values_are_the_documented_numbers() -> None:
         "HOOK_FAILED": 4,
         "FORCED": 5,
         "OVERRAN": 6,
+        "WORKER_FAILED": 7,
     }
 
 

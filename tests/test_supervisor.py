@@ -35,7 +35,8 @@ from graceful.config import MIN_MARGIN, Config
 from graceful.runtime import Runtime
 from graceful.serve.control import ControlChannel, FrameReader, encode, messages
 from graceful.serve.processes import ExitStatus
-from graceful.serve.stopping import SEVERITY, StopDeadlines, most_serious
+from graceful.serve.stopping import StopDeadlines
+from graceful.status import _SEVERITY as SEVERITY
 from graceful.status import ExitCode
 from graceful.watchdog import grace_for
 from tests.support import APPS, ServiceProcess, free_port, http_status, wait_http
@@ -511,11 +512,12 @@ def test_a_target_that_cannot_load_fails_the_container_at_start() -> None:
     """A worker that fails before any worker was ready fails the container: exit 1, one line."""
     with Container(spec="tests.apps.no_such_module:app") as container:
         assert container.service.wait(HANG_GUARD) == 1
-    output = container.service.output()
-    assert (
-        'graceful serve: worker 0: could not import module "tests.apps.no_such_module"' in (output)
-        or 'worker 1: could not import module "tests.apps.no_such_module"' in output
-    )
+    # One JSON line per worker that failed (a worker the stop reached first says it stopped).
+    said = container.events("serve.failed_to_load")
+    assert said, container.service.output()
+    for line in said:
+        assert line["worker"] in (0, 1)
+        assert line["error"].startswith('could not import module "tests.apps.no_such_module"')
     failed = container.events("startup.failed")
     assert len(failed) == 1
     assert "before any worker was ready" in failed[0]["error"]
@@ -839,17 +841,17 @@ def test_stop_deadlines_are_ordered_inside_the_containers_budget(
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.sampled_from(list(ExitCode))))
 def test_the_most_serious_exit_code_wins(codes: list[ExitCode]) -> None:
-    worst = most_serious(codes)
+    worst = ExitCode.worst(codes)
     assert worst in codes or (not codes and worst is ExitCode.OK)
     assert all(SEVERITY.index(worst) <= SEVERITY.index(code) for code in codes)
 
 
 def test_exit_code_precedence_table() -> None:
     """recorder.py's order, with the two ends given from outside above a failed hook."""
-    assert most_serious([ExitCode.WORK_CUT, ExitCode.HOOK_FAILED]) is ExitCode.HOOK_FAILED
-    assert most_serious([ExitCode.HOOK_FAILED, ExitCode.OVERRAN]) is ExitCode.OVERRAN
-    assert most_serious([ExitCode.OVERRAN, ExitCode.ERROR]) is ExitCode.ERROR
-    assert most_serious([ExitCode.OK, ExitCode.FORCED, ExitCode.WORK_CUT]) is ExitCode.FORCED
+    assert ExitCode.worst([ExitCode.WORK_CUT, ExitCode.HOOK_FAILED]) is ExitCode.HOOK_FAILED
+    assert ExitCode.worst([ExitCode.HOOK_FAILED, ExitCode.OVERRAN]) is ExitCode.OVERRAN
+    assert ExitCode.worst([ExitCode.OVERRAN, ExitCode.ERROR]) is ExitCode.ERROR
+    assert ExitCode.worst([ExitCode.OK, ExitCode.FORCED, ExitCode.WORK_CUT]) is ExitCode.FORCED
     assert set(SEVERITY) == set(ExitCode)
 
 

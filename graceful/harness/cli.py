@@ -5,9 +5,12 @@
     graceful harness run --image IMAGE [--scenario NAME ...] [--stop-timeout S] [--json PATH]
                          [--work-url '/slow?s={seconds}'] [--ready-path main:/health]
                          [--stream-path /events] [--admin-port off] [--strict]
+                         [--write 'POST /orders {"id": "{id}"}' --read 'GET /orders/{id}']
     graceful harness soak --image IMAGE --rounds N [--seed S] [--faults LIST] [--json PATH]
     graceful harness list
     graceful harness clean [--all]
+
+``run`` and ``soak`` read ``[tool.graceful.harness]`` (:mod:`graceful.harness.settings`) first.
 
 ``run`` exits 1 when a scenario FAILs, 0 otherwise; with ``--strict`` also 1 when one was
 SKIPPED or INCONCLUSIVE. ``soak`` exits 1 on any lost write or failed accepted request. Both
@@ -23,9 +26,9 @@ import asyncio
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Literal, TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from graceful.exceptions import GracefulError
+from graceful.exceptions import ConfigError, GracefulError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
     from graceful.harness.container import ImageInfo
     from graceful.harness.context import Settings
     from graceful.harness.engine import Engine
-    from graceful.harness.workload import Workload
+    from graceful.harness.settings import HarnessConfig
 
 __all__ = ["add_arguments", "main"]
 
@@ -66,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="exit 1 also when a scenario was SKIPPED or INCONCLUSIVE (not only on FAIL)",
     )
     _image_options(run)
+    from graceful.harness.swarm_profile import add_swarm_options
+
+    add_swarm_options(run)
     soak = sub.add_parser(
         "soak",
         help="one image under load through many rounds of faults; exit 0 only when nothing "
@@ -106,6 +112,13 @@ def _image_options(run: argparse.ArgumentParser) -> None:
     from graceful.harness.workload import GRACEFUL_READY_PATH, Workload
 
     defaults = Workload()
+    run.add_argument(
+        "--config",
+        metavar="PATH",
+        help="the pyproject.toml whose [tool.graceful.harness] table describes the app "
+        "(default: the nearest one holding that table, from the current directory upwards); "
+        "every option below overrides its key (--work-url: work_url)",
+    )
     run.add_argument("--image", help="image to test (built with --build when given)")
     run.add_argument(
         "--build",
@@ -123,14 +136,12 @@ def _image_options(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--stop-timeout",
         type=int,
-        default=10,
         metavar="S",
         help="docker stop -t, also passed as GRACEFUL_STOP_TIMEOUT (default: 10, Docker's)",
     )
-    run.add_argument("--port", type=int, default=defaults.port, help="HTTP port in the container")
+    run.add_argument("--port", type=int, help=f"HTTP port in the container ({defaults.port})")
     run.add_argument(
         "--admin-port",
-        default=str(defaults.admin_port),
         metavar="PORT|off",
         help=f"admin port (graceful's /readyz) in the container, passed as ADMIN_PORT with "
         f"ADMIN_HOST=0.0.0.0; off for none (default: {defaults.admin_port}; 0, a random port "
@@ -150,8 +161,18 @@ def _image_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--items-path",
-        default=defaults.items_path,
-        help="POST/GET durable items; empty turns write checks off",
+        help="POST/GET durable items; empty turns write checks off (default: /items)",
+    )
+    run.add_argument(
+        "--write",
+        metavar="TEMPLATE",
+        help='write template, acknowledged on 2xx: \'POST /orders {"id": "{id}"}\' '
+        "(with --read, instead of --items-path)",
+    )
+    run.add_argument(
+        "--read",
+        metavar="TEMPLATE",
+        help="read template: 2xx when the id is stored, 404 when not: 'GET /orders/{id}'",
     )
     run.add_argument(
         "--ready-path",
@@ -162,20 +183,18 @@ def _image_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--stream-path",
-        default=defaults.stream_path,
         metavar="PATH",
         help="a streaming response (SSE or chunked) that stays open until the stop, for "
         f"stop-during-stream; empty for none (default: {defaults.stream_path})",
     )
     run.add_argument(
         "--volume-path",
-        default=defaults.volume_path,
-        help="where the state volume is mounted; empty for none",
+        help=f"where the state volume is mounted; empty for none ({defaults.volume_path})",
     )
     run.add_argument(
         "--report-event",
-        default=defaults.report_event,
-        help="log event summarising a stop (counted: a stop must run once); empty to skip",
+        help="log event summarising a stop (counted: a stop must run once); empty to skip "
+        f"({defaults.report_event})",
     )
     run.add_argument(
         "--env",
@@ -184,9 +203,12 @@ def _image_options(run: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="extra environment for the service (repeatable)",
     )
-    run.add_argument("--startup-timeout", type=float, default=60.0, help="seconds to become ready")
+    run.add_argument("--startup-timeout", type=float, help="seconds to become ready (60)")
     run.add_argument(
-        "--init", action="store_true", help="run the service under docker's --init (tini)"
+        "--init",
+        action="store_true",
+        default=None,
+        help="run the service under docker's --init (tini)",
     )
     run.add_argument("--probe-image", help="image with python3 for the in-network prober")
 
@@ -227,10 +249,16 @@ def _clean(*, everything: bool) -> int:
     except EngineUnavailable as exc:
         print(f"graceful harness: {exc}", file=sys.stderr)
         return 2
+    from graceful.harness.swarm import clean_swarm
+
     try:
+        # Swarm services first: their task containers and network go with them.
+        swarmed = clean_swarm(engine, everything=everything)
         removed, kept = clean_up(engine.client, everything=everything)
     finally:
         engine.client.close()
+    if swarmed:
+        print(f"removed {swarmed} Swarm services/networks/swarms left by harness runs")
     print(f"removed {removed} harness containers/volumes/networks")
     if kept:
         print(
@@ -240,60 +268,29 @@ def _clean(*, everything: bool) -> int:
     return 0
 
 
-def _pairs(values: list[str], what: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for value in values:
-        key, sep, val = value.partition("=")
-        if not sep or not key:
-            raise GracefulError(f"{what} {value!r} is not KEY=VALUE")
-        out[key] = val
-    return out
-
-
-def _workload(args: argparse.Namespace) -> Workload:
-    """The workload the options describe.
+def _config(args: argparse.Namespace) -> HarnessConfig:
+    """The app's description: the options, over the pyproject.toml table, over the defaults.
 
     Raises:
-        ValueError: an option that does not describe one (the message says which).
+        ConfigError: an option, a key or a combination it cannot use (the message says which).
     """
-    from graceful.harness.workload import Workload, parse_admin_port
+    from graceful.harness.settings import KEYS, load
 
-    ready_port: Literal["admin", "main"] | None = None
-    ready_path = args.ready_path
-    for where in ("main", "admin"):
-        if ready_path is not None and ready_path.startswith(f"{where}:"):
-            ready_port, ready_path = where, ready_path.removeprefix(f"{where}:")
-    if args.work_path:
-        work_url = f"{args.work_path}{'&' if '?' in args.work_path else '?'}ms={{ms}}"
-    else:
-        work_url = args.work_url or Workload().work_url
-    try:
-        admin_port = parse_admin_port(args.admin_port)
-    except ValueError as exc:
-        raise ValueError(f"--admin-port: {exc}") from None
-    return Workload(
-        port=args.port,
-        admin_port=admin_port,
-        work_url=work_url,
-        items_path=args.items_path,
-        ready_path=ready_path,
-        ready_port=ready_port,
-        stream_path=args.stream_path,
-        volume_path=args.volume_path,
-        report_event=args.report_event,
-    )
+    renamed = {"build_args": "build_arg", "scenarios": "scenario"}
+    flags = {key: getattr(args, renamed.get(key, key), None) for key in KEYS}
+    return load(flags, config=getattr(args, "config", None))
 
 
 def _run(args: argparse.Namespace) -> int:
     from graceful.harness.scenarios import default_names, scenario_names
 
-    workload = _checked_workload(args)
-    if workload is None:
+    config = _checked_config(args)
+    if config is None:
         return 2
     # Opt-in scenarios (rolling-restart, power-loss) run only when named.
     known = scenario_names(opt_in=True)
     names: list[str] = []
-    for item in args.scenario or default_names(workload):
+    for item in config.scenarios or default_names(config.workload):
         names.extend(n.strip() for n in item.split(",") if n.strip())
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -302,11 +299,19 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from graceful.harness.scenarios import make_scenarios
+    from graceful.harness.scenarios.swarm import configure
+
+    try:  # scenario options (--swarm-lb) are checked before the engine is asked anything
+        chosen = configure(make_scenarios(names), args)
+    except ValueError as exc:
+        print(f"graceful harness: {exc}", file=sys.stderr)
+        return 2
 
     async def scenarios(engine: Engine, image: ImageInfo, settings: Settings) -> int:
-        from graceful.harness.scenarios import make_scenarios, run_scenarios
+        from graceful.harness.scenarios import run_scenarios
 
-        scenarios = make_scenarios(names)
+        scenarios = chosen
         progress.total = len(scenarios)
         report = await run_scenarios(
             engine,
@@ -324,7 +329,7 @@ def _run(args: argparse.Namespace) -> int:
         return report.exit_code(strict=args.strict)
 
     progress = Progress(sys.stderr)
-    return _with_image(args, workload, progress, scenarios)
+    return _with_image(config, progress, scenarios)
 
 
 def _soak(args: argparse.Namespace) -> int:
@@ -332,11 +337,11 @@ def _soak(args: argparse.Namespace) -> int:
 
     from graceful.harness.soak import SoakOptions, choose_faults
 
-    workload = _checked_workload(args)
-    if workload is None:
+    config = _checked_config(args)
+    if config is None:
         return 2
     try:
-        faults, left_out = choose_faults(args.faults, volume=bool(workload.volume_path))
+        faults, left_out = choose_faults(args.faults, volume=bool(config.workload.volume_path))
     except ValueError as exc:
         print(f"graceful harness: --faults: {exc}", file=sys.stderr)
         return 2
@@ -355,96 +360,92 @@ def _soak(args: argparse.Namespace) -> int:
             json_path=args.json, left_out=left_out,
         )  # fmt: skip
 
-    return _with_image(args, workload, progress, soak)
+    return _with_image(config, progress, soak)
 
 
-def _checked_workload(args: argparse.Namespace) -> Workload | None:
-    """The workload the options describe, or None after saying what is wrong with them."""
+def _checked_config(args: argparse.Namespace) -> HarnessConfig | None:
+    """The app's description, or None after saying what is wrong with it."""
     try:
-        workload = _workload(args)
-    except ValueError as exc:
+        config = _config(args)
+    except ConfigError as exc:
         print(f"graceful harness: {exc}", file=sys.stderr)
         return None
-    if not args.image and not args.build:
-        print("graceful harness: --image IMAGE (or --build PATH) is required", file=sys.stderr)
+    if not config.image and not config.build:
+        print(
+            "graceful harness: --image IMAGE (or --build PATH) is required, or image (or "
+            "build) in [tool.graceful.harness] of pyproject.toml",
+            file=sys.stderr,
+        )
         return None
-    if args.stop_timeout < 1:
-        print("graceful harness: --stop-timeout must be at least 1 s", file=sys.stderr)
-        return None
-    return workload
+    return config
+
+
+_ONE_MOMENT = "graceful harness: removing what this run created; one moment"
 
 
 def _with_image(
-    args: argparse.Namespace,
-    workload: Workload,
+    config: HarnessConfig,
     progress: Progress,
     body: Callable[[Engine, ImageInfo, Settings], Awaitable[int]],
 ) -> int:
     """Connect, get (or build) the image, run ``body``; everything it started is removed
     at the end, also on Ctrl-C (exit 130) and SIGTERM."""
     try:
-        return asyncio.run(_with_image_async(args, workload, progress, body))
+        return asyncio.run(_with_image_async(config, progress, body))
     except KeyboardInterrupt:
-        print("\ngraceful harness: interrupted; containers removed", file=sys.stderr)
+        print("graceful harness: interrupted", file=sys.stderr)
         return 130
 
 
 async def _with_image_async(
-    args: argparse.Namespace,
-    workload: Workload,
+    config: HarnessConfig,
     progress: Progress,
     body: Callable[[Engine, ImageInfo, Settings], Awaitable[int]],
 ) -> int:
-    from graceful.harness.context import Settings
     from graceful.harness.engine import ContainerError, EngineUnavailable, connect
 
     # SIGTERM to the harness cancels the run like Ctrl-C does, so the finally below removes
     # every container and volume it created (and unmounts a power-loss volume).
     main_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
+    interrupted = False
     if main_task is not None:
         loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
     try:
-        env = _pairs(args.env, "--env")
-        buildargs = _pairs(args.build_arg, "--build-arg")
         engine = await asyncio.to_thread(connect)
     except (EngineUnavailable, GracefulError) as exc:
         print(f"graceful harness: {exc}", file=sys.stderr)
         return 2
+    except asyncio.CancelledError:  # stopped before anything was created
+        raise KeyboardInterrupt from None
     try:
         try:
-            if args.build:
-                tag = args.image or _DEFAULT_TAG
-                progress.update(f"building {tag} from {args.build}")
+            if config.build:
+                tag = config.image or _DEFAULT_TAG
+                progress.update(f"building {tag} from {config.build}")
                 image = await asyncio.to_thread(
                     engine.build,
-                    args.build,
+                    config.build,
                     tag=tag,
-                    dockerfile=args.dockerfile,
-                    buildargs=buildargs,
+                    dockerfile=config.dockerfile,
+                    buildargs=dict(config.build_args),
                 )
             else:
-                image = await asyncio.to_thread(engine.image, args.image)
+                image = await asyncio.to_thread(engine.image, str(config.image))
         except ContainerError as exc:
             progress.clear()
             print(f"graceful harness: {exc}", file=sys.stderr)
             return 2
-        settings = Settings(
-            stop_timeout=args.stop_timeout,
-            workload=workload,
-            env=tuple(env.items()),
-            startup_timeout=args.startup_timeout,
-            probe_image=args.probe_image,
-            init=args.init,
-        )
-        return await body(engine, image, settings)
+        return await body(engine, image, config.settings())
     except asyncio.CancelledError:
         progress.clear()
-        print("graceful harness: stopped; removing containers", file=sys.stderr)
+        interrupted = True
+        print("graceful harness: stopped; removing what this run created", file=sys.stderr)
         raise KeyboardInterrupt from None
-    finally:
-        await asyncio.to_thread(engine.close)
-        loop.remove_signal_handler(signal.SIGTERM)
+    finally:  # a signal from here on is noted: the clean-up ends, the verdict stays
+        cleanup = await engine.aclose(on_signal=lambda: progress.line(_ONE_MOMENT))
+        if interrupted or cleanup.left:  # said only once it is known
+            print(f"graceful harness: {cleanup.summary()}", file=sys.stderr)
 
 
 class Progress:

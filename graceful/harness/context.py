@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -39,10 +39,12 @@ __all__ = [
     "Service",
     "Settings",
     "gather_bounded",
+    "made",
     "not_ready_diagnosis",
 ]
 
 Progress = Callable[[str], None]
+T = TypeVar("T")
 
 # Every wait of a scenario is bounded by this much beyond what it expects: a hang guard, not a
 # timing claim.
@@ -233,8 +235,7 @@ class Context:
         if volume is None:
             volume = ""
             if w.volume_path:
-                volume = await asyncio.to_thread(self.engine.volume)
-                self._volumes.append(volume)
+                volume = await made(self.engine.volume, self._volumes.append)
         environment = {"GRACEFUL_STOP_TIMEOUT": str(self.stop_timeout), "PORT": str(w.port)}
         if w.admin_port is not None:
             environment["ADMIN_PORT"] = str(w.admin_port)
@@ -245,16 +246,17 @@ class Context:
         environment.update(env or {})
         ports = [w.port] + ([w.admin_port] if w.admin_port is not None else [])
         self.step(f"starting {what}")
-        container = await asyncio.to_thread(
-            self.engine.run,
-            self.image.ref,
-            ports=ports,
-            env=environment,
-            volumes={volume: w.volume_path} if volume and w.volume_path else None,
-            init=self.settings.init,
-            name=name,
+        container = await made(
+            lambda: self.engine.run(
+                self.image.ref,
+                ports=ports,
+                env=environment,
+                volumes={volume: w.volume_path} if volume and w.volume_path else None,
+                init=self.settings.init,
+                name=name,
+            ),
+            self.track,
         )
-        self.track(container)
         service = Service(
             container=container,
             volume=volume,
@@ -383,6 +385,30 @@ class Context:
         containers, volumes, networks = self._containers, self._volumes, self._networks
         self._containers, self._volumes, self._networks = [], [], []
         remove(self.engine.client, containers=containers, volumes=volumes, networks=networks)
+
+
+async def made(create: Callable[[], T], track: Callable[[T], object]) -> T:
+    """Run a blocking creation in a thread and ``track`` what it made, even when cancelled.
+
+    Cancelling ``asyncio.to_thread`` does not stop its thread: the container (or volume) is
+    created all the same, after the clean-up that should have removed it had run (an
+    interrupted harness left a running container with published ports, and a volume the
+    create made again without labels). So a cancellation waits for the creation to return,
+    tracks what it made, then raises. A second cancellation stops the wait; the engine's
+    close still waits for the creation (:meth:`Engine.creating`).
+    """
+    creation = asyncio.ensure_future(asyncio.to_thread(create))
+    try:
+        result = await asyncio.shield(creation)
+    except asyncio.CancelledError:
+        try:
+            result = await creation
+        except Exception:
+            raise asyncio.CancelledError from None  # it made nothing; the stop goes on
+        track(result)
+        raise
+    track(result)
+    return result
 
 
 async def gather_bounded(tasks: Sequence[asyncio.Task[Any]], timeout: float = HANG_GUARD_S) -> None:

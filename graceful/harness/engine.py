@@ -1,10 +1,14 @@
 """The Docker Engine, through the ``docker`` SDK: images, containers, volumes, cleanup.
 
 Every object the harness creates carries the label ``graceful.harness=<run id>`` and its
-owner (:mod:`graceful.harness.runs`), and is removed when the :class:`Engine` closes, also
-when a scenario fails or the harness is interrupted; :func:`remove` is the one way objects are
-removed, by a scenario as by the final sweep. :func:`clean_up` removes what runs that are over
-left behind (a killed run cannot clean up), never the objects of a run still going.
+owner (:mod:`graceful.harness.runs`), and a name that starts with ``graceful-harness-<run id>-``;
+it is removed when the :class:`Engine` closes, also when a scenario fails or the harness is
+interrupted. A close first waits for the creations still on their way in other threads (a
+cancelled ``asyncio.to_thread`` does not stop its thread: the container it creates would
+outlive the clean-up), refuses new ones, removes by id, label and name, and then looks again:
+its :class:`~graceful.harness.cleanup.Cleanup` says what was removed and what is still there.
+Removal itself is :mod:`graceful.harness.cleanup` (:func:`remove`, :func:`sweep`,
+:func:`clean_up`, re-exported here).
 
 The engine must be on this machine: containers are reached through ports published on its
 127.0.0.1, and PID 1's signal masks are read from its ``/proc``. :func:`connect` refuses a
@@ -19,19 +23,33 @@ module (as the pytest plugin does in every run) stays cheap.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import os
+import re
+import signal
 import socket
+import threading
+import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from graceful.exceptions import GracefulError
+from graceful.exceptions import ConfigError, GracefulError
+from graceful.harness.cleanup import (
+    LABEL,
+    Cleanup,
+    clean_up,
+    leftovers,
+    name_prefix,
+    remove,
+    sweep,
+)
 from graceful.harness.container import Container, ContainerError, ImageInfo, signal_name
-from graceful.harness.runs import OWNER_LABEL, RunState, owner, run_state
+from graceful.harness.runs import OWNER_LABEL, owner
 
 if TYPE_CHECKING:
     # The SDK ships no type information (and the repository's docker/ scripts directory
@@ -40,6 +58,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LABEL",
+    "RUN_ID_VARIABLE",
+    "Cleanup",
     "ContainerError",
     "Engine",
     "EngineUnavailable",
@@ -50,7 +70,12 @@ __all__ = [
     "sweep",
 ]
 
-LABEL = "graceful.harness"
+#: Names the run (its label and the start of its objects' names) instead of a random id.
+RUN_ID_VARIABLE: Final = "GRACEFUL_HARNESS_RUN_ID"
+_RUN_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,39}")
+#: How long a close waits for creations still on their way (each is one or two API calls,
+#: each bounded by the client's timeout).
+CREATIONS_WAIT_S: Final = 75.0
 
 HOW_TO_GET_AN_ENGINE = (
     "start one with `make engine` (docker/engine.sh), `sudo systemctl start docker` or Docker "
@@ -96,9 +121,16 @@ def connect(*, timeout: float = 30.0) -> Engine:
     Raises:
         EngineUnavailable: the ``docker`` package is missing, ``DOCKER_HOST`` names another
             machine, or no engine answered; the message says what to do.
+        ConfigError: ``GRACEFUL_HARNESS_RUN_ID`` is not a valid run id.
 
     .. versionadded:: 0.1
     """
+    run_id = os.environ.get(RUN_ID_VARIABLE) or None
+    if run_id is not None and not _RUN_ID.fullmatch(run_id):
+        raise ConfigError(
+            f"{RUN_ID_VARIABLE}={run_id!r}: a run id is 1 to 40 lower-case letters, digits, "
+            "'_', '.' or '-', starting with a letter or digit (and unique to the run)"
+        )
     remote = remote_engine(os.environ.get("DOCKER_HOST", ""))
     if remote is not None:
         raise EngineUnavailable(
@@ -137,7 +169,7 @@ def connect(*, timeout: float = 30.0) -> Engine:
             f"no Docker engine answers at {where} ({exc.__class__.__name__}); "
             + HOW_TO_GET_AN_ENGINE
         ) from exc
-    return Engine(client)
+    return Engine(client, run_id=run_id)
 
 
 class Engine:
@@ -160,6 +192,14 @@ class Engine:
         self._containers: list[str] = []
         self._volumes: list[str] = []
         self._closed = False
+        # Creations on their way (threads may outlive the coroutine that started them).
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._creating_now = 0
+        self._named = 0
+        self._closing = False
+        #: What the close removed and found left; None until the engine is closed.
+        self.cleanup: Cleanup | None = None
 
     def __enter__(self) -> Engine:
         return self
@@ -241,11 +281,31 @@ class Engine:
             raise ContainerError(f"building {tag} failed: {exc.msg}\n" + "\n".join(tail)) from exc
         return self.image(tag)
 
+    @contextlib.contextmanager
+    def creating(self) -> Iterator[None]:
+        """Mark a creation on its way, which :meth:`close` waits for before it removes.
+
+        Raises:
+            ContainerError: the engine is closing: nothing new is created.
+        """
+        with self._lock:
+            if self._closing:
+                raise ContainerError(f"harness run {self.run_id} is ending: nothing new starts")
+            self._creating_now += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._creating_now -= 1
+                self._idle.notify_all()
+
     def volume(self) -> str:
         """Create a labelled named volume; return its name."""
-        name = f"graceful-harness-{self.run_id}-{len(self._volumes) + 1}"
-        self.client.volumes.create(name=name, labels=dict(self.labels))
-        self._volumes.append(name)
+        with self.creating():
+            with self._lock:
+                name = f"{name_prefix(self.run_id)}{len(self._volumes) + 1}"
+                self._volumes.append(name)
+            self.client.volumes.create(name=name, labels=dict(self.labels))
         return name
 
     def run(
@@ -285,11 +345,47 @@ class Engine:
             healthcheck: keep the image's ``HEALTHCHECK`` (False: ``--no-healthcheck``).
             name: container name; generated from the run id when omitted.
         """
-        index = len(self._containers) + 1
+        with self.creating():
+            return self._run(
+                image,
+                ports=ports,
+                env=env,
+                volumes=volumes,
+                command=command,
+                entrypoint=entrypoint,
+                network_mode=network_mode,
+                network=network,
+                binds=binds,
+                hardened=hardened,
+                init=init,
+                healthcheck=healthcheck,
+                name=name,
+            )
+
+    def _run(
+        self,
+        image: str,
+        *,
+        ports: Sequence[int],
+        env: Mapping[str, str] | None,
+        volumes: Mapping[str, str] | None,
+        command: Sequence[str] | None,
+        entrypoint: Sequence[str] | None,
+        network_mode: str | None,
+        network: str | None,
+        binds: Mapping[str, str] | None,
+        hardened: bool,
+        init: bool,
+        healthcheck: bool,
+        name: str | None,
+    ) -> Container:
+        with self._lock:
+            self._named += 1
+            generated = f"{name_prefix(self.run_id)}{self._named}"
         kwargs: dict[str, Any] = {
             "labels": dict(self.labels),
             "environment": dict(env or {}),
-            "name": name or f"graceful-harness-{self.run_id}-{index}",
+            "name": name or generated,
             "privileged": False,
             "init": init,
         }
@@ -314,7 +410,8 @@ class Engine:
         # Create, then start: a container that fails to start (no such executable, a port
         # taken) is removed at once, with its anonymous volumes, not left until the run ends.
         raw = self.client.containers.create(image, **kwargs)
-        self._containers.append(str(raw.id))
+        with self._lock:
+            self._containers.append(str(raw.id))
         try:
             raw.start()
         except Exception:
@@ -324,125 +421,79 @@ class Engine:
         container.reload()
         return container
 
-    def close(self) -> None:
-        """Remove every container and volume this run created (by id and by label)."""
-        if self._closed:
-            return
-        self._closed = True
+    def close(self) -> Cleanup:
+        """Remove every container, volume and network this run created, and say what is left.
+
+        Waits (up to ``CREATIONS_WAIT_S``) for creations still on their way in other threads,
+        refuses new ones, removes by name, id and label, then looks again. Closing twice
+        returns the first close's result.
+
+        Returns:
+            What was removed and what is still there (see :meth:`Cleanup.summary`).
+        """
+        with self._lock:
+            if self._closed:
+                assert self.cleanup is not None
+                return self.cleanup
+            self._closed = self._closing = True
+            deadline = time.monotonic() + CREATIONS_WAIT_S
+            while self._creating_now and (wait := deadline - time.monotonic()) > 0:
+                self._idle.wait(wait)
+            waited_out = self._creating_now
         try:
-            sweep(self.client, run_id=self.run_id, extra_containers=self._containers)
+            removed = sweep(self.client, run_id=self.run_id, extra_containers=self._containers)
+            left = leftovers(self.client, self.run_id, self._containers)
+            if waited_out:
+                left = (*left, f"what {waited_out} creation(s) still on their way may make")
+            self.cleanup = Cleanup(self.run_id, removed, left)
+        except Exception as exc:  # the engine went away: nothing can be said to be removed
+            self.cleanup = Cleanup(self.run_id, 0, (f"everything ({type(exc).__name__})",))
         finally:
             self._volumes.clear()
             self._containers.clear()
             self.client.close()
+        return self.cleanup
+
+    async def aclose(self, *, on_signal: Callable[[], None] | None = None) -> Cleanup:
+        """:meth:`close` in a thread, always to the end.
+
+        A cancellation while it runs does not cut it short (the thread would go on anyway,
+        and its result is what the caller must report): the close finishes, then the
+        cancellation is raised; :attr:`cleanup` has the result.
+
+        Args:
+            on_signal: a command's final clean-up, which no signal may interrupt: called
+                for SIGTERM and SIGINT while the close runs, instead of what they did before
+                (their handlers are reset to the defaults afterwards), and for a cancellation
+                (Ctrl-C as asyncio.run handles it, just before), which is then not raised.
+        """
+        loop = asyncio.get_running_loop()
+        noted = (signal.SIGTERM, signal.SIGINT) if on_signal is not None else ()
+        for sig in noted:
+            loop.add_signal_handler(sig, on_signal or _ignore)
+        closing = asyncio.ensure_future(asyncio.to_thread(self.close))
+        cancelled = False
+        try:
+            while True:
+                try:
+                    result = await asyncio.shield(closing)
+                except asyncio.CancelledError:
+                    if closing.cancelled():
+                        raise
+                    cancelled = True
+                    continue
+                if cancelled and on_signal is None:
+                    raise asyncio.CancelledError
+                if cancelled and on_signal is not None:
+                    on_signal()
+                    task = asyncio.current_task()
+                    if task is not None:
+                        task.uncancel()
+                return result
+        finally:
+            for sig in noted:
+                loop.remove_signal_handler(sig)
 
 
-def sweep(
-    client: DockerClient,
-    *,
-    run_id: str | None = None,
-    extra_containers: Sequence[str] = (),
-) -> int:
-    """Force-remove containers, volumes and networks labelled by the harness.
-
-    Args:
-        client: a connected ``docker.DockerClient``.
-        run_id: only this run's objects; every harness run's when None.
-        extra_containers: container ids to remove as well (in case a label filter misses).
-
-    Returns:
-        How many objects were removed.
-
-    .. versionadded:: 0.1
-    """
-    import docker.errors
-
-    selector = {"label": f"{LABEL}={run_id}" if run_id else LABEL}
-    ids = set(extra_containers)
-    volumes: list[str] = []
-    networks: list[str] = []
-    with contextlib.suppress(docker.errors.APIError):
-        ids.update(str(c.id) for c in client.containers.list(all=True, filters=selector))
-    with contextlib.suppress(docker.errors.APIError):
-        volumes = [str(v.name) for v in client.volumes.list(filters=selector)]
-    with contextlib.suppress(docker.errors.APIError):
-        networks = [str(n.id) for n in client.networks.list(filters=selector)]
-    return remove(client, containers=ids, volumes=volumes, networks=networks)
-
-
-def clean_up(client: DockerClient, *, everything: bool = False) -> tuple[int, set[str]]:
-    """Remove what harness runs that are over left behind (``graceful harness clean``).
-
-    Args:
-        client: a connected ``docker.DockerClient``.
-        everything: also remove the objects of runs still going, or whose owner cannot be
-            told from here (another machine's).
-
-    Returns:
-        How many objects were removed, and the run ids whose objects were kept.
-
-    .. versionadded:: 0.1
-    """
-    import docker.errors
-
-    runs: dict[str, RunState] = {}
-    selector = {"label": LABEL}
-    found: list[Any] = []
-    with contextlib.suppress(docker.errors.APIError):
-        found += client.containers.list(all=True, filters=selector)
-    with contextlib.suppress(docker.errors.APIError):
-        found += client.volumes.list(filters=selector)
-    with contextlib.suppress(docker.errors.APIError):
-        found += client.networks.list(filters=selector)
-    for obj in found:
-        # Volumes and networks carry their labels at the top, containers in their config.
-        labels = obj.attrs.get("Labels") or (obj.attrs.get("Config") or {}).get("Labels") or {}
-        run = str(labels.get(LABEL) or "")
-        if run and runs.get(run) is not RunState.ALIVE:  # one live object keeps the run
-            runs[run] = run_state(labels.get(OWNER_LABEL))
-    kept = {run for run, state in runs.items() if state is not RunState.OVER and not everything}
-    removed = sum(sweep(client, run_id=run) for run in runs if run not in kept)
-    return removed, kept
-
-
-def remove(
-    client: DockerClient,
-    *,
-    containers: Iterable[str] = (),
-    volumes: Iterable[str] = (),
-    networks: Iterable[str] = (),
-) -> int:
-    """Force-remove containers (with their anonymous volumes), then volumes, then networks.
-
-    The one removal every part of the harness uses: a scenario's clean-up, the load
-    balancer's network, the end of a run and ``graceful harness clean``. Objects already gone
-    (or that the engine refuses to remove) are skipped.
-
-    Args:
-        client: a connected ``docker.DockerClient``.
-        containers: container ids or names.
-        volumes: volume names.
-        networks: network ids or names (removed last: containers must have left them).
-
-    Returns:
-        How many objects were removed.
-
-    .. versionadded:: 0.1
-    """
-    import docker.errors
-
-    api = client.api
-    steps = (
-        # A stop that is still waiting in another thread returns once the container is gone.
-        # v=True: an image's VOLUME gives every container an anonymous volume; drop it too.
-        (containers, lambda name: api.remove_container(name, force=True, v=True)),
-        (volumes, lambda name: api.remove_volume(name, force=True)),
-        (networks, api.remove_network),
-    )
-    removed = 0
-    for names, remove_one in steps:
-        for name in dict.fromkeys(names):
-            with contextlib.suppress(docker.errors.APIError):
-                remove_one(name)
-                removed += 1
-    return removed
+def _ignore() -> None:
+    pass

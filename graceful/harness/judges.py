@@ -14,10 +14,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import httpx
-
 from graceful.harness.container import (
-    ContainerError,
     ImageInfo,
     Pid1,
     StopResult,
@@ -42,7 +39,6 @@ __all__ = [
     "judge_report_events",
     "judge_traceback",
     "judge_workers",
-    "judge_writes",
     "sigkill_diagnosis",
     "wait_signalled_exit",
 ]
@@ -491,29 +487,6 @@ def judge_traceback(f: Findings, logs: str, *, fail: bool = True) -> None:
         f.problem(text)
     else:
         f.note(text)
-
-
-async def judge_writes(f: Findings, ctx: Context, service: Service, ledger: Ledger) -> int:
-    """Restart on the service's volume; every acknowledged write must be there. Returns the
-    loss."""
-    acked = ledger.acked_ids()
-    if not ctx.workload.has_items or not acked:
-        return 0
-    try:
-        stored = await ctx.stored_after_restart(service.volume)
-    except (ContainerError, httpx.HTTPError, KeyError, ValueError) as exc:
-        f.problem(f"after a restart on the same volume the stored items could not be read: {exc}")
-        return 0
-    lost = [i for i in acked if i not in stored]
-    if lost:
-        shown = ", ".join(lost[:5]) + (", …" if len(lost) > 5 else "")
-        f.problem(
-            f"acknowledged writes lost ({len(lost)} of {len(acked)}): ids {shown}: the service "
-            "acknowledged writes before they were durable"
-        )
-    else:
-        f.note(f"all {len(acked)} acknowledged writes were there after a restart")
-    return len(lost)
 
 
 def _argv_text(argv: Sequence[str]) -> str:

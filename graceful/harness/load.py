@@ -47,7 +47,7 @@ class Kind(StrEnum):
     WORK = "work"  # steady short requests
     LONG = "long"  # long requests held in flight across the stop
     WRITE = "write"  # POST of an item with a client-chosen id
-    READ = "read"  # GET of the stored items
+    READ = "read"  # a read of what is stored (the items list, or one id)
 
 
 class RequestOutcome(StrEnum):
@@ -242,6 +242,9 @@ class LoadClient:
         )
         self._ids = itertools.count(1)
         self.id_prefix = id_prefix
+        # Parsed once: a writer sends thousands.
+        self._write_template = workload.write_template
+        self._read_template = workload.read_template
 
     async def __aenter__(self) -> LoadClient:
         return self
@@ -267,44 +270,123 @@ class LoadClient:
         return await self._request(kind, "GET", self.workload.work_target(ms), asked_ms=ms)
 
     async def write(self, item_id: str | None = None) -> Record:
-        """``POST {items_path}`` with a client-chosen id; acknowledged when answered 2xx
-        with that id."""
+        """Write an item with a client-chosen id: ``POST {items_path}`` ``{"id": ...}``,
+        acknowledged when answered 2xx with that id; or the workload's write template,
+        acknowledged when answered 2xx."""
         item_id = item_id if item_id is not None else self.next_id()
+        template = self._write_template
+        if template is None:
+            return await self._request(
+                Kind.WRITE, "POST", self.workload.items_path, json={"id": item_id}, item_id=item_id
+            )
+        body = template.body_for(item_id)
         return await self._request(
-            Kind.WRITE, "POST", self.workload.items_path, json={"id": item_id}, item_id=item_id
+            Kind.WRITE,
+            template.method,
+            template.target_for(item_id),
+            content=body.encode() if body else None,
+            item_id=item_id,
+            echo=False,
         )
 
-    async def stored_ids(self) -> set[str]:
-        """``GET {items_path}``: the ids the service holds, following ``next`` page by page.
+    async def stored_ids(self, ids: Iterable[str] | None = None) -> set[str]:
+        """The ids the service holds (of ``ids``, with a read template).
 
-        A service that pages its list answers ``{"ids", "count", "next"}`` while more remain;
-        one that does not never sends ``next``, so a single page is the whole list.
+        With an items path: ``GET {items_path}``, following ``next`` page by page (a service
+        that pages its list answers ``{"ids", "count", "next"}`` while more remain; one that
+        does not never sends ``next``, so a single page is the whole list); ``ids`` is not
+        needed. With a read template: each of ``ids`` is read, 32 at a time (2xx: stored,
+        404: not); with no ids, one id never written is read, so a store that does not
+        answer still raises.
 
         Raises:
-            httpx.HTTPError: the service did not answer, or not with 2xx and JSON ids.
+            httpx.HTTPError: the service did not answer, or not with 2xx and JSON ids (with a
+                read template: not with 2xx or 404).
+            ValueError: a read template, and no ``ids`` to look for.
         """
-        ids: set[str] = set()
+        if self._read_template is not None:
+            if ids is None:
+                raise ValueError("a read template reads ids one by one: name the ids to look for")
+            return await self._read_each(list(ids))
+        found: set[str] = set()
         params: dict[str, str] = {}
         while True:
-            sent = time.monotonic()
-            response = await self._client.get(self.workload.items_path, params=params)
-            ok = response.is_success
-            self.ledger.add(
-                Record(
-                    kind=Kind.READ,
-                    sent=sent,
-                    answered=time.monotonic(),
-                    outcome=RequestOutcome.OK if ok else RequestOutcome.HTTP_ERROR,
-                    status=response.status_code,
-                )
-            )
+            response = await self._read(Kind.READ, "GET", self.workload.items_path, params=params)
             response.raise_for_status()
             body = response.json()
-            ids.update(str(i) for i in body["ids"])
+            found.update(str(i) for i in body["ids"])
             after = body.get("next")
             if not after or str(after) == params.get("after"):
-                return ids
+                return found
             params = {"limit": "1000", "after": str(after)}
+
+    async def has(self, item_id: str) -> bool:
+        """Read ``item_id`` with the read template: True on 2xx, False on 404.
+
+        Raises:
+            httpx.HTTPError: no answer, or another status (the harness cannot tell).
+            ValueError: the workload has no read template.
+        """
+        template = self._read_template
+        if template is None:
+            raise ValueError("no read template: stored ids are listed at the items path")
+        body = template.body_for(item_id)
+        response = await self._read(
+            Kind.READ, template.method, template.target_for(item_id),
+            content=body.encode() if body else None,
+        )  # fmt: skip
+        if response.status_code == 404:
+            return False
+        response.raise_for_status()
+        return True
+
+    async def _read_each(self, ids: list[str]) -> set[str]:
+        if not ids:
+            await self.has(f"{self.id_prefix}-never-written")  # the store answers at all
+            return set()
+        gate = asyncio.Semaphore(32)
+
+        async def one(item_id: str) -> str | None:
+            async with gate:
+                return item_id if await self.has(item_id) else None
+
+        # A TaskGroup: the first read that fails cancels the others (nothing left running),
+        # and its error is the caller's, as one read's would be.
+        try:
+            async with asyncio.TaskGroup() as group:
+                reads = [group.create_task(one(i)) for i in ids]
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return {found for r in reads if (found := r.result()) is not None}
+
+    async def _read(
+        self,
+        kind: Kind,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        """A request that checks state: recorded (ok on 2xx or 404), its response returned."""
+        sent = time.monotonic()
+        headers = {"content-type": "application/json"} if content is not None else None
+        response = await self._client.request(
+            method, path, params=params, content=content, headers=headers
+        )
+        # A read template's 404 is an answer (not stored); the items list's is not.
+        found = response.status_code == 404 and self._read_template is not None
+        ok = response.is_success or found
+        self.ledger.add(
+            Record(
+                kind=kind,
+                sent=sent,
+                answered=time.monotonic(),
+                outcome=RequestOutcome.OK if ok else RequestOutcome.HTTP_ERROR,
+                status=response.status_code,
+            )
+        )
+        return response
 
     async def steady(
         self,
@@ -363,12 +445,19 @@ class LoadClient:
         path: str,
         *,
         json: object = None,
+        content: bytes | None = None,
         item_id: str | None = None,
         asked_ms: int | None = None,
+        echo: bool = True,
     ) -> Record:
+        """One load request, recorded; a write with ``echo`` is acknowledged only when the
+        answer names its id."""
         sent = time.monotonic()
+        headers = {"content-type": "application/json"} if content is not None else None
         try:
-            response = await self._client.request(method, path, json=json)
+            response = await self._client.request(
+                method, path, json=json, content=content, headers=headers
+            )
         except httpx.HTTPError as exc:
             outcome, detail = classify(exc)
             record = Record(
@@ -382,7 +471,7 @@ class LoadClient:
             )
         else:
             ok = response.is_success
-            if ok and kind is Kind.WRITE:
+            if ok and kind is Kind.WRITE and echo:
                 ok = _acked_id(response) == item_id
             record = Record(
                 kind=kind,

@@ -7,7 +7,9 @@ chosen scenarios rely on is tried side by side, in about a second:
 - ``long work``: a request for 1 s takes about 1 s, and one for 0 s does not (an endpoint that
   ignores the duration parameter, or reads another one, fails here: its "long" requests would
   finish before the stop and test nothing).
-- ``items``: a write is acknowledged with its id and then listed.
+- ``items``: a write is acknowledged with its id and then listed; with write and read
+  templates, a write is acknowledged (2xx), the read finds its id (2xx) and answers 404 for
+  an id never written.
 - ``stream``: the stream path answers 2xx and is still streaming a second later.
 - ``admin readiness``: readiness answered 200 on the admin port.
 
@@ -28,8 +30,10 @@ from graceful.harness.container import ImageInfo
 from graceful.harness.context import Context, Progress, Service, Settings
 from graceful.harness.contract import Capability, Check, Contract
 from graceful.harness.engine import Engine
-from graceful.harness.load import Ledger, RequestOutcome
+from graceful.harness.load import Ledger, LoadClient, RequestOutcome, classify
+from graceful.harness.readiness import start_ready
 from graceful.harness.streams import StreamOutcome, StreamRecord, follow, stream_client
+from graceful.harness.workload import Workload
 
 __all__ = ["LONG_PROBE_MS", "STREAM_HOLD_S", "preflight"]
 
@@ -64,13 +68,16 @@ async def preflight(
         What was established, one check per capability tried.
 
     Raises:
-        ContainerError: the image did not start, or did not become ready.
+        ContainerError: the image did not start, or did not become ready (or has no admin
+            server where one is expected: said within seconds).
 
     .. versionadded:: 0.1
     """
     ctx = Context(engine, image, settings, scenario="preflight", progress=progress)
     try:
-        service = await ctx.start(what="the image to check its contract")
+        # Not ctx.start: an image without the admin server it is judged by is said so in
+        # seconds, not after the startup timeout.
+        service = await start_ready(ctx, what="the image to check its contract")
         ctx.step("checking what the image honours")
         wanted = {Capability.WORK, *needs}
         checks: dict[Capability, Check] = {}
@@ -132,15 +139,20 @@ async def _check_work(ctx: Context, service: Service, long: bool) -> list[Check]
 async def _check_items(ctx: Context, service: Service) -> list[Check]:
     w = ctx.workload
     if not w.has_items:
-        return [Check(Capability.ITEMS, False, "no items path (--items-path)")]
+        return [
+            Check(Capability.ITEMS, False, "no items path (--items-path) and no --write/--read")
+        ]
     async with ctx.client(service, Ledger(), timeout=10.0) as client:
         write = await client.write(f"{ctx.engine.run_id}-preflight")
         if not write.acked:
             what = _outcome(write.outcome, write.status)
-            if write.status is not None and 200 <= write.status < 300:
+            shown = w.write or f'POST {w.items_path} {{"id": ...}}'
+            if not w.write and write.status is not None and 200 <= write.status < 300:
                 what = f"answered {write.status} without the id it was sent"
-            detail = f'POST {w.items_path} {{"id": ...}} was not acknowledged ({what})'
+            detail = f"{shown} was not acknowledged ({what})"
             return [Check(Capability.ITEMS, False, detail)]
+        if w.read_template is not None:
+            return [await _check_read(client, w, write.item_id or "")]
         try:
             stored = await client.stored_ids()
         except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
@@ -151,6 +163,35 @@ async def _check_items(ctx: Context, service: Service) -> list[Check]:
         return [Check(Capability.ITEMS, False, detail)]
     detail = f"POST {w.items_path} acknowledged an id and GET {w.items_path} listed it"
     return [Check(Capability.ITEMS, True, detail)]
+
+
+async def _check_read(client: LoadClient, w: Workload, written: str) -> Check:
+    """The read template finds the id just written (2xx) and not one never written (404): a
+    read that answers 2xx for anything would find every write, lost or not."""
+    read, never = w.read, f"{written}-never-written"
+    try:
+        found = await client.has(written)
+        if not found:
+            detail = f"{read} answered 404 for the id just acknowledged ({written})"
+            return Check(Capability.ITEMS, False, detail)
+        if await client.has(never):
+            detail = (
+                f"{read} answered 2xx for an id never written ({never}): it cannot tell a "
+                "stored id from a lost one (it must answer 404 when the id is not stored)"
+            )
+            return Check(Capability.ITEMS, False, detail)
+    except httpx.HTTPStatusError as exc:
+        detail = (
+            f"{read} answered {exc.response.status_code} (expected 2xx, or 404 when not stored)"
+        )
+        return Check(Capability.ITEMS, False, detail)
+    except httpx.HTTPError as exc:
+        detail = f"{read} failed ({classify(exc)[0].value})"
+        return Check(Capability.ITEMS, False, detail)
+    detail = (
+        f"{w.write} was acknowledged, {read} found the id and answered 404 for one never written"
+    )
+    return Check(Capability.ITEMS, True, detail)
 
 
 async def _check_stream(ctx: Context, service: Service) -> list[Check]:

@@ -11,7 +11,7 @@ The JSON shape is a contract (``docs/harness.md``)::
      "summary": {"PASS": n, "FAIL": n, "SKIPPED": n, "INCONCLUSIVE": n},
      "contract": [...],
      "scenarios": [{"name", "verdict", "passed", "exit_code", "stop_seconds",
-                    "requests": {"sent", "ok", "failed"}, "acked", "lost",
+                    "requests": {"sent", "ok", "failed", "expected_cut"}, "acked", "lost",
                     "findings": [...]}]}
 
 Findings are plain sentences. Problems come first, then what was skipped (``skipped: ...``)
@@ -70,7 +70,10 @@ class ScenarioResult:
         stop_seconds: from the stop (or kill) request to the container's exit.
         sent: load requests sent.
         ok: load requests answered 2xx.
-        failed: load requests that failed (any other outcome).
+        failed: load requests that failed (any other outcome), including ``expected_cut``.
+        expected_cut: of ``failed``, the requests the scenario cut on purpose (requests
+            longer than the stop timeout, in ``stop-over-budget``): not failures of the
+            service; the table shows them as ``cut N (expected)``.
         acked: writes the service acknowledged.
         lost: acknowledged writes missing after a restart on the same volume.
         findings: problems first, then reasons (``skipped: ...``, ``inconclusive: ...``),
@@ -86,6 +89,7 @@ class ScenarioResult:
     sent: int = 0
     ok: int = 0
     failed: int = 0
+    expected_cut: int = 0
     acked: int = 0
     lost: int = 0
     findings: tuple[str, ...] = ()
@@ -119,7 +123,12 @@ class ScenarioResult:
             "passed": self.passed,
             "exit_code": self.exit_code,
             "stop_seconds": None if self.stop_seconds is None else round(self.stop_seconds, 3),
-            "requests": {"sent": self.sent, "ok": self.ok, "failed": self.failed},
+            "requests": {
+                "sent": self.sent,
+                "ok": self.ok,
+                "failed": self.failed,
+                "expected_cut": self.expected_cut,
+            },
             "acked": self.acked,
             "lost": self.lost,
             "findings": list(self.findings),
@@ -207,6 +216,16 @@ def summary_line(results: Sequence[ScenarioResult]) -> str:
     return f"{', '.join(parts)} (of {total} scenario{'s' * (total != 1)})"
 
 
+def _failed_cell(r: ScenarioResult) -> str:
+    """``3``, or ``cut 4 (expected)`` / ``1 + cut 4 (expected)`` when the scenario cut
+    requests on purpose."""
+    cut = min(r.expected_cut, r.failed)
+    if not cut:
+        return str(r.failed)
+    other = r.failed - cut
+    return f"{other} + cut {cut} (expected)" if other else f"cut {cut} (expected)"
+
+
 def format_table(
     image: str,
     results: Sequence[ScenarioResult],
@@ -232,7 +251,7 @@ def format_table(
             "-" if r.stop_seconds is None else f"{r.stop_seconds:.2f}",
             str(r.sent),
             str(r.ok),
-            str(r.failed),
+            _failed_cell(r),
             str(r.acked),
             str(r.lost),
         )

@@ -402,12 +402,14 @@ class _Soak:
         return await ctx.wait_exit(service, began, HANG_GUARD_S), note
 
     async def _check(self, service: Service) -> list[str]:
-        """Every write acknowledged so far must be listed; returns those newly missing."""
+        """Every write acknowledged so far must be there (listed, or found by the read
+        template); returns those newly missing."""
         if not self.writes:
             return []
+        acked = self.ledger.acked_ids()
         async with self.ctx.client(service, Ledger()) as reader:
-            stored = await reader.stored_ids()
-        missing = [i for i in self.ledger.acked_ids() if i not in stored and i not in self.lost]
+            stored = await reader.stored_ids(acked)
+        missing = [i for i in acked if i not in stored and i not in self.lost]
         self.lost.update(missing)
         return missing
 

@@ -4,7 +4,9 @@ The defaults follow the project's examples (``GET /work?ms=N``, ``/items``, ``/s
 ``/readyz`` on admin port 9090). Any other app is judged by describing its own endpoints
 instead of adding ours: ``--work-url '/slow?s={seconds}'`` for a slow endpoint that reads
 whole seconds, ``--ready-path /health`` for readiness on the main port, ``--stream-path
-/events`` for its server-sent events, an empty items path when it stores nothing.
+/events`` for its server-sent events, write and read templates for its own store
+(``POST /orders {"id": "{id}"}``, ``GET /orders/{id}``), an empty items path when it stores
+nothing.
 
 What the image really honours is established by :mod:`graceful.harness.preflight` before any
 scenario runs; this module only says what to ask.
@@ -15,6 +17,8 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 from typing import Literal
+
+from graceful.harness.templates import RequestTemplate
 
 __all__ = ["ADMIN_PORT_ZERO", "GRACEFUL_READY_PATH", "WORK_FIELDS", "Workload", "parse_admin_port"]
 
@@ -68,8 +72,14 @@ class Workload:
         work_url: ``GET`` target of a request that takes a given time, a template with
             ``{ms}`` (milliseconds) or ``{seconds}`` (whole seconds are asked for, so an
             endpoint that parses an integer works): ``/work?ms={ms}``, ``/slow?s={seconds}``.
-        items_path: ``POST`` stores ``{"id": ...}`` durably, ``GET`` lists ``{"ids": [...]}``;
-            empty when the service stores nothing, which turns the write checks off.
+        items_path: ``POST`` stores ``{"id": ...}`` durably (answering ``{"id": ...}``),
+            ``GET`` lists ``{"ids": [...]}``; empty when the service stores nothing, which
+            turns the write checks off (unless ``write`` and ``read`` are given).
+        write: a write template (:mod:`graceful.harness.templates`),
+            ``POST /orders {"id": "{id}"}``: acknowledged when it answers 2xx. Given with
+            ``read``, it replaces ``items_path``; "" for none.
+        read: a read template, ``GET /orders/{id}``: 2xx when the id is stored, 404 when it
+            is not; "" for none.
         ready_path: readiness endpoint (200 when ready); None for graceful's ``/readyz`` on
             the admin port (none without an admin port); empty for none. Without one,
             readiness is a short work request answering 2xx.
@@ -83,7 +93,9 @@ class Workload:
 
     Raises:
         ValueError: a work URL without ``{ms}`` or ``{seconds}`` (or with another field), a
-            path that does not start with ``/``, admin port 0.
+            path that does not start with ``/``, admin port 0, a write template without a
+            read template (or the other way round), a template that does not parse
+            (:class:`~graceful.harness.templates.TemplateError`).
 
     .. versionadded:: 0.1
     """
@@ -92,6 +104,8 @@ class Workload:
     admin_port: int | None = 9090
     work_url: str = "/work?ms={ms}"
     items_path: str = "/items"
+    write: str = ""
+    read: str = ""
     ready_path: str | None = None
     ready_port: Literal["admin", "main"] | None = None
     stream_path: str = "/stream"
@@ -117,6 +131,16 @@ class Workload:
                 raise ValueError(f"{what} {path!r} must start with /")
         if self.ready_port == "admin" and self.admin_port is None:
             raise ValueError("readiness on the admin port, but there is no admin port")
+        if bool(self.write) != bool(self.read):
+            given, missing = ("write", "read") if self.write else ("read", "write")
+            raise ValueError(
+                f"a {given} template without a {missing} template: the harness writes ids and "
+                'reads them back, so it needs both (write: POST /orders {"id": "{id}"}, '
+                "read: GET /orders/{id})"
+            )
+        if self.write:
+            RequestTemplate.parse(self.write, what="write template")
+            RequestTemplate.parse(self.read, what="read template")
 
     @property
     def has_admin(self) -> bool:
@@ -148,8 +172,29 @@ class Workload:
 
     @property
     def has_items(self) -> bool:
-        """Whether the service stores writes the harness can check."""
-        return bool(self.items_path)
+        """Whether the service stores writes the harness can check (an items path, or
+        write and read templates)."""
+        return bool(self.write) or bool(self.items_path)
+
+    @property
+    def write_template(self) -> RequestTemplate | None:
+        """The parsed write template; None when writes go to the items path."""
+        return RequestTemplate.parse(self.write, what="write template") if self.write else None
+
+    @property
+    def read_template(self) -> RequestTemplate | None:
+        """The parsed read template; None when stored ids are listed at the items path."""
+        return RequestTemplate.parse(self.read, what="read template") if self.read else None
+
+    @property
+    def writes_to(self) -> str:
+        """How a write is sent, in words: ``POST /items`` or the write template."""
+        return self.write or f"POST {self.items_path}"
+
+    @property
+    def reads_from(self) -> str:
+        """How stored ids are read back, in words: ``GET /items`` or the read template."""
+        return self.read or f"GET {self.items_path}"
 
     @property
     def has_stream(self) -> bool:

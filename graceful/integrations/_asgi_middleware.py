@@ -11,11 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from graceful.draining import WorkTracker
 from graceful.integrations._access import log_access
+from graceful.integrations._ending import (
+    EndingStream,
+    EndingStreams,
+    StreamEnded,
+)
 
 if TYPE_CHECKING:
     from graceful.runtime import Runtime
@@ -30,6 +36,7 @@ __all__ = [
     "Send",
     "ServerStatus",
     "draining",
+    "end_on_drain",
     "status",
 ]
 
@@ -43,6 +50,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 SCOPE_KEY = "graceful"
 
 _CLOSE_HEADER = (b"connection", b"close")
+
+#: Scope keys: the app awaits ``draining(scope)`` (its stream ends itself), or chose whether
+#: the drain ends its response (``end_on_drain``).
+_LISTENS = "graceful.listens"
+_END_ON_DRAIN = "graceful.end_on_drain"
 
 #: uvicorn's access logger: graceful writes the access lines on it (see ``_access``).
 _access_logger = logging.getLogger("uvicorn.access")
@@ -107,13 +119,43 @@ def draining(scope: Scope) -> asyncio.Event:
     set, so a stream awaiting it runs as it would without graceful.
 
     .. versionadded:: 0.1
-    .. versionchanged:: 0.1
-       Outside graceful, an event that is never set instead of ``LookupError``.
     """
+    scope[_LISTENS] = True  # the app ends its stream itself: the drain leaves it to do so
     found = scope.get(SCOPE_KEY)
     if isinstance(found, ServerStatus):
         return found.draining
     return asyncio.Event()
+
+
+def end_on_drain(scope: Scope, end: bool = True) -> None:
+    """Choose whether the drain ends this request's streaming response at its start.
+
+    An event stream (``text/event-stream``) that does not await :func:`draining` is ended by
+    default: its last chunk is sent (the client's ``EventSource`` reconnects at once) and its
+    generator is closed (its ``finally`` runs), a clean end. Call ``end_on_drain(scope)`` for
+    another endless stream to be ended the same way, ``end_on_drain(scope, False)`` for an event
+    stream to be left running until the drain deadline. Has no effect where graceful does not
+    serve the app.
+
+    .. versionadded:: 0.1
+    """
+    scope[_END_ON_DRAIN] = end
+
+
+_CONTENT_TYPE = b"content-type"
+_EVENT_STREAM = b"text/event-stream"  # as ``_ending.is_event_stream``, inline: every response
+
+
+def _ends_on_drain(scope: Scope, headers: Any) -> bool:
+    # Runs for every response: the common case (lower-case names, not an event stream) is
+    # one dictionary lookup and one comparison per header.
+    chosen = scope.get(_END_ON_DRAIN)
+    if chosen is not None:
+        return bool(chosen)
+    for name, value in headers:
+        if name == _CONTENT_TYPE or (len(name) == 12 and name.lower() == _CONTENT_TYPE):
+            return value[:17].lower() == _EVENT_STREAM and _LISTENS not in scope
+    return False
 
 
 async def _send_cut_response(send: Send) -> None:
@@ -138,10 +180,11 @@ class GracefulMiddleware:
     - counts HTTP requests and websocket sessions in flight (``inflight``);
     - adds ``Connection: close`` to responses started once a stop has begun;
     - closes open websockets with ``ws_close_code`` when the drain begins;
+    - ends open event streams when the drain begins (:func:`end_on_drain`);
     - publishes a :class:`ServerStatus` in ``scope["graceful"]``;
     - with ``access_log``, writes one line per HTTP request once its response has ended, on
-      the ``uvicorn.access`` logger in uvicorn's format, with ``method``, ``path``,
-      ``status`` and ``duration_s`` as fields.
+      the ``uvicorn.access`` logger: ``"event": "http.request"`` with ``method``, ``path``,
+      ``status``, ``duration_s`` and ``client`` as fields (see ``_access``).
 
     :func:`serve` installs it; use it directly only to run another ASGI server.
 
@@ -166,6 +209,7 @@ class GracefulMiddleware:
     ) -> None:
         self.app = app
         self.tracker = WorkTracker(name)
+        self.streams = EndingStreams(name)
         self.status = ServerStatus(runtime, name, self.tracker)
         self.runtime = runtime
         self.access_log = access_log
@@ -178,37 +222,91 @@ class GracefulMiddleware:
             await self.app(scope, receive, send)
             return
         scope[SCOPE_KEY] = self.status
-        started: list[int] = []  # the response's status, once it has started
-        began = asyncio.get_running_loop().time() if self.access_log else 0.0
+        if kind == "websocket":
+            self.tracker.begin()
+            try:
+                await self._websocket(scope, receive, send)
+            finally:
+                self.tracker.end()
+            return
+        # Everything below runs for every HTTP request: the state is in this frame's cells
+        # (no object per request), and there is no lookup of the current task (the server
+        # cancels its own request tasks at the deadline).
+        status: int | None = None  # the response's, once it has started
+        stream: EndingStream | None = None  # when the drain is to end this response
+        runtime = self.runtime
+        streams = self.streams
+
+        async def send_with_close(message: Message) -> None:
+            nonlocal status, stream
+            if stream is not None:
+                if stream.ended:
+                    # The drain ended this response: tell an app that writes on (one that
+                    # swallowed the cancellation), as a closed connection would.
+                    raise StreamEnded("the response was ended by the server's drain")
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    streams.close(stream)
+            elif message["type"] == "http.response.start":
+                status = message["status"]
+                headers = message.get("headers", ())
+                # Decided when the headers leave, so a response that started before the stop
+                # keeps its keep-alive and the server closes the connection after it instead.
+                if runtime.stopping:
+                    headers = list(headers)
+                    if _CLOSE_HEADER not in headers:
+                        headers.append(_CLOSE_HEADER)
+                    message = {**message, "headers": headers}
+                if _ends_on_drain(scope, headers):
+                    await send(message)
+                    stream = self._open_stream(scope, send)
+                    return
+            await send(message)
+
+        # perf_counter, not the loop's clock: uvloop's counts whole milliseconds.
+        began = time.perf_counter() if self.access_log else 0.0
         failed = True
-        # begin/end rather than a context manager, and no lookup of the current task: this
-        # runs for every request (the server cancels its own request tasks at the deadline).
         self.tracker.begin()
         try:
-            if kind == "http":
-                await self.app(scope, receive, self._http_send(send, started))
-            else:
-                await self._websocket(scope, receive, send)
+            await self.app(scope, receive, send_with_close)
             failed = False
         except asyncio.CancelledError:
-            if not self.aborting:
+            if stream is not None and stream.ended:
+                # The drain ended this stream (its last chunk is sent) and cancelled the app
+                # to close its generator: a clean end.
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                failed = False
+            elif not self.aborting:
                 raise
             # Cut at the drain deadline by abort(): an answer the client can act on
             # instead of uvicorn's 500 and a traceback for a cancellation we caused.
-            if kind == "http" and not started:
+            elif status is None:
                 await _send_cut_response(send)
-                started.append(503)
+                status = 503
                 failed = False
+        except Exception:
+            if stream is None or not stream.ended:
+                raise
+            failed = False  # a write after the drain ended the stream (``StreamEnded``)
         finally:
             self.tracker.end()
-            if self.access_log and kind == "http":
-                self._log_access(scope, started, failed, began)
+            if stream is not None:
+                streams.close(stream)
+            if self.access_log:
+                self._log_access(scope, status, failed, began)
 
-    def _log_access(self, scope: Scope, started: list[int], failed: bool, began: float) -> None:
+    def _open_stream(self, scope: Scope, send: Send) -> EndingStream:
+        async def finish() -> None:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        return self.streams.open(finish, f"{scope['method']} {scope['path']}", scope)
+
+    def _log_access(self, scope: Scope, started: int | None, failed: bool, began: float) -> None:
         # An app that failed before answering gets uvicorn's 500; one that returned without
         # answering (its client left) has no status to log. One that failed or was cut after
         # its response started logged that status: ``complete`` says the body was not.
-        status = started[0] if started else 500 if failed else None
+        status = started if started is not None else 500 if failed else None
         if status is None:
             return
         log_access(
@@ -219,26 +317,9 @@ class GracefulMiddleware:
             query=scope.get("query_string", b"").decode("latin-1"),
             http_version=scope.get("http_version", "1.1"),
             status=status,
-            duration=asyncio.get_running_loop().time() - began,
-            complete=not (failed and started),
+            duration=time.perf_counter() - began,
+            complete=not (failed and started is not None),
         )
-
-    def _http_send(self, send: Send, started: list[int]) -> Send:
-        runtime = self.runtime
-
-        async def send_with_close(message: Message) -> None:
-            # Decided when the headers leave, so a response that started before the stop
-            # keeps its keep-alive and the server closes the connection after it instead.
-            if message["type"] == "http.response.start":
-                started.append(message["status"])
-                if runtime.stopping:
-                    headers = list(message.get("headers", ()))
-                    if _CLOSE_HEADER not in headers:
-                        headers.append(_CLOSE_HEADER)
-                    message = {**message, "headers": headers}
-            await send(message)
-
-        return send_with_close
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         lock = asyncio.Lock()

@@ -1,4 +1,4 @@
-"""uvicorn's HTTP connections as ``graceful.draining.close_connections`` sees them."""
+"""uvicorn's HTTP connections as ``graceful.closing.close_connections`` sees them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import uvicorn
 
-from graceful.draining import ConnectionState
+from graceful.closing import ConnectionState
 
 __all__ = ["HttpConnections", "without_access_lines"]
 
@@ -64,6 +64,13 @@ class HttpConnections:
         conn.shutdown()
 
     close_after_response = close_now
+
+    def abort_request(self, scope: Any) -> None:
+        """Drop the connection serving the request of ``scope`` (a client that stopped
+        reading: what was written to it cannot leave)."""
+        for conn in self.open_connections():
+            if conn.cycle is not None and conn.cycle.scope is scope:
+                conn.transport.abort()
 
 
 def without_access_lines(protocol_class: type[asyncio.Protocol]) -> type[asyncio.Protocol]:

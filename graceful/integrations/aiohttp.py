@@ -14,7 +14,7 @@ of the process's budget. The runtime drives the same steps instead:
    when none is: a request sent on one meanwhile is answered); busy ones close after their
    current response, which carries ``Connection: close`` (so does every response started once
    the stop has begun); fresh ones (accepted just before the listener closed) are given a
-   short grace for their first request (``draining.close_connections``); websockets are closed
+   short grace for their first request (``closing.close_connections``); websockets are closed
    with 1001 (going away); the app's ``on_shutdown`` signal runs; streaming handlers see
    :func:`draining` set. Drain ends when no request is in flight.
 3. ``cancel``: handlers still running at the drain deadline are cancelled.
@@ -38,25 +38,24 @@ from aiohttp.log import access_logger
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
-from graceful.draining import (
-    ConnectionState,
-    TaskSet,
-    WorkTracker,
-    abort_deadline,
-    close_connections,
-    close_listeners,
-)
+from graceful.closing import ConnectionState, close_connections, close_listeners
+from graceful.draining import TaskSet, WorkTracker, abort_deadline
 from graceful.hooks import Phase
 from graceful.integrations._access import log_access
 from graceful.integrations._cut import log_requests_cut, name_request, task_names
-from graceful.integrations._deprecation import renamed
+from graceful.integrations._ending import EndingStream, EndingStreams, is_event_stream
 
 if TYPE_CHECKING:
     from graceful.runtime import Runtime
 
-__all__ = ["AccessLogger", "AiohttpServer", "draining", "serve", "stopping"]
+__all__ = ["AccessLogger", "AiohttpServer", "draining", "end_on_drain", "serve"]
 
 _SERVER_KEY: web.AppKey[AiohttpServer] = web.AppKey("graceful_server")
+
+#: Request keys: the handler awaits ``draining(request)`` (its stream ends itself), or chose
+#: whether the drain ends its response (``end_on_drain``).
+_LISTENS: web.RequestKey[bool] = web.RequestKey("graceful_listens", bool)
+_END_ON_DRAIN: web.RequestKey[bool] = web.RequestKey("graceful_end_on_drain", bool)
 
 
 def draining(request: web.BaseRequest) -> asyncio.Event:
@@ -67,23 +66,49 @@ def draining(request: web.BaseRequest) -> asyncio.Event:
     as it would without graceful.
 
     .. versionadded:: 0.1
-    .. versionchanged:: 0.1
-       Outside graceful, an event that is never set instead of ``LookupError``.
     """
+    request[_LISTENS] = True  # the handler ends its stream itself: the drain leaves it to do so
     if isinstance(request, web.Request) and _SERVER_KEY in request.config_dict:
         return request.config_dict[_SERVER_KEY].draining
     return asyncio.Event()
 
 
-#: Deprecated name of :func:`draining` (``runtime.stopping`` is the bool set at the signal).
-stopping = renamed(draining, "graceful.integrations.aiohttp.stopping")
+def end_on_drain(request: web.BaseRequest, end: bool = True) -> None:
+    """Choose whether the drain ends this request's streaming response at its start.
+
+    An event stream (``text/event-stream``) whose handler does not await :func:`draining` is
+    ended by default: ``write_eof()`` sends its last chunk (the client's ``EventSource``
+    reconnects at once) and the handler is cancelled (its ``finally`` runs), a clean end. Call
+    ``end_on_drain(request)`` for another endless stream to be ended the same way,
+    ``end_on_drain(request, False)`` for an event stream to run until the drain deadline.
+
+    .. versionadded:: 0.1
+    """
+    request[_END_ON_DRAIN] = end
+
+
+def _abort_connection(request: object) -> None:
+    # A client that stopped reading: the last chunk cannot leave, and aiohttp would wait for
+    # it again after the handler returns.
+    transport = request.transport if isinstance(request, web.BaseRequest) else None
+    if transport is not None:
+        transport.abort()
+
+
+def _ends_on_drain(request: web.BaseRequest, response: web.StreamResponse) -> bool:
+    chosen = request.get(_END_ON_DRAIN)
+    if chosen is not None:
+        return bool(chosen)
+    if _LISTENS in request:
+        return False
+    return is_event_stream(response.headers.get("Content-Type", ""))
 
 
 class AccessLogger(AbstractAccessLogger):
     """aiohttp's access lines in the shape graceful writes for uvicorn.
 
-    uvicorn's message (``'%s - "%s %s HTTP/%s" %d'``) with ``method``, ``path``, ``status``,
-    ``duration_s`` and ``client`` as fields of the record, on ``aiohttp.access``.
+    ``"event": "http.request"`` with ``method``, ``path``, ``status``, ``duration_s`` and
+    ``client`` as fields, on ``aiohttp.access`` (see ``graceful.integrations._access``).
 
     .. versionadded:: 0.1
     """
@@ -153,7 +178,7 @@ class AiohttpServer:
     Attributes:
         runner: aiohttp's ``AppRunner``.
         listener: the listening server, what ``TCPSite`` would open; owned here so that
-            closing it loses no connection (see ``draining.close_listeners``).
+            closing it loses no connection (see ``closing.close_listeners``).
         draining: set when the drain begins.
 
     .. versionadded:: 0.1
@@ -178,6 +203,9 @@ class AiohttpServer:
         self._websockets: dict[int, web.WebSocketResponse] = {}
         self._ws_closing: set[int] = set()
         self._closers: set[asyncio.Task[bool]] = set()
+        self.streams = EndingStreams(name)
+        self.streams.abandon = _abort_connection
+        self._streams: dict[int, tuple[EndingStream, web.StreamResponse]] = {}
 
     @property
     def port(self) -> int:
@@ -210,9 +238,21 @@ class AiohttpServer:
                         # The handler wrote to a websocket we closed for the stop.
                         return self._websockets[id(request)]
                     raise
+                except (asyncio.CancelledError, Exception) as exc:
+                    ending = self._streams.get(id(request))
+                    if ending is None or not ending[0].ended:
+                        raise
+                    # The drain ended this stream (write_eof) and cancelled the handler to
+                    # run its finally (or the handler wrote on after the end): a clean end.
+                    if isinstance(exc, asyncio.CancelledError):
+                        task.uncancel()
+                    return ending[1]
                 await self._complete(request, response)
                 return response
         finally:
+            ending = self._streams.pop(id(request), None)
+            if ending is not None:
+                self.streams.close(ending[0])
             self._websockets.pop(id(request), None)
             self._ws_closing.discard(id(request))
             left = self._busy.pop(protocol, 1) - 1
@@ -236,10 +276,15 @@ class AiohttpServer:
             self._websockets[id(request)] = response
             if self.draining.is_set():
                 self._close_websocket(id(request), response)
-        elif self._runtime.stopping:
+            return
+        if self._runtime.stopping:
             # The hook runs after aiohttp derived the Connection header, so set both.
             response.force_close()
             response.headers["Connection"] = "close"
+        if _ends_on_drain(request, response):
+            label = f"{request.method} {request.path}"
+            stream = self.streams.open(response.write_eof, label, request)
+            self._streams[id(request)] = (stream, response)
 
     def _close_websocket(self, key: int, ws: web.WebSocketResponse) -> None:
         if ws.closed or key in self._ws_closing:
@@ -265,6 +310,7 @@ class AiohttpServer:
         self.draining.set()
         for key, ws in list(self._websockets.items()):
             self._close_websocket(key, ws)
+        await self.streams.end_all()
         await asyncio.gather(
             close_connections(_Connections(self), self.tracker), self.app.shutdown()
         )
@@ -343,7 +389,9 @@ async def serve(
         access_log_class=AccessLogger,
         access_log=access_logger if access_log else None,
     )
-    await runner.setup()
+    # Tasks on_startup and cleanup contexts start (a poller) are the app's background work.
+    with runtime.capture_background():
+        await runner.setup()
     server.runner = runner
     runtime.on_shutdown(server._cleanup, phase=Phase.CLOSE, name=f"{name}.cleanup")
     assert runner.server is not None

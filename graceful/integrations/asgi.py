@@ -16,7 +16,7 @@ stop, driven by the runtime:
 2. ``drain``: idle keep-alive connections are closed once no request is in flight (at once
    when none is: a request sent on one meanwhile is answered); busy ones answer with
    ``Connection: close`` (already from the moment the stop began), as do fresh ones, given a
-   short grace for their first request (``draining.close_connections``); websockets are closed
+   short grace for their first request (``closing.close_connections``); websockets are closed
    with 1001 (going away, instead of uvicorn's 1012); streaming responses see :func:`draining`
    set and should send their last chunk. Drain ends when nothing is in flight.
 3. ``cancel``: what is still running at the drain deadline is cancelled.
@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Literal
 
 import uvicorn
 
-from graceful.draining import TaskSet, abort_deadline, close_connections, close_listeners
+from graceful.closing import close_connections, close_listeners
+from graceful.draining import TaskSet, abort_deadline
 from graceful.exceptions import GracefulError
 from graceful.hooks import Phase
 from graceful.integrations._access import only_graceful_access_lines
@@ -49,10 +50,10 @@ from graceful.integrations._asgi_middleware import (
     Send,
     ServerStatus,
     draining,
+    end_on_drain,
     status,
 )
 from graceful.integrations._cut import log_requests_cut
-from graceful.integrations._deprecation import renamed
 from graceful.integrations._uvicorn_connections import HttpConnections, without_access_lines
 
 if TYPE_CHECKING:
@@ -68,14 +69,11 @@ __all__ = [
     "ServerStatus",
     "UvicornServer",
     "draining",
+    "end_on_drain",
     "serve",
     "serve_config",
     "status",
-    "stopping",
 ]
-
-#: Deprecated name of :func:`draining` (``runtime.stopping`` is the bool set at the signal).
-stopping = renamed(draining, "graceful.integrations.asgi.stopping")
 
 
 class UvicornServer:
@@ -116,7 +114,16 @@ class UvicornServer:
 
     async def _start(self, sockets: list[socket.socket] | None) -> None:
         config = self.server.config
-        self.server.lifespan = config.lifespan_class(config)
+        lifespan = self.server.lifespan = config.lifespan_class(config)
+        app_startup = lifespan.startup
+
+        async def startup_capturing_background() -> None:
+            # Tasks the app starts in its lifespan (a poller) are its background work: the
+            # stop cancels what its lifespan shutdown leaves running, not as cut work.
+            with self.middleware.runtime.capture_background():
+                await app_startup()
+
+        lifespan.startup = startup_capturing_background
         try:
             await self.server.startup(sockets=sockets)
         except SystemExit:
@@ -152,6 +159,7 @@ class UvicornServer:
     async def drain(self) -> None:
         """Close idle connections, tell streams and websockets to end, wait for the work."""
         self.middleware.status.draining.set()
+        await self.middleware.streams.end_all()
         connections = HttpConnections(self.server, SCOPE_KEY)
         await close_connections(connections, self.middleware.tracker)
         await self.middleware.tracker.wait_idle()
@@ -188,9 +196,10 @@ async def serve_config(
     (``timeout_graceful_shutdown``, signal handling) are not used: the runtime's budget applies.
 
     With ``config.access_log`` (uvicorn's default) graceful writes the access lines, after
-    each response, on the ``uvicorn.access`` logger in uvicorn's format plus the request's
-    ``method``, ``path``, ``status`` and ``duration_s`` as fields; uvicorn's own lines
-    (written when a response starts, without a duration) are filtered out.
+    each response, on the ``uvicorn.access`` logger: ``"event": "http.request"`` with the
+    request's ``method``, ``path``, ``status``, ``duration_s`` and ``client`` as fields (a
+    record in uvicorn's format for a filter or handler of the application's); uvicorn's own
+    lines (written when a response starts, without a duration) are turned off.
 
     Args:
         runtime: the runtime that owns the signals and the stop.
@@ -224,6 +233,7 @@ async def serve_config(
     # A socket given by a supervisor, or inherited (``fd``), may be held by other processes.
     shared = sockets is not None or config.fd is not None
     server = UvicornServer(uvicorn.Server(config), middleware, name, shared_sockets=shared)
+    middleware.streams.abandon = HttpConnections(server.server, SCOPE_KEY).abort_request
     await server._start(list(sockets) if sockets is not None else None)
     runtime.add_drainable(server)
     runtime.on_shutdown(server._lifespan_shutdown, phase=Phase.CLOSE, name=f"{name}.lifespan")

@@ -17,7 +17,7 @@ none in progress, nothing received since) are closed once no unit is in progress
 server (at once when none is: a unit begun on one meanwhile is served), so their handlers
 read EOF; busy ones are closed right after their current unit; a connection that has had no
 unit yet, or has received bytes since its last one, is given a short grace to begin its unit
-(``draining.close_connections``); at the drain deadline the handlers still running are
+(``closing.close_connections``); at the drain deadline the handlers still running are
 cancelled.
 """
 
@@ -29,14 +29,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from graceful.draining import (
-    ConnectionState,
-    TaskSet,
-    WorkTracker,
-    abort_deadline,
-    close_connections,
-    close_listeners,
-)
+from graceful.closing import ConnectionState, close_connections, close_listeners
+from graceful.draining import TaskSet, WorkTracker, abort_deadline
 
 if TYPE_CHECKING:
     from graceful.runtime import Runtime

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import json
 import os
 import shutil
 import tempfile
@@ -78,6 +79,19 @@ class MetricsDirectory:
                 return cls(_temporary(), owned=True, instead_of=path, why=why)
             return cls(path, owned=False)
         return cls(_temporary(), owned=True)
+
+    def inflight_of(self, pid: int) -> int:
+        """The requests a worker had in flight when it last wrote its gauge (once a second).
+
+        Read before :meth:`process_dead` removes its live gauges.
+        """
+        total = 0.0
+        path = os.path.join(self.path, f"gauge_livesum_{pid}.db")
+        with contextlib.suppress(Exception):  # none written yet, or cut short by a kill
+            for key, value, *_ in MmapedDict.read_all_values_from_file(path):  # type: ignore[no-untyped-call]
+                if json.loads(key)[0] == "graceful_inflight_requests":
+                    total += value
+        return int(total)
 
     def process_dead(self, pid: int) -> list[str]:
         """Drop an exited worker's live gauges, and any file of its that cannot be read.
@@ -140,6 +154,8 @@ class SupervisorStats:
     starting: int = 0
     restarts: int = 0
     signals: Counter[str] = field(default_factory=Counter)
+    #: Requests in flight in workers that died while serving (a crash, SIGKILL, the OOM killer).
+    requests_lost: int = 0
 
 
 class _SupervisorCollector(Collector):
@@ -160,6 +176,11 @@ class _SupervisorCollector(Collector):
         workers.add_metric(["ready"], stats.ready)
         workers.add_metric(["starting"], stats.starting)
         yield workers
+        yield CounterMetricFamily(
+            "graceful_worker_requests_lost",
+            "Requests in flight in workers that died while serving (as last reported): cut.",
+            value=stats.requests_lost,
+        )
         yield CounterMetricFamily(
             "graceful_worker_restarts",
             "Workers started to replace one that exited while serving.",

@@ -34,6 +34,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from graceful.config import Config
@@ -42,6 +43,7 @@ from graceful.serve.options import ServeOptions
 __all__ = [
     "ControlChannel",
     "FrameReader",
+    "Op",
     "WorkerStart",
     "encode",
     "messages",
@@ -54,6 +56,19 @@ _HEADER = struct.Struct("!I")
 MAX_FRAME = 1 << 20
 
 Message = dict[str, Any]
+
+
+class Op(StrEnum):
+    """What a control message says (its ``"op"``); a ``str``, so it is JSON as it is."""
+
+    #: worker → supervisor: the worker serves.
+    READY = "ready"
+    #: supervisor → worker: stop, with ``exit_by`` (monotonic) and a ``reason``.
+    STOP = "stop"
+    #: supervisor → worker: a second signal: skip the rest of the drain.
+    SKIP_DRAIN = "skip_drain"
+    #: the worker's own note that the channel closed: the supervisor is gone.
+    GONE = "gone"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

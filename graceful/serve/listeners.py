@@ -30,6 +30,11 @@ round trip) is reset as it would be by any close.
 
 Unix sockets have no filter: the backlog is drained the same way, but one arriving during the
 drain can still be reset.
+
+An inherited socket (``--fd``) outlives the service: its owner (systemd, a parent that
+restarts the server) keeps it, and the next server listens on it. The filter must not: the
+supervisor keeps its copy through the stop and, once every worker is gone, takes the filter
+off (:func:`accept_new_connections`), so new connections queue for the next server again.
 """
 
 from __future__ import annotations
@@ -47,13 +52,22 @@ from graceful.backlog import backlog_waiting, refuse_new_connections
 from graceful.logs import get_logger
 from graceful.serve.options import ServeOptions
 
-__all__ = ["BacklogGuard", "SocketFile", "bind_listener", "inherited_listener", "taken_by_another"]
+__all__ = [
+    "BacklogGuard",
+    "SocketFile",
+    "accept_new_connections",
+    "bind_listener",
+    "inherited_listener",
+    "taken_by_another",
+]
 
 #: Longest the guard keeps accepting (seconds): a backlog of thousands drains in tens of
 #: milliseconds; this bounds a server that stopped accepting (the phase deadline bounds it too).
 BACKLOG_DRAIN_MAX = 1.0
 #: Loop iterations given back to back before the guard waits a millisecond between checks.
 _SPIN_ITERATIONS = 200
+# From <asm-generic/socket.h>; the socket module does not name it.
+_SO_DETACH_FILTER = 27
 
 
 def bind_listener(options: ServeOptions) -> socket.socket:
@@ -109,6 +123,25 @@ def inherited_listener(fd: int) -> socket.socket:
         sock.detach()  # the caller's descriptor: left as it was
         raise OSError(errno.EINVAL, problem)
     return sock
+
+
+def accept_new_connections(sock: socket.socket) -> bool:
+    """Take the SYN-dropping filter of the stop off ``sock``: new connections queue again.
+
+    For an inherited listener at the end of a stop: its owner keeps it, and a filter left on
+    it would drop every connection to the next server started on it (they time out).
+
+    Returns:
+        True when a filter was taken off; False when there was none (or ``sock`` is not a
+        TCP socket, or closed).
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.fileno() < 0:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_DETACH_FILTER, 0)
+    except OSError:  # ENOENT: no filter on it
+        return False
+    return True
 
 
 def taken_by_another(sock: socket.socket) -> OSError | None:

@@ -13,11 +13,11 @@ hands them on to the ``Config``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from graceful.environment import from_environment
 from graceful.exceptions import ConfigError
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "SERVE_ENV_VARS", "ServeOptions"]
@@ -151,26 +151,15 @@ class ServeOptions:
 
         .. versionadded:: 0.1
         """
-        environ = os.environ if environ is None else environ
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
-        values: dict[str, Any] = {}
-        labels: dict[str, str] = {}
-        for name, var in SERVE_ENV_VARS.items():
-            raw = environ.get(var, "").strip()
-            if not raw or name in overrides:
-                continue
-            labels[name] = f"{var}={raw!r}"
-            values[name] = _parse(name, raw, labels[name])
-        values.update(overrides)
-        merged = {**cls()._values(), **values}
-
-        def label(name: str) -> str:
-            return labels.get(name, f"{name}={merged[name]!r}")
-
-        _validate(merged, label)
-        return cls(**values)
+        return from_environment(
+            cls,
+            SERVE_ENV_VARS,
+            environ=environ,
+            overrides=overrides,
+            parse=_parse,
+            validate=_validate,
+            noun="option",
+        )
 
 
 def _parse(name: str, raw: str, label: str) -> Any:

@@ -58,6 +58,7 @@ class WorkerPool:
         self.worker_module = "graceful.serve.worker"  # what ``python -m`` runs in a worker
         self.workers: dict[int, WorkerProcess] = {}
         self.failed = False
+        self.crash_loop = False
         self.listener: socket.socket | None = None
         self.metrics: MetricsDirectory | None = None
         self._closed = False
@@ -130,7 +131,10 @@ class WorkerPool:
             self.log.info("service.ready", workers=self.stats.ready)
 
     def _exited(self, worker: WorkerProcess, status: ExitStatus) -> None:
+        lost = 0
         if self.metrics is not None:
+            if not self._closed:
+                lost = self.metrics.inflight_of(worker.pid)
             for path in self.metrics.process_dead(worker.pid):
                 self.log.warning("metrics.file_removed", worker=worker.index, path=path)
         if self.workers.get(worker.index) is worker:
@@ -148,6 +152,16 @@ class WorkerPool:
             ran_s=rounded(now - worker.started_at),
             was_ready=worker.ready_at is not None,
         )
+        if lost:
+            # Answered by nobody: the stop's exit code says so (work cut), not only this line.
+            self.stats.requests_lost += lost
+            self.log.error(
+                "worker.requests_lost",
+                worker=worker.index,
+                pid=worker.pid,
+                requests=lost,
+                status=status.describe(),
+            )
         if not self._ever_ready:
             self.failed = True
             self.log.error(
@@ -166,6 +180,18 @@ class WorkerPool:
     def _restart_later(self, index: int, *, quick: bool) -> None:
         failures = self._failures[index] = self._failures.get(index, 0) + 1 if quick else 1
         settings = self.settings
+        if failures >= settings.max_quick_failures:
+            # gunicorn's "worker failed to boot": restarting forever would leave /readyz 503
+            # and /livez 200, a container stuck instead of failed.
+            self.crash_loop = True
+            self.log.error(
+                "worker.crash_loop",
+                worker=index,
+                failures=failures,
+                error=f"worker {index} failed {failures} times in a row; see its output above",
+            )
+            self.on_failed(f"worker {index} keeps failing")
+            return
         delay = min(settings.restart_backoff * 2 ** (failures - 1), settings.restart_backoff_max)
         self.log.info("worker.restarting", worker=index, delay_s=rounded(delay), failures=failures)
         self.stats.restarts += 1

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from graceful.logs import lossy_output
-from graceful.serve.control import ControlChannel, Message, WorkerStart, send_start
+from graceful.serve.control import ControlChannel, Message, Op, WorkerStart, send_start
 from graceful.status import ExitCode
 
 __all__ = ["ExitStatus", "WorkerProcess", "write_whole_lines"]
@@ -187,7 +187,7 @@ class WorkerProcess:
                 os.kill(self.pid, signal.SIGKILL)
 
     def _on_message(self, message: Message) -> None:
-        if message.get("op") == "ready" and self.ready_at is None:
+        if message.get("op") == Op.READY and self.ready_at is None:
             self.ready_at = time.monotonic()
             self.on_ready(self)
 

@@ -5,12 +5,13 @@ Pure functions and values, so that they can be read (and tested) apart from the 
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from graceful.config import Config
+from graceful.environment import from_environment
 from graceful.exceptions import ConfigError
 from graceful.recorder import rounded
 from graceful.serve.processes import WorkerProcess
@@ -18,30 +19,11 @@ from graceful.status import ExitCode
 from graceful.watchdog import grace_for
 
 __all__ = [
-    "SEVERITY",
     "StopDeadlines",
     "SupervisorSettings",
-    "most_serious",
     "worker_config",
     "worker_line",
 ]
-
-#: Exit codes, most serious first: the container exits with the first one any worker has.
-#: recorder.py's order (an error, then a failed hook, then cut work), with the two ends a stop
-#: can be given from outside placed above a failed hook: both left the flush unfinished.
-SEVERITY: tuple[ExitCode, ...] = (
-    ExitCode.ERROR,
-    ExitCode.OVERRAN,
-    ExitCode.FORCED,
-    ExitCode.HOOK_FAILED,
-    ExitCode.WORK_CUT,
-    ExitCode.OK,
-)
-
-
-def most_serious(codes: Iterable[ExitCode]) -> ExitCode:
-    """The code the container exits with: the most serious of ``codes`` (OK for none)."""
-    return min(codes, key=SEVERITY.index, default=ExitCode.OK)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +37,8 @@ class SupervisorSettings:
         restart_backoff_max: cap on the doubling backoff.
         stable_after: a worker ready this many seconds before it exited failed "slowly": its
             slot's backoff starts again from ``restart_backoff``.
+        max_quick_failures: a slot whose worker fails quickly this many times in a row ends
+            the service (exit code 7) instead of restarting it forever (a crash loop).
 
     .. versionadded:: 0.1
     """
@@ -63,12 +47,10 @@ class SupervisorSettings:
     restart_backoff: float = 0.1
     restart_backoff_max: float = 5.0
     stable_after: float = 10.0
+    max_quick_failures: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("no_workers_timeout", "restart_backoff", "restart_backoff_max"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ConfigError(f"{name}={value!r} must be a positive number of seconds")
+        _check_settings(dataclasses.asdict(self), lambda name: f"{name}={getattr(self, name)!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SupervisorSettings:
@@ -77,15 +59,28 @@ class SupervisorSettings:
         Raises:
             ConfigError: it is not a positive number of seconds.
         """
-        raw = (os.environ if environ is None else environ).get("GRACEFUL_NO_WORKERS_TIMEOUT")
-        if raw is None or not raw.strip():
-            return cls()
-        try:
-            return cls(no_workers_timeout=float(raw))
-        except (ValueError, ConfigError):
-            raise ConfigError(
-                f"GRACEFUL_NO_WORKERS_TIMEOUT={raw!r} must be a positive number of seconds"
-            ) from None
+        return from_environment(
+            cls,
+            {"no_workers_timeout": "GRACEFUL_NO_WORKERS_TIMEOUT"},
+            environ=environ,
+            overrides={},
+            parse=_parse_seconds,
+            validate=_check_settings,
+        )
+
+
+def _parse_seconds(name: str, raw: str, label: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{label} must be a positive number of seconds") from None
+
+
+def _check_settings(values: Mapping[str, Any], label: Callable[[str], str]) -> None:
+    for name in ("no_workers_timeout", "restart_backoff", "restart_backoff_max"):
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"{label(name)} must be a positive number of seconds")
 
 
 @dataclass(frozen=True, slots=True)

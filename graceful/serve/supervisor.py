@@ -20,7 +20,7 @@ On a stop signal (see :class:`StopDeadlines` for the numbers):
    PID namespace's end);
 4. a worker still running at ``kill_at`` is killed (SIGKILL) and counts as overran;
 5. one ``shutdown.report`` for the container, a line per worker, and the exit code: the most
-   serious of the workers' (:data:`~graceful.serve.stopping.SEVERITY`).
+   serious of the workers' (``ExitCode.worst``).
 """
 
 from __future__ import annotations
@@ -34,38 +34,33 @@ import sys
 import time
 from typing import Any
 
-import structlog
-
 from graceful._early import hand_over
 from graceful.config import Config
 from graceful.exceptions import ConfigError
 from graceful.health import AdminServer
-from graceful.logs import configure_logging, get_logger
-from graceful.loops import loop_factory
-from graceful.reaper import ZombieReaper
+from graceful.logs import get_logger
+from graceful.reaper import ZombieReaper, start_reaper
 from graceful.recorder import rounded
-from graceful.runner import run_on_new_loop
 from graceful.serve.aggregate import (
     ENV_VAR,
     MetricsDirectory,
     SupervisorStats,
     container_registry,
 )
-from graceful.serve.control import WorkerStart
-from graceful.serve.listeners import SocketFile, bind_listener
+from graceful.serve.control import Op, WorkerStart
+from graceful.serve.listeners import SocketFile, accept_new_connections, bind_listener
 from graceful.serve.options import ServeOptions
 from graceful.serve.pool import WorkerPool
 from graceful.serve.processes import WorkerProcess, write_whole_lines
 from graceful.serve.stopping import (
     StopDeadlines,
     SupervisorSettings,
-    most_serious,
     worker_config,
     worker_line,
 )
-from graceful.signals import Escalation, StopSignals
+from graceful.shell import ProcessShell
+from graceful.signals import Escalation
 from graceful.status import ExitCode, LifecycleState
-from graceful.watchdog import Watchdog, grace_for
 
 __all__ = ["Supervisor", "run_supervisor"]
 
@@ -120,14 +115,17 @@ class Supervisor:
         self._stop_requested = asyncio.Event()
         self._stop_sent = False
         self._skip_drain: str | None = None
-        self._signal_at: float | None = None
-        self._signals: StopSignals | None = None
-        self._watchdog: Watchdog | None = None
+        self._shell = ProcessShell(
+            config,
+            log=self.log,
+            exit_at=lambda at: StopDeadlines.plan(config, at).exit_at,
+            on_signal=self._signal_arrived,
+            describe=lambda: {"reason": self.stop_reason, "workers": self.pool.running_pids()},
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._plan: StopDeadlines | None = None
         self._stopping: list[WorkerProcess] = []
         self._socket_file: SocketFile | None = None
-        self._early_signals: list[tuple[signal.Signals, Escalation]] = []
 
     # -- health ------------------------------------------------------------------------------
 
@@ -155,52 +153,24 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve on a new event loop until stopped; return the container's exit code."""
-        config = self.config
         # First of all: as a container's PID 1, a stop signal that finds no handler is
         # dropped, and ``docker stop`` would wait for SIGKILL. One that comes before the loop
-        # runs is recorded and acted on once it does (see ``_on_signal``).
-        self._install_signals()
+        # runs is kept and acted on once it does (``ProcessShell``).
+        self._shell.install_signals()
         hand_over()  # a signal from before these handlers (graceful._early) reaches them now
         try:
-            try:
-                factory = loop_factory(config.loop)
-            except ConfigError as exc:
-                print(f"graceful: configuration error: {exc}", file=sys.stderr, flush=True)
-                return int(ExitCode.ERROR)
-            write_whole_lines()
-            if not structlog.is_configured() and config.log_format != "off":
-                configure_logging(format=config.log_format, level=config.log_level)
-            self._watchdog = Watchdog(
-                exit_code=int(ExitCode.OVERRAN),
-                describe=lambda: {"reason": self.stop_reason, "workers": self.pool.running_pids()},
-                grace=grace_for(config.effective_margin),
-            )
-            self._watchdog.start()
-            if self._signal_at is not None:  # a signal came already: its deadline holds
-                self._watchdog.arm(StopDeadlines.plan(config, self._signal_at).exit_at)
-            return run_on_new_loop(factory, self.serve())
+            return self._shell.run(self.serve, output=write_whole_lines)
         finally:
-            if self._signals is not None:
-                self._signals.restore()
-            if self._watchdog is not None:
-                self._watchdog.disarm()
+            self._shell.release()
             gc.freeze()  # a shorter interpreter teardown, as Runtime.run
 
     async def serve(self) -> int:
         """Start the workers, serve until a stop, stop them; return the exit code."""
         self._loop = asyncio.get_running_loop()
-        if self._signals is None:  # not installed by ``run``
-            self._install_signals()
-        for sig, level in self._early_signals:  # arrived before the loop ran
-            self._signal_arrived(sig, level)
-        self._early_signals.clear()
-        reap = self.config.reap_zombies
-        reaper: ZombieReaper | None = None
-        if reap or (reap is None and os.getpid() == 1):
-            reaper = ZombieReaper(
-                on_reaped=lambda pid, status: self.log.info("zombie.reaped", pid=pid, status=status)
-            )
-            reaper.start()
+        if self._shell.signals is None:  # not installed by ``run``
+            self._shell.install_signals()
+        self._shell.attach(self._loop)  # and handles those that arrived before the loop ran
+        reaper = start_reaper(self.config.reap_zombies, self.log)
         try:
             code = await self._serve()
             self._report(code, reaper.reaped if reaper is not None else 0)
@@ -268,21 +238,6 @@ class Supervisor:
 
     # -- signals -----------------------------------------------------------------------------
 
-    def _install_signals(self) -> None:
-        self._signals = StopSignals.for_config(self.config, self._on_signal, self.log)
-
-    def _on_signal(self, sig: signal.Signals, level: Escalation, at: float) -> None:
-        # Signal-handler context: record and wake the loop (the budget counts from now).
-        if level is Escalation.STOP and self._signal_at is None:
-            self._signal_at = at
-            if self._watchdog is not None:
-                self._watchdog.arm(StopDeadlines.plan(self.config, at).exit_at)
-        loop = self._loop
-        if loop is None:
-            self._early_signals.append((sig, level))  # ``serve`` handles them when it starts
-        elif not loop.is_closed():
-            loop.call_soon_threadsafe(self._signal_arrived, sig, level)
-
     def _signal_arrived(self, sig: signal.Signals, level: Escalation) -> None:
         self.stats.signals[sig.name] += 1
         if level is Escalation.REPEAT:
@@ -299,7 +254,7 @@ class Supervisor:
                 action="every worker skips the rest of its drain; a third signal exits at once",
             )
             if self._stop_sent:
-                self._send_all({"op": "skip_drain", "reason": self._skip_drain})
+                self._send_all({"op": Op.SKIP_DRAIN, "reason": self._skip_drain})
 
     def _send_all(self, message: dict[str, Any]) -> None:
         for worker in self._stopping:
@@ -309,11 +264,12 @@ class Supervisor:
 
     async def _stop(self) -> ExitCode:
         now = time.monotonic()
-        start = now if self._signal_at is None else min(self._signal_at, now)
+        signal_at = self._shell.signal_at
+        start = now if signal_at is None else min(signal_at, now)
         plan = self._plan = StopDeadlines.plan(self.config, start)
-        if self._watchdog is not None:
-            self._watchdog.arm(plan.exit_at)
-            self._watchdog.arm_backstop()
+        if self._shell.watchdog is not None:
+            self._shell.watchdog.arm(plan.exit_at)
+            self._shell.watchdog.arm_backstop()
         self.stats.state = LifecycleState.STOPPING
         stopping = self._stopping = self.pool.close()
         self._release_listener()
@@ -328,10 +284,10 @@ class Supervisor:
                 "exit_by_s": rounded(plan.exit_at - start),
             },
         )
-        self._send_all({"op": "stop", "exit_by": plan.worker_exit_by, "reason": self.stop_reason})
+        self._send_all({"op": Op.STOP, "exit_by": plan.worker_exit_by, "reason": self.stop_reason})
         self._stop_sent = True
         if self._skip_drain is not None:
-            self._send_all({"op": "skip_drain", "reason": self._skip_drain})
+            self._send_all({"op": Op.SKIP_DRAIN, "reason": self._skip_drain})
         await self._wait_exits(stopping, plan.kill_at)
         late = [w for w in stopping if w.running]
         for worker in late:
@@ -347,7 +303,13 @@ class Supervisor:
         codes = [
             w.exited.result().exit_code if w.exited.done() else ExitCode.OVERRAN for w in stopping
         ]
-        return most_serious([*codes, ExitCode.ERROR] if self.pool.failed else codes)
+        if self.pool.failed:
+            codes.append(ExitCode.ERROR)
+        if self.pool.crash_loop:
+            codes.append(ExitCode.WORKER_FAILED)
+        if self.stats.requests_lost:
+            codes.append(ExitCode.WORK_CUT)
+        return ExitCode.worst(codes)
 
     async def _wait_exits(self, workers: list[WorkerProcess], deadline: float) -> None:
         pending = [w.exited for w in workers if w.running]
@@ -355,8 +317,12 @@ class Supervisor:
             await asyncio.wait(pending, timeout=max(deadline - time.monotonic(), 0.0))
 
     def _release_listener(self) -> None:
-        """Close the supervisor's copy of the listener: from now on only workers hold it."""
-        if self.listener is not None:
+        """Close the supervisor's copy of the listener: from now on only workers hold it.
+
+        Not an inherited one (``--fd``): its owner keeps it after us anyway, and the filter
+        the workers put on it must come off once they are gone (see ``_clean_up``).
+        """
+        if self.listener is not None and self.options.fd is None:
             self.listener.close()
 
     def _report(self, code: ExitCode, zombies_reaped: int) -> None:
@@ -375,6 +341,7 @@ class Supervisor:
             overran=plan is not None and now > plan.exit_at,
             workers=workers,
             signals=dict(self.stats.signals),
+            requests_lost=self.stats.requests_lost,
             zombies_reaped=zombies_reaped,
         )
 
@@ -384,6 +351,8 @@ class Supervisor:
         if reaper is not None:
             await reaper.stop()
         if self.listener is not None:
+            if self.options.fd is not None and accept_new_connections(self.listener):
+                self.log.debug("listener.filter_removed", fd=self.options.fd)
             self.listener.close()
         if self._socket_file is not None:
             # Only the socket this supervisor bound: a bind that failed left the path to

@@ -16,13 +16,16 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Literal
 
 from graceful.exceptions import TargetImportError
+from graceful.logs import exception_dicts, last_line, writes_json
 from graceful.runtime import Runtime
+from graceful.status import ExitCode
 
 __all__ = [
     "AppKind",
@@ -31,7 +34,9 @@ __all__ = [
     "Target",
     "failed_to_load",
     "import_from_string",
+    "load_guarded",
     "load_target",
+    "report_failed_to_load",
     "web_app_kind",
 ]
 
@@ -66,6 +71,92 @@ def failed_to_load(spec: str, exc: BaseException) -> str:
     else:
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return f"{spec} failed to load: {why}"
+
+
+def report_failed_to_load(
+    spec: str, exc: BaseException, *, event: str, label: str, log_format: str, **fields: Any
+) -> None:
+    """Say that the app's module (or factory) raised while loading, in the log's format.
+
+    JSON logs (``json``, or ``auto`` off a terminal): one line, ``event`` at error, with
+    ``app``, ``error`` (the line of :func:`failed_to_load`), ``exception`` (the traceback as
+    graceful's other error lines carry it) and ``fields``: a log pipeline that parses every
+    line gets one more object, not a traceback's twenty lines. Otherwise (a terminal,
+    ``console``, ``off``): the traceback, then ``{label}: {error}``, on stderr. Either way
+    only the app's frames: graceful's and importlib's say nothing about the bug.
+    """
+    error = failed_to_load(spec, exc)
+    if writes_json(log_format):
+        chain = exception_dicts(exc)
+        for stack in chain:
+            stack["frames"] = [f for f in stack.get("frames", ()) if _apps(f["filename"])]
+        last_line(event, app=spec, error=error, exception=chain, **fields)
+        return
+    shown = traceback.TracebackException.from_exception(exc)
+    shown.stack = traceback.StackSummary.from_list(
+        [frame for frame in shown.stack if _apps(frame.filename)]
+    )
+    print("".join(shown.format()), end="", file=sys.stderr, flush=True)
+    print(f"{label}: {error}", file=sys.stderr, flush=True)
+
+
+def load_guarded(
+    spec: str,
+    load: Callable[[], Any],
+    guard: StartupSignals,
+    *,
+    command: str,
+    label: str,
+    log_format: str,
+    import_error: Callable[[str], int],
+    **fields: Any,
+) -> Any:
+    """Load the app with a stop signal turned into a clean end; the one way ``graceful run``,
+    ``graceful serve`` and a worker say what went wrong.
+
+    Args:
+        spec: the target, as given (``module:attr``).
+        load: imports the target (inside the guard's import block).
+        guard: the startup signal handlers.
+        command: ``serve`` or ``run``: the events are ``{command}.stopped_while_loading`` and
+            ``{command}.failed_to_load``.
+        label: names the process in a plain-text error (``graceful serve: worker 1``).
+        log_format: the log format (JSON logs: one line, else a traceback).
+        import_error: reports a target that is not there; returns the exit code.
+        **fields: added to the JSON line (``worker``).
+
+    Returns:
+        The target, or the :class:`ExitCode` to end with: ``OK`` for a stop signal during the
+        import (nothing serves yet, so nothing to drain), ``ERROR`` when the app's own code
+        failed, ``import_error``'s for a target that is not there.
+    """
+    try:
+        with guard.importing():
+            return load()
+    except LoadingStopped as stopped:
+        last_line(f"{command}.stopped_while_loading", level="info", app=spec, signal=stopped.signal)
+        return ExitCode.OK
+    except TargetImportError as exc:
+        return ExitCode(import_error(str(exc)))
+    except BaseException as exc:
+        # Any BaseException: a module that calls ``sys.exit(3)`` must not end graceful with
+        # its code (3 reads as "work cut"), nor a KeyboardInterrupt it raises look like Ctrl-C.
+        report_failed_to_load(
+            spec,
+            exc,
+            event=f"{command}.failed_to_load",
+            label=label,
+            log_format=log_format,
+            **fields,
+        )
+        return ExitCode.ERROR
+
+
+_GRACEFUL = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _apps(filename: str) -> bool:
+    return not filename.startswith((_GRACEFUL, "<frozen")) and "importlib" not in filename
 
 
 class LoadingStopped(BaseException):

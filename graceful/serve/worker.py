@@ -40,26 +40,24 @@ import signal
 import socket
 import sys
 import threading
-import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
 import structlog
+from prometheus_client import Gauge
 
 from graceful.config import Config
 from graceful.draining import Drainable, DrainableServer
-from graceful.exceptions import TargetImportError
-from graceful.logs import last_line
+from graceful.logs import last_line, writes_json
 from graceful.runtime import Runtime
 from graceful.serve.app import serve_target
-from graceful.serve.control import Message, WorkerStart, encode, messages, read_start
+from graceful.serve.control import Message, Op, WorkerStart, encode, messages, read_start
 from graceful.serve.listeners import BacklogGuard, taken_by_another
 from graceful.serve.processes import write_whole_lines
 from graceful.serve.target import (
-    LoadingStopped,
     StartupSignals,
     Target,
-    failed_to_load,
+    load_guarded,
     load_target,
 )
 from graceful.status import ExitCode
@@ -99,6 +97,9 @@ class WorkerRuntime(Runtime):
         self.servers: list[Drainable] = []
         self.control = control
         self.reader = ControlReader(control) if reader is None else reader
+        #: The stop is the container's, told by the supervisor (not this worker's alone): the
+        #: shared listener is then filtered against new connections.
+        self.stopped_by_supervisor = False
         self.cleanup_context(self._linked)
 
     def add_drainable(self, drainable: Drainable) -> None:
@@ -107,12 +108,18 @@ class WorkerRuntime(Runtime):
             self.servers.append(drainable)
 
     def publish_gauges(self) -> None:
-        """Write the servers' current counts to the in-flight and connection gauges."""
+        """Write the servers' current counts to the in-flight and connection gauges.
+
+        Through ``recorder.count``: a gauge that cannot be written (its file at the
+        descriptor limit) is logged once; raised, it would end the publishing task and fail
+        its cleanup at the stop.
+        """
         for server in self.servers:
-            self.metrics.inflight.labels(server=server.name).set(server.inflight())
+            count = self.recorder.count
+            count(functools.partial(_set, self.metrics.inflight, server.name, server.inflight()))
             if isinstance(server, DrainableServer):
-                count = server.connection_count()
-                self.metrics.connections.labels(server=server.name).set(count)
+                connections = server.connection_count()
+                count(functools.partial(_set, self.metrics.connections, server.name, connections))
 
     def announce_ready(self) -> None:
         """Mark the runtime ready and tell the supervisor (unless a stop began meanwhile)."""
@@ -120,7 +127,7 @@ class WorkerRuntime(Runtime):
             return
         self.mark_ready()
         with contextlib.suppress(OSError):  # the supervisor is gone: its stop follows
-            self.control.sendall(encode({"op": "ready", "pid": os.getpid()}))
+            self.control.sendall(encode({"op": Op.READY, "pid": os.getpid()}))
 
     async def _linked(self) -> AsyncIterator[None]:
         # The first startup step: from here on a stop from the supervisor aborts the rest
@@ -146,21 +153,24 @@ class WorkerRuntime(Runtime):
         The watchdog is armed for ``exit_by`` right here, so that even a blocked event loop,
         which would never get to the stop, ends at the deadline naming what blocked it.
         """
-        if exit_by is not None and self._watchdog is not None:
-            self._watchdog.arm(exit_by)
+        watchdog = self._shell.watchdog
+        if exit_by is not None and watchdog is not None:
+            watchdog.arm(exit_by)
         self._on_loop(functools.partial(self.request_stop, reason, exit_by=exit_by))
 
     def on_control(self, message: Message) -> None:
         """Act on a message from the supervisor (on the reader's thread)."""
         op = message.get("op")
         reason = f"supervisor: {message.get('reason', 'stop')}"
-        if op == "stop":
+        if op in (Op.STOP, Op.SKIP_DRAIN, Op.GONE):
+            self.stopped_by_supervisor = True  # the container's stop, not this worker's alone
+        if op == Op.STOP:
             exit_by = message.get("exit_by")
             deadline = None if exit_by is None else float(exit_by)
             self.request_stop_threadsafe(reason, exit_by=deadline)
-        elif op == "skip_drain":
+        elif op == Op.SKIP_DRAIN:
             self._on_loop(functools.partial(self.skip_drain, reason))
-        elif op == GONE:
+        elif op == Op.GONE:
             self._on_loop(functools.partial(self.request_stop, "supervisor gone"))
 
     def _on_loop(self, call: Callable[[], None]) -> None:
@@ -171,7 +181,6 @@ class WorkerRuntime(Runtime):
 
 
 #: What the reader hands on when the supervisor closed its end of the link.
-GONE = "gone"
 
 
 class ControlReader:
@@ -221,7 +230,7 @@ class ControlReader:
     def _read(self) -> None:
         for message in messages(self.control):
             self._dispatch(message)
-        self._dispatch({"op": GONE})
+        self._dispatch({"op": Op.GONE})
 
     def _dispatch(self, message: Message) -> None:
         with self._lock:
@@ -229,15 +238,11 @@ class ControlReader:
             if runtime is None:
                 self._pending.append(message)
                 guard = self.guard
-                if message.get("op") in ("stop", GONE) and guard is not None and guard.in_import:
+                stopping = message.get("op") in (Op.STOP, Op.GONE)
+                if stopping and guard is not None and guard.in_import:
                     signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
                 return
         runtime.on_control(message)
-
-
-def stopped_by_supervisor(runtime: Runtime) -> bool:
-    """Whether this stop is the container's (not this worker's alone)."""
-    return (runtime.stop_reason or "").startswith("supervisor")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -272,31 +277,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     # worker itself does the same), and hand to the runtime after it.
     guard = StartupSignals(("SIGTERM",)).install()
     reader = ControlReader(control, guard)
+
+    def load() -> Target:
+        reader.start()  # in the import block: a stop read from now on interrupts the import
+        return load_target(start.spec, factory=options.factory, app_dir=options.app_dir)
+
     try:
-        try:
-            with guard.importing():
-                reader.start()  # in the block: a stop read from now on interrupts the import
-                target = load_target(start.spec, factory=options.factory, app_dir=options.app_dir)
-        except LoadingStopped as stopped:
-            last_line(
-                "serve.stopped_while_loading", level="info", app=start.spec, signal=stopped.signal
-            )
-            return int(ExitCode.OK)
-        except TargetImportError as exc:
-            return _fail(start, str(exc))
-        except BaseException as exc:  # the app's own code failed while importing: show where
-            # Any BaseException, as ``graceful serve`` without workers: a module that calls
-            # ``sys.exit(3)`` must not end the worker with 3, which reads as "work cut".
-            traceback.print_exception(exc, file=sys.stderr)
-            return _fail(start, failed_to_load(start.spec, exc))
+        target = load_guarded(
+            start.spec,
+            load,
+            guard,
+            command="serve",
+            label=f"graceful serve: worker {start.index}",
+            log_format=start.config.log_format,
+            import_error=lambda message: _fail(start, "serve.failed_to_load", message),
+            worker=start.index,
+        )
+        if isinstance(target, ExitCode):
+            return int(target)
         taken = taken_by_another(listener)
         if taken is not None:
-            return _fail(start, f"cannot listen on {options.address}: {taken.strerror}")
+            return _fail(
+                start,
+                "serve.listen_failed",
+                f"cannot listen on {options.address}: {taken.strerror}",
+            )
         runtime = WorkerRuntime(replace(start.config, admin_port=None), control, reader)
         guard.hand_over(runtime)
         return _serve(runtime, start, listener, target)
     finally:
         guard.restore()
+
+
+def _set(gauge: Gauge, server: str, value: float) -> None:
+    gauge.labels(server=server).set(value)
 
 
 def _drop_in_child(*sockets: socket.socket) -> None:
@@ -310,18 +324,21 @@ def _serve(
 ) -> int:
     options = start.options
 
-    async def serve(runtime: Runtime) -> None:
+    async def serve(_: Runtime) -> None:
         if start.backlog_guard:  # registered first: its stop_accept runs before the server's
-            runtime.add_drainable(BacklogGuard(listener, lambda: stopped_by_supervisor(runtime)))
+            runtime.add_drainable(BacklogGuard(listener, lambda: runtime.stopped_by_supervisor))
         await serve_target(runtime, target, options, sock=listener)
-        assert isinstance(runtime, WorkerRuntime)
         runtime.announce_ready()
 
     return runtime.run(serve)
 
 
-def _fail(start: WorkerStart, message: str) -> int:
-    print(f"graceful serve: worker {start.index}: {message}", file=sys.stderr, flush=True)
+def _fail(start: WorkerStart, event: str, message: str) -> int:
+    # One JSON line where the log is JSON: the supervisor's and the other workers' lines are.
+    if writes_json(start.config.log_format):
+        last_line(event, app=start.spec, error=message, worker=start.index)
+    else:
+        print(f"graceful serve: worker {start.index}: {message}", file=sys.stderr, flush=True)
     return int(ExitCode.ERROR)
 
 

@@ -21,7 +21,8 @@ surrogate, a key or value over its limit, a mapping that JSON would change) is r
 Modules: ``store`` (`DurableStore`), ``batcher`` (`Batcher`), ``values`` (limits, checks and
 the exact encoding), ``sqlite`` (opening, checking and closing the file; errors), ``writer``
 (the writer thread, group commit, the INSERT), ``readers`` (the reader threads), ``jobs``
-(what the threads run and how results reach the event loop).
+(what the threads run and how results reach the event loop), ``identity`` (whether the path
+still names the file that was opened), ``events`` (where the log events go).
 """
 
 from __future__ import annotations

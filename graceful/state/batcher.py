@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Generic, Self, TypeVar
 
 from graceful.exceptions import StateError
 from graceful.hooks import Phase
-from graceful.logs import get_logger
+from graceful.state.events import StateLog
 
 if TYPE_CHECKING:
     from graceful.runtime import Runtime
@@ -75,7 +75,7 @@ class Batcher(Generic[T]):
         self._failing = False
         self._closed = False
         self._runtime: Runtime | None = None
-        self._log = get_logger()
+        self._log = StateLog()
 
     @property
     def pending(self) -> int:

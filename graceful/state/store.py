@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from graceful.exceptions import StateError
 from graceful.hooks import Phase
-from graceful.logs import get_logger
+from graceful.state.events import StateLog
 from graceful.state.readers import Readers
 from graceful.state.sqlite import TABLE, close_connection
 from graceful.state.values import (
@@ -102,7 +102,7 @@ class DurableStore:
         self.max_key_bytes = max_key_bytes
         self.max_value_bytes = max_value_bytes
         self._metrics = CommitMetrics.register(registry)
-        self._log = get_logger()
+        self._log = StateLog()
         self._writer: Writer | None = None
         self._readers: Readers | None = None
         self._accepting = False
@@ -112,7 +112,13 @@ class DurableStore:
     @property
     def is_open(self) -> bool:
         """Whether the store accepts reads and writes."""
-        return self._accepting and self._writer is not None and self._writer.failure is None
+        writer = self._writer
+        return (
+            self._accepting
+            and writer is not None
+            and writer.failure is None
+            and writer.opened.lost is None
+        )
 
     async def open(self) -> None:
         """Open (or create) the database and check it.
@@ -320,10 +326,20 @@ class DurableStore:
         return int(n)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        readers = self._readers
-        if not self._accepting or readers is None:
+        readers, writer = self._readers, self._writer
+        if not self._accepting or readers is None or writer is None:
             raise StateError(f"state store {self.path}: not open")
-        return await readers.submit(fn)
+        if writer.opened.lost is not None:
+            raise StateError(str(writer.opened.lost))
+        try:
+            return await readers.submit(fn)
+        except StateError as exc:
+            # A read of a deleted file fails with SQLite's bare SQLITE_IOERR_FSTAT: say why
+            # (and refuse from now on) when the file is gone. Checked on failure only.
+            lost = writer.opened.check()
+            if lost is not None:
+                raise StateError(str(lost)) from exc
+            raise
 
     # -- the writer thread -----------------------------------------------------------------
 

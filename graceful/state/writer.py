@@ -21,7 +21,8 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from graceful.exceptions import StateError
-from graceful.logs import get_logger
+from graceful.state.events import StateLog
+from graceful.state.identity import FileLost, OpenedFile
 from graceful.state.jobs import Call, Outcome, Write, run_call, settle
 from graceful.state.sqlite import (
     TABLE,
@@ -44,12 +45,14 @@ _MAX_ROWS_PER_STATEMENT: Final = 4096
 
 @dataclass(slots=True)
 class CommitMetrics:
-    """What the writer counts: transactions committed and failed, keys and batch sizes."""
+    """What the writer counts: transactions committed and failed, keys, batch sizes, and
+    files found deleted or replaced while open."""
 
     commits: Counter
     failures: Counter
     items: Counter
     batch_size: Histogram
+    lost: Counter
 
     @classmethod
     def register(cls, registry: CollectorRegistry | None) -> CommitMetrics:
@@ -79,6 +82,12 @@ class CommitMetrics:
                 buckets=_BATCH_BUCKETS,
                 registry=reg,
             ),
+            lost=Counter(
+                "graceful_state_file_lost",
+                "Openings that found their file (or its -wal) deleted or replaced; the store "
+                "refused every later call.",
+                registry=reg,
+            ),
         )
 
 
@@ -101,13 +110,15 @@ class Writer:
         self.max_batch = max_batch
         self._loop = loop
         self._metrics = metrics
-        self._log = get_logger()
+        self._log = StateLog()
         self._queue: queue.SimpleQueue[Write | Call] = queue.SimpleQueue()
         # Held while a job is queued and while a dying writer thread empties the queue, so no
         # job can slip in after the last one was failed.
         self._queue_lock = threading.Lock()
         #: Why the thread died, once it has: every later job fails with it.
         self.failure: StateError | None = None
+        #: What the path named when the file was opened: checked before each acknowledgement.
+        self.opened = OpenedFile(path, metrics.lost)
 
     def start(
         self, *, busy_timeout: float, check: bool
@@ -158,6 +169,11 @@ class Writer:
     ) -> None:
         try:
             conn, readers = connect_all(self.path, busy_timeout, check)
+            try:
+                self.opened.record()
+            except BaseException:
+                close_quietly([*readers, conn])
+                raise
         except BaseException as exc:  # open() must get an answer, whatever went wrong
             error = (
                 exc if isinstance(exc, StateError) else state_error(self.path, "cannot open", exc)
@@ -185,6 +201,10 @@ class Writer:
             in_hand[:] = [job]
             if isinstance(job, Call):
                 if job.last:
+                    # A close after the file went away fails, loudly: what this opening
+                    # acknowledged before is gone with it (the connections are closed all the
+                    # same, and SQLite neither checkpoints nor deletes a moved file's log).
+                    self._refuse_if_lost(conn)
                     # Normally closed by their own threads already; not if open() was cancelled.
                     close_quietly(readers)
                 settle(self._loop, [run_call(job, conn, self.path)])
@@ -207,8 +227,18 @@ class Writer:
                 batch.append(nxt)
                 in_hand.append(nxt)
                 size += len(nxt.rows)
-            settle(self._loop, self._commit(conn, batch))
+            outcomes = self._commit(conn, batch)
+            # Before the acknowledgement: committed into a file that is no longer at the path
+            # is not stored. The batch (still in hand) and everything after it fail.
+            self._refuse_if_lost(conn)
+            settle(self._loop, outcomes)
             in_hand.clear()
+
+    def _refuse_if_lost(self, conn: sqlite3.Connection) -> None:
+        lost = self.opened.check()
+        if lost is not None:
+            _empty_the_log(conn)
+            raise lost
 
     def _commit(self, conn: sqlite3.Connection, batch: list[Write]) -> list[Outcome]:
         size = sum(len(w.rows) for w in batch)
@@ -236,7 +266,10 @@ class Writer:
 
     def _fail_everything(self, exc: BaseException, in_hand: list[Write | Call]) -> None:
         """The writer thread is dying: fail every queued call now and every later one."""
-        failure = state_error(self.path, "the writer thread failed", exc)
+        if isinstance(exc, FileLost):
+            failure: StateError = exc  # logged once already, by the check that found it
+        else:
+            failure = state_error(self.path, "the writer thread failed", exc)
         with self._queue_lock:
             self.failure = failure
             jobs = list(in_hand)
@@ -245,8 +278,26 @@ class Writer:
                     jobs.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-        self._log.error("state.writer_failed", path=self.path, error=str(failure))
+        if failure is not exc:
+            self._log.error("state.writer_failed", path=self.path, error=str(failure))
         settle(self._loop, [(job.future, StateError(str(failure))) for job in jobs])
+
+
+def _empty_the_log(conn: sqlite3.Connection) -> None:
+    """Move every commit from the log into the opened file, then truncate the log.
+
+    Once the file at the path is not the one opened, the log is poison: SQLite leaves it at
+    ``<path>-wal`` (it neither checkpoints nor deletes the log of a moved file on close), and
+    the next opening would replay it onto whatever file is now at the path, a restored backup
+    included. Checkpointed through the open descriptors, the commits land in the opened file
+    (which may live on under another name) and the log becomes empty; when only the log was
+    deleted, the acknowledged writes it held are saved into the file that is still there.
+    Best effort: another process reading the file can keep part of the log from moving.
+    """
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.Error:
+        pass
 
 
 # -- the INSERT --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 
-import graceful.draining
+import graceful.closing
 from graceful.serve.worker import main
 
 
@@ -17,8 +17,8 @@ def _not_filtered(sock: socket.socket) -> bool:
     return False
 
 
-if hasattr(graceful.draining, "refuse_new_connections"):
-    graceful.draining.refuse_new_connections = _not_filtered  # type: ignore[assignment]
+if hasattr(graceful.closing, "refuse_new_connections"):
+    graceful.closing.refuse_new_connections = _not_filtered  # type: ignore[assignment]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -6,7 +6,9 @@ It logs through the standard library only, as most apps do.
 - ``GET /slow?s=1.0``: logs ``slow started``, sleeps, answers ``done``.
 - ``GET /sse?limit=N``: a server-sent event every 0.1 s until the server drains (then a
   last ``event: bye``) or N ticks were sent.
-- ``GET /sse-deaf``: the same stream, deaf to the stop (a control: cut at the deadline).
+- ``GET /sse-deaf``: the same stream, deaf to the stop (graceful ends it at the drain's start).
+- ``GET /stream-deaf``: an endless ``text/plain`` stream deaf to the stop (a control: cut at
+  the deadline).
 - ``GET /log``: logs an info line with an extra field and a warning.
 - ``GET /boom``: raises (uvicorn logs the traceback).
 - ``GET /whoami``: the client, scheme and root_path the app sees (proxy headers, root path).
@@ -68,6 +70,15 @@ async def sse_deaf(request: Request) -> Response:
     return StreamingResponse(ticks(), media_type="text/event-stream")
 
 
+async def stream_deaf(request: Request) -> Response:
+    async def lines() -> AsyncIterator[str]:
+        while True:
+            yield "line\n"
+            await asyncio.sleep(0.1)
+
+    return StreamingResponse(lines(), media_type="text/plain")
+
+
 async def log_lines(request: Request) -> Response:
     log.info("user logged in", extra={"user": "ada"})
     log.warning("disk almost full")
@@ -98,6 +109,7 @@ app = Starlette(
         Route("/slow", slow),
         Route("/sse", sse),
         Route("/sse-deaf", sse_deaf),
+        Route("/stream-deaf", stream_deaf),
         Route("/log", log_lines),
         Route("/boom", boom),
         Route("/whoami", whoami),

@@ -19,12 +19,12 @@ from graceful.harness.container import (
 )
 from graceful.harness.context import HANG_GUARD_S, Context, Findings, Service, gather_bounded
 from graceful.harness.contract import Capability
+from graceful.harness.durability import judge_writes
 from graceful.harness.judges import (
     judge_exit,
     judge_inflight,
     judge_report_events,
     judge_traceback,
-    judge_writes,
     wait_signalled_exit,
 )
 from graceful.harness.load import Kind, Ledger

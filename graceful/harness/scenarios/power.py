@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import httpx
-
-from graceful.harness.container import ContainerError, StopResult
+from graceful.harness.container import StopResult
 from graceful.harness.context import HANG_GUARD_S, Context, Findings, Service
 from graceful.harness.contract import Capability
+from graceful.harness.durability import READ_ERRORS, read_back
 from graceful.harness.engine import remove
 from graceful.harness.load import Ledger
 from graceful.harness.powerloss import CutReport, PowerLossVolume, unavailable
@@ -265,8 +264,8 @@ async def _judge_after_cut(
         f.problem("no write was acknowledged before the power cut, so nothing could be checked")
         return 0
     try:
-        stored = await ctx.stored_after_restart(volume.path)
-    except (ContainerError, httpx.HTTPError, KeyError, ValueError) as exc:
+        stored = await read_back(ctx, volume.path, acked)
+    except READ_ERRORS as exc:
         f.problem(
             "after a power cut the store did not open cleanly: a new container on the same "
             f"volume did not start, become ready and list its items ({dropped}): {exc}"

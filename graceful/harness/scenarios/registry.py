@@ -20,6 +20,7 @@ import graceful.harness.scenarios.kill as kill
 import graceful.harness.scenarios.power as power
 import graceful.harness.scenarios.stop as stop
 import graceful.harness.scenarios.stream as stream
+import graceful.harness.scenarios.swarm as swarm
 from graceful.harness.container import ImageInfo
 from graceful.harness.context import Context, Findings, Progress, Settings
 from graceful.harness.contract import Capability, Contract
@@ -71,6 +72,7 @@ _REGISTRY: dict[str, type[Scenario]] = {
         kill.Signals,
         stream.StopDuringStream,
         RollingRestart,
+        swarm.SwarmUpdate,
         power.PowerLoss,
     )
 }
