@@ -185,6 +185,31 @@ def table(case: Case, data: dict[str, Any], minutes: float) -> str:
     return "\n".join(lines)
 
 
+def summary(results: dict[str, Any]) -> str:
+    """One row per case, side by side."""
+    lines = [
+        (
+            "| case | balancer profile | GRACEFUL_DELAY | requests | failed | replaced tasks' "
+            "exit | stop times (s) |"
+        ),
+        "|---|---|---|---:|---:|---|---|",
+    ]
+    for key, data in results.items():
+        case = CASES[key]
+        tasks = [t for r in data["rolls"] for t in r["tasks"]]
+        codes = {str(t["exit_code"]) for t in tasks}
+        stops = [t["stop_seconds"] for t in tasks if t["stop_seconds"] is not None]
+        exits = f"{len(tasks)} x {codes.pop()}" if len(codes) == 1 else ", ".join(sorted(codes))
+        delay = "-" if case.plain else f"{data['delay']:g} s"
+        sent = sum(r["sent"] for r in data["rolls"])
+        failed = sum(r["failed"] for r in data["rolls"])
+        lines.append(
+            f"| {case.title.split(',')[0]} | {case.profile} | {delay} | {sent:,} | **{failed}** "
+            f"| {exits} | {min(stops, default=0):.1f}-{max(stops, default=0):.1f} |"
+        )
+    return "\n".join(lines)
+
+
 HEADER = """# Swarm rolling updates (`bench/bench_swarm.py`)
 
 `docker service update --force` of a 3-task Swarm service (`--endpoint-mode dnsrr`,
@@ -192,7 +217,9 @@ parallelism 1, alternately stop-first and start-first) behind HAProxy on `tasks.
 retrying nothing, with 8 clients through the balancer's 127.0.0.1 port the whole time. The
 balancer's profile decides how soon it stops routing to a task Swarm is replacing
 ([docs/swarm.md](docs/swarm.md)); the plain-uvicorn control shows what happens without a
-delay phase, measured in the same run.
+delay phase, measured in the same run. Under a profile that keeps a task's address after it
+left DNS (default: `hold obsolete 30s`), a failed request mostly waits 2 s for HAProxy's connect
+timeout to a task that is gone (`503 sC--`), which is why those runs send few requests.
 """
 
 
@@ -223,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             out = ROOT / "build" / "bench-swarm.json"
             out.parent.mkdir(exist_ok=True)
             out.write_text(json.dumps(results, indent=2))
-            (BENCH / "results" / "swarm.md").write_text("\n\n".join(parts) + "\n")
+            document = [parts[0], summary(results), *parts[1:]]
+            (BENCH / "results" / "swarm.md").write_text("\n\n".join(document) + "\n")
     finally:
         engine.close()
     print("wrote bench/results/swarm.md (bench/run.py --collect-only puts it in BENCHMARKS.md)")

@@ -26,7 +26,7 @@ from graceful.budget import Budget
 from graceful.config import ENV_VARS, Config
 from graceful.exceptions import ConfigError
 from graceful.probe import DEFAULT_ADMIN_PORT, probe
-from graceful.runtime import ExitCode, Runtime
+from graceful.runtime import Runtime
 from graceful.serve.app import serve_target
 from graceful.serve.options import DEFAULT_HOST, DEFAULT_PORT, SERVE_ENV_VARS, ServeOptions
 from graceful.serve.stopping import StopDeadlines, worker_config
@@ -37,6 +37,7 @@ from graceful.serve.target import (
     load_target,
     web_app_kind,
 )
+from graceful.status import ExitCode
 from graceful.swarm_settings import swarm_lines, swarm_settings
 
 __all__ = ["import_target", "main"]

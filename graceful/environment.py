@@ -60,11 +60,11 @@ def from_environment(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}  # field -> "VARIABLE='raw value'"
     for name, var in variables.items():
-        raw = environ.get(var, "").strip()
-        if not raw or name in overrides:
+        raw = environ.get(var, "")
+        if not raw.strip() or name in overrides:
             continue
-        sources[name] = f"{var}={raw!r}"
-        values[name] = parse(name, raw, sources[name])
+        sources[name] = f"{var}={raw!r}"  # as set: a stray control character shows
+        values[name] = parse(name, raw.strip(), sources[name])
     values.update(overrides)
     defaults = {f.name: getattr(cls(), f.name) for f in fields(cls)}  # type: ignore[arg-type]
     merged = {**defaults, **values}

@@ -32,7 +32,6 @@ from graceful.budget import Budget
 from graceful.config import Config
 from graceful.draining import Drainable
 from graceful.exceptions import ConfigError
-from graceful.health import AdminServer
 from graceful.hooks import Phase
 from graceful.logs import get_logger, lossy_output
 from graceful.metrics import Metrics
@@ -110,7 +109,6 @@ class Runtime(Registrations):
         self.state = LifecycleState.STARTING
         self.stop_reason: str | None = None
         self.exit_code: int | None = None
-        self.admin: AdminServer | None = None
         self._main_task: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = asyncio.Event()
@@ -314,21 +312,13 @@ class Runtime(Registrations):
 
     async def _start(self) -> StartOutcome:
         """Start the admin server and run the startup steps; a stop signal aborts startup."""
-        if self.config.admin_port is not None:
-            self.admin = AdminServer(
-                host=self.config.admin_host,
-                port=self.config.admin_port,
-                is_live=lambda: self.state is not LifecycleState.STOPPED,
-                is_ready=lambda: self.ready,
-                registry=self.registry,
-            )
-            try:
-                await self.admin.start()
-            except ConfigError as exc:
-                self.log.error("startup.failed", error=str(exc))
-                self.admin = None
-                return StartOutcome.FAILED
-            self.log.info("admin.listening", host=self.config.admin_host, port=self.admin.port)
+        started = await self._shell.start_admin(
+            is_live=lambda: self.state is not LifecycleState.STOPPED,
+            is_ready=lambda: self.ready,
+            registry=self.registry,
+        )
+        if not started:
+            return StartOutcome.FAILED
         outcome = await run_startup(self._startup_steps, self._stop_requested, self.log)
         if outcome is StartOutcome.ABORTED:
             self.log.warning("startup.aborted", reason=self.stop_reason)
@@ -408,8 +398,7 @@ class Runtime(Registrations):
         async def before_close() -> None:
             if reaper is not None:
                 await reaper.stop()
-            if self.admin is not None:
-                await self.admin.close()
+            await self._shell.close_admin()
 
         result = await stop.run(before_close)
         code = self.recorder.exit_code(

@@ -24,9 +24,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
+from prometheus_client import CollectorRegistry
 
 from graceful.config import Config
 from graceful.exceptions import ConfigError
+from graceful.health import AdminServer
 from graceful.logs import configure_logging
 from graceful.loops import loop_factory
 from graceful.runner import run_on_new_loop
@@ -68,6 +70,7 @@ class ProcessShell:
         self.first_signal: signal.Signals | None = None
         self.signals: StopSignals | None = None
         self.watchdog: Watchdog | None = None
+        self.admin: AdminServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._early: list[tuple[signal.Signals, Escalation]] = []
 
@@ -109,6 +112,43 @@ class ProcessShell:
         if self.signal_at is not None:  # a signal came already: its deadline holds
             self.watchdog.arm(self._exit_at(self.signal_at))
         return run_on_new_loop(factory, serve())
+
+    async def start_admin(
+        self,
+        *,
+        is_live: Callable[[], bool],
+        is_ready: Callable[[], bool],
+        registry: CollectorRegistry,
+    ) -> bool:
+        """Start the admin server (``/livez``, ``/readyz``, ``/metrics``) if a port is set.
+
+        Returns:
+            False when it could not start (the port taken, the host unknown): logged as
+            ``startup.failed``, a failed startup.
+        """
+        config = self.config
+        if config.admin_port is None:
+            return True
+        admin = AdminServer(
+            host=config.admin_host,
+            port=config.admin_port,
+            is_live=is_live,
+            is_ready=is_ready,
+            registry=registry,
+        )
+        try:
+            await admin.start()
+        except ConfigError as exc:
+            self.log.error("startup.failed", error=str(exc))
+            return False
+        self.admin = admin
+        self.log.info("admin.listening", host=config.admin_host, port=admin.port)
+        return True
+
+    async def close_admin(self) -> None:
+        """Stop the admin server, last of all (the final scrape)."""
+        if self.admin is not None:
+            await self.admin.close()
 
     def release(self, *, keep_watchdog: bool = False) -> None:
         """Give the process back: the previous signal handlers, the watchdog off (unless the

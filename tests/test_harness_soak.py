@@ -219,7 +219,11 @@ def test_a_short_soak_on_an_example_loses_nothing(graceful_engine: Engine, tmp_p
         "--json", str(path),
     )  # fmt: skip
     assert code == 0, out + err
-    assert err.startswith(f"graceful harness soak: graceful-example-asgi, seed 13, {len(faults)}")
+    assert err.startswith("config: ")  # which [tool.graceful.harness] table applied (none)
+    progress = err.split("\n", 1)[1]
+    assert progress.startswith(
+        f"graceful harness soak: graceful-example-asgi, seed 13, {len(faults)}"
+    )
     data = json.loads(path.read_text())
     assert data["seed"] == 13
     assert sorted(r["fault"] for r in data["rounds"]) == sorted(faults)

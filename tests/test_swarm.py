@@ -23,7 +23,7 @@ import re
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -33,7 +33,7 @@ from graceful.harness.pytest_plugin import in_ci
 from graceful.harness.scenarios import make_scenarios, scenario_names
 from graceful.harness.scenarios.swarm import SwarmUpdate, configure
 from graceful.harness.swarm_profile import PROFILES, SWARM_WAIT_S, parse_profile
-from graceful.harness.swarm_state import SwarmState, swarm_state
+from graceful.harness.swarm_state import SwarmState, swarm_state, take_lock
 from tests.support import ROOT
 
 if TYPE_CHECKING:
@@ -42,6 +42,12 @@ if TYPE_CHECKING:
 
 CONF = ROOT / "graceful" / "harness" / "haproxy_swarm.conf"
 EXAMPLE = "graceful-example-asgi"
+
+
+def swarm_view(client: Any, *networks: str) -> SwarmState:
+    """The part of the engine a swarm run may touch: its swarm state, services, the swarm's
+    networks and ``networks`` (other agents' bridge networks come and go on a shared engine)."""
+    return swarm_state(client).only(networks)
 
 
 # -- 1. without an engine ---------------------------------------------------------------------
@@ -227,7 +233,7 @@ def test_a_short_start_first_roll_loses_nothing_and_leaves_the_engine_as_it_was(
     Result: PASS, no failed request, both replaced tasks exited 0 (Swarm's record), the
     update completed, and the engine's state is what it was in step 1.
     """
-    before = swarm_state(graceful_engine.client)
+    before = swarm_view(graceful_engine.client)
     scenario = SwarmUpdate(replicas=2, rolls=("start-first",), profile=PROFILES["fast"])
     result = run_swarm(graceful_engine, EXAMPLE, scenario)
     assert result.passed, result.findings
@@ -238,7 +244,7 @@ def test_a_short_start_first_roll_loses_nothing_and_leaves_the_engine_as_it_was(
     assert re.search(r"roll 1 \(start-first, completed in \d+ s\): 0 of \d+ requests failed; "
                      r"2 tasks stopped \(exit 0\)", text), text  # fmt: skip
     assert "the engine's swarm state, services and networks are as they were" in text
-    assert swarm_state(graceful_engine.client) == before
+    assert swarm_view(graceful_engine.client) == before
 
 
 @pytest.mark.docker
@@ -254,8 +260,10 @@ def test_a_swarm_with_a_service_of_someone_else_is_refused_and_left_alone(
     import docker.errors
 
     client = graceful_engine.client
-    before = swarm_state(client)
+    lock = take_lock()  # swarm runs on this machine take turns
+    before = swarm_view(client)
     if before.node_state != "inactive":
+        lock.close()
         pytest.skip("the engine is already in a swarm: this test makes its own")
     client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
     try:
@@ -264,17 +272,26 @@ def test_a_swarm_with_a_service_of_someone_else_is_refused_and_left_alone(
         while not any(t["Status"]["State"] == "running" for t in theirs.tasks()):
             assert time.monotonic() < deadline, theirs.tasks()
             time.sleep(0.2)
-        during = swarm_state(client)
+        during = swarm_view(client)
+        lock.close()  # the harness takes it for its run
         result = run_swarm(graceful_engine, EXAMPLE, SwarmUpdate(replicas=1))
+        lock = take_lock()
         assert not result.passed
         (problem,) = result.problems
         assert "1 service(s) the harness does not own (someone-elses-lb)" in problem
-        assert swarm_state(client) == during
+        after = swarm_view(client)
+        assert (after.node_state, after.services) == (during.node_state, during.services)
+        # The engine makes docker_gwbridge by itself, some time after the swarm's first task;
+        # whatever else the harness might have touched must be as it was.
+        gwbridge = {"docker_gwbridge"}
+        assert after.networks - gwbridge == during.networks - gwbridge
+        assert gwbridge & during.networks <= after.networks
     finally:
-        for service in client.services.list():
-            if service.name == "someone-elses-lb":
-                service.remove()
-        client.swarm.leave(force=True)
+        with contextlib.suppress(docker.errors.APIError):
+            client.services.get("someone-elses-lb").remove()
+        with contextlib.suppress(docker.errors.APIError):
+            client.swarm.leave(force=True)
         if "docker_gwbridge" not in before.networks:
             with contextlib.suppress(docker.errors.APIError):
                 client.api.remove_network("docker_gwbridge")
+        lock.close()

@@ -18,6 +18,7 @@ tests/test_swarm.py instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -35,10 +36,10 @@ import pytest
 
 from graceful.harness.scenarios.swarm import SwarmUpdate
 from graceful.harness.swarm_profile import PROFILES
-from graceful.harness.swarm_state import swarm_state, take_lock
+from graceful.harness.swarm_state import take_lock
 from graceful.harness.workload import Workload
 from tests.support import ROOT, free_port
-from tests.test_swarm import EXAMPLE, swarm_images  # noqa: F401 (a fixture)
+from tests.test_swarm import EXAMPLE, swarm_images, swarm_view  # noqa: F401 (a fixture)
 
 if TYPE_CHECKING:
     from graceful.harness.engine import Engine
@@ -155,7 +156,7 @@ def test_the_example_without_a_delay_fails_under_the_default_profile(
 def test_the_cli_passes_three_rolls_under_the_default_profile(
     graceful_engine: Engine, tmp_path: Path
 ) -> None:
-    before = swarm_state(graceful_engine.client)
+    before = swarm_view(graceful_engine.client)
     out = tmp_path / "report.json"
     proc = subprocess.run(
         [sys.executable, "-m", "graceful.harness", "run", "--image", EXAMPLE,
@@ -172,7 +173,7 @@ def test_the_cli_passes_three_rolls_under_the_default_profile(
         assert f"roll {number} ({kind}, completed" in text
     assert "load balancer profile default (hold valid 10s, hold obsolete 30s" in text
     assert "GRACEFUL_DELAY >= 7 s; the tasks ran with GRACEFUL_DELAY=8 s" in text
-    assert swarm_state(graceful_engine.client) == before
+    assert swarm_view(graceful_engine.client) == before
 
 
 # -- 3. the stack file ------------------------------------------------------------------------
@@ -209,69 +210,74 @@ def test_the_stack_file_deploys_and_loses_nothing_through_an_update(
 
     Result: every request answered 200, the update completed, the engine as before.
     """
+    import docker.errors
+
     client = graceful_engine.client
     lock = take_lock()
+    stack = f"gstest{os.getpid()}"
+    network = f"{stack}_app"
+    made = False
     try:
-        before = swarm_state(client)
-        made = before.node_state == "inactive"
-        if made:
+        before = swarm_view(client, network)
+        if before.node_state == "inactive":
             client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+            made = True
         elif before.services:
             pytest.skip("the engine's swarm runs services: not deploying beside them")
         port = free_port()
-        stack = f"gstest{os.getpid()}"
+        _docker("stack", "deploy", "-c", "deploy/swarm/stack.yml", stack,
+                env={"GRACEFUL_LB_PORT": str(port)})  # fmt: skip
+        url = f"http://127.0.0.1:{port}/work?ms=20"
+        deadline = time.monotonic() + 120
+        while _get(url) != "200":
+            assert time.monotonic() < deadline, "the stack never answered through its LB"
+            time.sleep(0.5)
+        outcomes: Counter[str] = Counter()
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                outcomes[_get(url)] += 1
+
+        workers = [threading.Thread(target=load) for _ in range(4)]
+        for worker in workers:
+            worker.start()
         try:
-            _docker("stack", "deploy", "-c", "deploy/swarm/stack.yml", stack,
-                    env={"GRACEFUL_LB_PORT": str(port)})  # fmt: skip
-            url = f"http://127.0.0.1:{port}/work?ms=20"
-            deadline = time.monotonic() + 120
-            while _get(url) != "200":
-                assert time.monotonic() < deadline, "the stack never answered through its LB"
-                time.sleep(0.5)
-            outcomes: Counter[str] = Counter()
-            stop = threading.Event()
-
-            def load() -> None:
-                while not stop.is_set():
-                    outcomes[_get(url)] += 1
-
-            workers = [threading.Thread(target=load) for _ in range(4)]
-            for worker in workers:
-                worker.start()
-            try:
-                _docker("service", "update", "--force", "--detach=false", f"{stack}_app")
-                state = _docker("service", "inspect", f"{stack}_app",
-                                "--format", "{{.UpdateStatus.State}}")  # fmt: skip
-            finally:
-                stop.set()
-                for worker in workers:
-                    worker.join(30)
-            print(dict(outcomes))
-            assert state.strip() == "completed"
-            assert outcomes["200"] > 100
-            assert set(outcomes) == {"200"}, outcomes
+            _docker("service", "update", "--force", "--detach=false", f"{stack}_app")
+            state = _docker("service", "inspect", f"{stack}_app",
+                            "--format", "{{.UpdateStatus.State}}")  # fmt: skip
         finally:
-            subprocess.run(["docker", "stack", "rm", stack], check=False, timeout=60)
-            deadline = time.monotonic() + 60
-            mine = {"label": f"com.docker.stack.namespace={stack}"}
-            while client.containers.list(all=True, filters=mine):
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-            for network in client.networks.list(filters=mine):
-                for _ in range(40):
-                    try:
-                        network.remove()
-                        break
-                    except Exception:
-                        time.sleep(0.5)
-            if made:
-                client.swarm.leave(force=True)
-                if "docker_gwbridge" not in before.networks:
-                    client.api.remove_network("docker_gwbridge")
-        assert swarm_state(client) == before
+            stop.set()
+            for worker in workers:
+                worker.join(30)
+        print(dict(outcomes))
+        assert state.strip() == "completed"
+        assert outcomes["200"] > 100
+        assert set(outcomes) == {"200"}, outcomes
     finally:
+        # Each step on its own: one that fails must not leave the swarm behind.
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            subprocess.run(["docker", "stack", "rm", stack], check=False, timeout=60)
+        mine = {"label": f"com.docker.stack.namespace={stack}"}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and client.containers.list(all=True, filters=mine):
+            time.sleep(0.5)
+        for _ in range(40):
+            left = client.networks.list(filters=mine)
+            if not left:
+                break
+            for net in left:
+                with contextlib.suppress(docker.errors.APIError):
+                    net.remove()
+            time.sleep(0.5)
+        if made:
+            with contextlib.suppress(docker.errors.APIError):
+                client.swarm.leave(force=True)
+            if "docker_gwbridge" not in before.networks:
+                with contextlib.suppress(docker.errors.APIError):
+                    client.api.remove_network("docker_gwbridge")
         lock.close()
+    assert swarm_view(client, network) == before
 
 
 # -- 4. Ctrl-C --------------------------------------------------------------------------------
@@ -288,7 +294,7 @@ def test_ctrl_c_leaves_the_engine_as_it_was(graceful_engine: Engine, after: floa
     left; the swarm state is what it was (and the machine's swarm lock is free again).
     """
     client = graceful_engine.client
-    before = swarm_state(client)
+    before = swarm_view(client)
     proc = subprocess.Popen(
         [sys.executable, "-m", "graceful.harness", "run", "--image", EXAMPLE,
          "--scenario", "swarm-update", "--swarm-lb", "fast"],
@@ -304,7 +310,7 @@ def test_ctrl_c_leaves_the_engine_as_it_was(graceful_engine: Engine, after: floa
             proc.wait()
     print(output)
     assert proc.returncode == 130, output
-    assert swarm_state(client) == before
+    assert swarm_view(client) == before
     assert not client.containers.list(all=True, filters={"label": "com.docker.swarm.service.id"})
     take_lock(timeout=5).close()  # nobody holds it any more
 
@@ -318,7 +324,7 @@ def test_graceful_harness_clean_removes_what_a_killed_run_left(graceful_engine: 
     there); after 2 the swarm state, services and networks are what they were before 1.
     """
     client = graceful_engine.client
-    before = swarm_state(client)
+    before = swarm_view(client)
     proc = subprocess.Popen(
         [sys.executable, "-m", "graceful.harness", "run", "--image", EXAMPLE,
          "--scenario", "swarm-update", "--swarm-lb", "fast"],
@@ -326,13 +332,13 @@ def test_graceful_harness_clean_removes_what_a_killed_run_left(graceful_engine: 
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not swarm_state(client).services - before.services:
+        while not swarm_view(client).services - before.services:
             assert time.monotonic() < deadline, "the run never created its service"
             time.sleep(0.5)
     finally:
         proc.kill()
         proc.wait()
-    left = swarm_state(client)
+    left = swarm_view(client)
     assert left != before
     clean = subprocess.run(
         [sys.executable, "-m", "graceful.harness", "clean"],
@@ -340,4 +346,4 @@ def test_graceful_harness_clean_removes_what_a_killed_run_left(graceful_engine: 
     )  # fmt: skip
     assert clean.returncode == 0, clean.stderr
     assert "Swarm services/networks/swarms left by harness runs" in clean.stdout
-    assert swarm_state(client) == before
+    assert swarm_view(client) == before

@@ -28,7 +28,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from graceful.exceptions import ConfigError, GracefulError
+from graceful.exceptions import GracefulError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="NAME",
         help="scenario to run (repeatable or comma-separated; every default one when omitted; "
-        "opt-in ones such as rolling-restart and power-loss only when named; see `list`)",
+        "opt-in ones (rolling-restart, swarm-update, power-loss) only when named; see `list`)",
     )
     run.add_argument("--json", metavar="PATH", help="also write the JSON report here")
     run.add_argument(
@@ -204,11 +204,12 @@ def _image_options(run: argparse.ArgumentParser) -> None:
         help="extra environment for the service (repeatable)",
     )
     run.add_argument("--startup-timeout", type=float, help="seconds to become ready (60)")
-    run.add_argument(
-        "--init",
-        action="store_true",
-        default=None,
-        help="run the service under docker's --init (tini)",
+    init = run.add_mutually_exclusive_group()
+    init.add_argument(
+        "--init", action="store_true", default=None, help="run the service under docker's --init"
+    )
+    init.add_argument(
+        "--no-init", dest="init", action="store_false", default=None, help="turn init = true off"
     )
     run.add_argument("--probe-image", help="image with python3 for the in-network prober")
 
@@ -269,36 +270,24 @@ def _clean(*, everything: bool) -> int:
 
 
 def _config(args: argparse.Namespace) -> HarnessConfig:
-    """The app's description: the options, over the pyproject.toml table, over the defaults.
+    """The options over the pyproject.toml table (:func:`graceful.harness.settings.from_args`)."""
+    from graceful.harness.settings import from_args
 
-    Raises:
-        ConfigError: an option, a key or a combination it cannot use (the message says which).
-    """
-    from graceful.harness.settings import KEYS, load
-
-    renamed = {"build_args": "build_arg", "scenarios": "scenario"}
-    flags = {key: getattr(args, renamed.get(key, key), None) for key in KEYS}
-    return load(flags, config=getattr(args, "config", None))
+    return from_args(args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from graceful.harness.scenarios import default_names, scenario_names
+    from graceful.harness.scenarios import default_names
+    from graceful.harness.settings import checked_from_args, record_source
 
-    config = _checked_config(args)
+    config = checked_from_args(args)
     if config is None:
         return 2
-    # Opt-in scenarios (rolling-restart, power-loss) run only when named.
-    known = scenario_names(opt_in=True)
+    # Opt-in scenarios (rolling-restart, swarm-update, power-loss) run only when named; the
+    # names were checked with the table (an unknown one names its flag or key).
     names: list[str] = []
     for item in config.scenarios or default_names(config.workload):
         names.extend(n.strip() for n in item.split(",") if n.strip())
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        print(
-            f"graceful harness: unknown scenario {', '.join(unknown)}; known: {', '.join(known)}",
-            file=sys.stderr,
-        )
-        return 2
     from graceful.harness.scenarios import make_scenarios
     from graceful.harness.scenarios.swarm import configure
 
@@ -329,15 +318,19 @@ def _run(args: argparse.Namespace) -> int:
         return report.exit_code(strict=args.strict)
 
     progress = Progress(sys.stderr)
-    return _with_image(config, progress, scenarios)
+    code = _with_image(config, progress, scenarios)
+    if code in (0, 1):  # a report was written: name the pyproject.toml in it
+        record_source(args.json, config)
+    return code
 
 
 def _soak(args: argparse.Namespace) -> int:
     import secrets
 
+    from graceful.harness.settings import checked_from_args, record_source
     from graceful.harness.soak import SoakOptions, choose_faults
 
-    config = _checked_config(args)
+    config = checked_from_args(args)
     if config is None:
         return 2
     try:
@@ -360,24 +353,10 @@ def _soak(args: argparse.Namespace) -> int:
             json_path=args.json, left_out=left_out,
         )  # fmt: skip
 
-    return _with_image(config, progress, soak)
-
-
-def _checked_config(args: argparse.Namespace) -> HarnessConfig | None:
-    """The app's description, or None after saying what is wrong with it."""
-    try:
-        config = _config(args)
-    except ConfigError as exc:
-        print(f"graceful harness: {exc}", file=sys.stderr)
-        return None
-    if not config.image and not config.build:
-        print(
-            "graceful harness: --image IMAGE (or --build PATH) is required, or image (or "
-            "build) in [tool.graceful.harness] of pyproject.toml",
-            file=sys.stderr,
-        )
-        return None
-    return config
+    code = _with_image(config, progress, soak)
+    if code in (0, 1):
+        record_source(args.json, config)
+    return code
 
 
 _ONE_MOMENT = "graceful harness: removing what this run created; one moment"

@@ -353,21 +353,6 @@ class Context:
             id_prefix=f"{self.engine.run_id}-{self.scenario}",
         )
 
-    async def stored_after_restart(self, volume: str) -> set[str]:
-        """Start a new container on ``volume``, read the stored ids, stop it.
-
-        Raises:
-            ContainerError: the new container did not come up.
-            httpx.HTTPError: reading the items failed.
-        """
-        self.step("restarting on the same volume")
-        service = await self.start(volume)
-        try:
-            async with self.client(service, Ledger()) as client:
-                return await client.stored_ids()
-        finally:
-            await self.kill(service, "SIGKILL")
-
     def track(self, container: Container) -> None:
         """Remove ``container`` with this scenario's own (for sidecars started elsewhere)."""
         self._containers.append(container.id)

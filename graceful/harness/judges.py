@@ -5,7 +5,7 @@ Each ``judge_*`` function adds findings (problems fail the scenario, notes do no
 wrong it says so: :func:`sigkill_diagnosis` reads the image's configuration and PID 1's signal
 masks (a shell-form ``CMD``, a shell that does not forward, no handler for the stop signal, a
 drain not bounded by the stop timeout); :func:`describe_exit` names the other exit codes,
-graceful's in the words of :class:`~graceful.runtime.ExitCode` itself.
+graceful's in the words of :class:`~graceful.status.ExitCode` itself.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from graceful.harness.load import Kind, Ledger, Record, describe_failures
 from graceful.harness.probe_script import PROBE_TIMEOUT_S
 from graceful.harness.prober import PROBE_INTERVAL_S, ProbeEvent
 from graceful.harness.workload import Workload
-from graceful.runtime import ExitCode
+from graceful.status import ExitCode
 
 __all__ = [
     "describe_exit",
@@ -178,7 +178,7 @@ async def wait_signalled_exit(
 
 def describe_exit(code: int, stop: StopResult) -> str:
     """Plain words for an exit code that is not the expected one: death by a signal, or what
-    graceful's :class:`~graceful.runtime.ExitCode` says the code means."""
+    graceful's :class:`~graceful.status.ExitCode` says the code means."""
     after = f"after {stop.seconds:.2f} s"
     if code == 137:
         if stop.oom_killed:

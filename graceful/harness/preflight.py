@@ -197,7 +197,9 @@ async def _check_read(client: LoadClient, w: Workload, written: str) -> Check:
 async def _check_stream(ctx: Context, service: Service) -> list[Check]:
     w = ctx.workload
     if not w.has_stream:
-        return [Check(Capability.STREAM, False, "no stream path (--stream-path)")]
+        # Named by every source it can come from: the table, pytest's option, the CLI's.
+        why = "no stream path (stream_path in [tool.graceful.harness], --graceful-stream-path"
+        return [Check(Capability.STREAM, False, f"{why} or --stream-path)")]
     record = StreamRecord()
     opened = asyncio.Event()
     async with stream_client(service.main_port) as client:

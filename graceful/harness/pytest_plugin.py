@@ -17,7 +17,9 @@ Fixtures:
   key or option fails the run at startup, naming it.
 - ``graceful_image`` (session): the image under test: ``--graceful-image``, else
   ``GRACEFUL_IMAGE``, else the table's ``image``; built once per session when the table (or
-  ``--graceful-build``) gives a build context.
+  ``--graceful-build``) gives a build context. An image named by the option or
+  ``GRACEFUL_IMAGE`` is used as it is: the table's ``build`` is then dropped, never run to
+  overwrite that tag.
 - ``graceful_settings``: the :class:`~graceful.harness.context.Settings` the configuration
   describes (stop timeout, the contract's ports, paths and templates).
 - ``graceful_harness``: a :class:`GracefulHarness` to run scenarios and drive containers.
@@ -95,6 +97,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="run the service under docker's --init",
     )
+    group.addoption(
+        "--graceful-no-init",
+        dest="graceful_init",
+        action="store_false",
+        default=None,
+        help="run it without (turns the table's init = true off)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -116,6 +125,14 @@ def pytest_configure(config: pytest.Config) -> None:
             config.stash[_CONFIG_KEY] = _load_config(config)
         except ConfigError as exc:
             raise pytest.UsageError(f"graceful harness: {exc}") from None
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Name the pyproject.toml whose table this run uses, once, at the top."""
+    found = config.stash.get(_CONFIG_KEY, None)
+    if found is None or found.source is None:
+        return None
+    return f"graceful harness config: {found.source.resolve()} [tool.graceful.harness]"
 
 
 def _mentions_graceful(path: Path) -> bool:

@@ -24,7 +24,9 @@ mean work_url?)``). Relative ``build`` paths are relative to the file's director
 from __future__ import annotations
 
 import difflib
+import json
 import re
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,10 +34,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from graceful.exceptions import ConfigError
+from graceful.harness.table_values import (
+    KEYS,
+    MAX_TEXT,
+    check_value,
+    flag_value,
+    show,
+    toml_type,
+)
 from graceful.harness.templates import RequestTemplate
-from graceful.harness.workload import Workload, parse_admin_port
+from graceful.harness.workload import Workload
 
 if TYPE_CHECKING:
+    import argparse
+    from typing import TextIO
+
     from graceful.harness.context import Settings
 
 __all__ = [
@@ -44,65 +57,28 @@ __all__ = [
     "TABLE",
     "HarnessConfig",
     "check_value",
+    "checked_from_args",
     "find_pyproject",
     "flag_value",
+    "from_args",
     "load",
     "read_table",
+    "record_source",
     "resolve",
 ]
 
 #: The table's name in ``pyproject.toml``.
 TABLE = "[tool.graceful.harness]"
-#: The longest text value accepted.
-MAX_TEXT = 8192
-
-Kind = Literal["text", "int", "number", "bool", "admin_port", "pairs", "names"]
-
-#: Every key of the table, with the type of its value. The CLI flag of a key is ``--`` and
-#: the key with dashes (``work_url`` → ``--work-url``); the pytest option ``--graceful-``...
-KEYS: dict[str, Kind] = {
-    "image": "text",
-    "build": "text",
-    "dockerfile": "text",
-    "build_args": "pairs",
-    "port": "int",
-    "admin_port": "admin_port",
-    "work_url": "text",
-    "work_path": "text",
-    "items_path": "text",
-    "write": "text",
-    "read": "text",
-    "ready_path": "text",
-    "stream_path": "text",
-    "volume_path": "text",
-    "report_event": "text",
-    "stop_timeout": "int",
-    "startup_timeout": "number",
-    "env": "pairs",
-    "init": "bool",
-    "probe_image": "text",
-    "scenarios": "names",
-}
-_EXPECTED: dict[Kind, str] = {
-    "text": "text",
-    "int": "an integer",
-    "number": "a number of seconds",
-    "bool": "true or false",
-    "admin_port": 'a port number or "off"',
-    "pairs": "a table of names to text",
-    "names": "a list of names",
-}
-_TOML_TYPES = {
-    str: "text",
-    int: "an integer",
-    float: "a number",
-    bool: "a boolean",
-    dict: "a table",
-    list: "an array",
-}
-_RANGES = {"port": (1, 65535), "stop_timeout": (1, 86400), "startup_timeout": (0.1, 86400)}
-# Keys that describe one thing together: a flag for one of them replaces the table's others.
-_GROUPS = (("work_url", "work_path"), ("items_path", "write", "read"))
+# harness run's flags whose name is not the key's (they repeat: one value each).
+_FLAG_NAMES = {"scenarios": "scenario", "build_args": "build_arg"}
+# Keys that describe one thing together: a flag for one of the first replaces the table's
+# second. An image named by a flag drops the table's build (which would rebuild, and so
+# overwrite, the very tag the user named), and a build flag the table's image.
+_GROUPS = (
+    (("work_url", "work_path"), ("work_url", "work_path")),
+    (("items_path", "write", "read"), ("items_path", "write", "read")),
+    (("image", "build"), ("image", "build", "dockerfile", "build_args")),
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,21 +136,29 @@ def find_pyproject(start: Path) -> Path | None:
     upwards; None when there is none.
 
     Raises:
-        ConfigError: a ``pyproject.toml`` that mentions graceful is not valid TOML.
+        ConfigError: a ``pyproject.toml`` on the way that cannot be read (a directory, no
+            permission, not UTF-8), or that mentions graceful and is not valid TOML: the
+            nearest table may be in it, so a table further up is not taken silently instead.
     """
     for directory in (start.resolve(), *start.resolve().parents):
         candidate = directory / "pyproject.toml"
         try:
+            if not candidate.exists() and not candidate.is_symlink():
+                continue
             text = candidate.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"{candidate}: cannot be read ({exc}); the harness looks for {TABLE} from the "
+                "current directory upwards and will not pass over it for a table further up: "
+                "fix or remove it, or name the file to use with --config PATH"
+            ) from None
         if "graceful" in text and _table_of(_parse(candidate, text)) is not None:
             return candidate
     return None
 
 
-def read_table(path: Path, *, required: bool = False) -> dict[str, Any]:
-    """The checked ``[tool.graceful.harness]`` table of ``path`` ({} when it has none).
+def read_table(path: Path, *, required: bool = False) -> dict[str, Any] | None:
+    """The checked ``[tool.graceful.harness]`` table of ``path`` (None when it has none).
 
     Args:
         path: a ``pyproject.toml``.
@@ -192,65 +176,21 @@ def read_table(path: Path, *, required: bool = False) -> dict[str, Any]:
     if table is None:
         if required:
             raise ConfigError(f"{path}: no {TABLE} table")
-        return {}
+        return None
     if not isinstance(table, dict):
-        raise ConfigError(f"{path}: {TABLE} must be a table, not {_toml_type(table)}")
+        raise ConfigError(f"{path}: {TABLE} must be a table, not {toml_type(table)}")
     out: dict[str, Any] = {}
     for key, value in table.items():
         if key not in KEYS:
             close = difflib.get_close_matches(key, KEYS, n=1)
             hint = f" (did you mean {close[0]}?)" if close else f"; known: {', '.join(KEYS)}"
-            shown = key if re.fullmatch(r"[\w.-]{1,40}", key, re.ASCII) else _show(key)
+            shown = key if re.fullmatch(r"[\w.-]{1,40}", key, re.ASCII) else show(key)
             raise ConfigError(f"{path}: {TABLE} {shown}: unknown key{hint}")
         try:
             out[key] = check_value(key, value)
         except ValueError as exc:
             raise ConfigError(f"{path}: {TABLE} {key}: {exc}") from None
     return out
-
-
-def check_value(key: str, value: object) -> Any:
-    """``value`` as key ``key`` holds it (typed as TOML gives it), or ValueError.
-
-    Raises:
-        ValueError: the wrong type, text with a NUL or over :data:`MAX_TEXT` characters, or
-            a value the harness cannot use (the message says which).
-    """
-    kind = KEYS[key]
-    if kind == "text":
-        return _text(value)
-    if kind in ("int", "number"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"expected {_EXPECTED[kind]}, not {_toml_type(value)}")
-        if kind == "int" and not isinstance(value, int):
-            raise ValueError(f"expected {_EXPECTED[kind]}, not {value!r}")
-        low, high = _RANGES[key]
-        if not low <= value <= high:
-            raise ValueError(f"{value!r} is out of range ({low:g} to {high:g})")
-        return value
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise ValueError(f"expected true or false, not {_toml_type(value)}")
-        return value
-    if kind == "admin_port":
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ValueError(f'expected a port number or "off", not {_toml_type(value)}')
-        port = parse_admin_port(_text(value) if isinstance(value, str) else str(value))
-        return "off" if port is None else port  # None is "not given"
-    if kind == "pairs":
-        if not isinstance(value, dict):
-            raise ValueError(f"expected a table of names to text, not {_toml_type(value)}")
-        pairs = {}
-        for name, item in value.items():
-            if isinstance(item, bool | dict | list) or not isinstance(item, str | int | float):
-                raise ValueError(f"{_show(name)}: expected text, not {_toml_type(item)}")
-            if not name or "=" in name or "\x00" in name:
-                raise ValueError(f"{_show(name)} is not a variable name")
-            pairs[_text(name)] = _text(str(item))
-        return pairs
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"expected a list of names, not {_toml_type(value)}")
-    return tuple(_text(v) for v in value)
 
 
 def resolve(
@@ -264,7 +204,8 @@ def resolve(
         flags: values by key (``work_url``, ...), already checked (:func:`check_value`); None
             when the flag was not given.
         table: the checked table (:func:`read_table`).
-        source: where the table came from (relative ``build`` paths are relative to it).
+        source: where the table came from (relative ``build`` paths are relative to it);
+            None when no table was read.
         prefix: how error messages spell a flag (``--`` and the key with dashes).
 
     Raises:
@@ -273,9 +214,9 @@ def resolve(
     """
     given = {k: v for k, v in flags.items() if v is not None}
     chosen: dict[str, Any] = dict(table)
-    for group in _GROUPS:
-        if any(k in given for k in group):
-            for k in group:
+    for flagged, dropped in _GROUPS:
+        if any(k in given for k in flagged):
+            for k in dropped:
                 chosen.pop(k, None)
     for key in ("env", "build_args"):  # a flag adds names (or overrides them), as docker does
         if key in given and key in chosen:
@@ -284,7 +225,8 @@ def resolve(
 
     def origin(key: str) -> str:
         if key in given:
-            return f"{prefix}{key.replace('_', '-')}"
+            flag = _FLAG_NAMES.get(key, key) if prefix == "--" else key
+            return f"{prefix}{flag.replace('_', '-')}"
         return f"{source}: {TABLE} {key}"
 
     def fail(keys: tuple[str, ...], message: str) -> ConfigError:
@@ -320,6 +262,8 @@ def resolve(
         "report_event": chosen.get("report_event", defaults.report_event),
     }
     _check_workload(fields, chosen, fail)
+    if chosen.get("scenarios"):
+        _check_scenarios(chosen["scenarios"], fail)
     workload = Workload(**fields)
     build = chosen.get("build")
     if build is not None and "build" not in given and source is not None:
@@ -336,7 +280,7 @@ def resolve(
         init=bool(chosen.get("init", False)),
         probe_image=chosen.get("probe_image") or None,
         scenarios=chosen.get("scenarios"),
-        source=source if table else None,
+        source=source,
     )
 
 
@@ -372,12 +316,68 @@ def load(
             raise ConfigError(f"{prefix}{key.replace('_', '-')}: {exc}") from None
     if config is not None:
         source: Path | None = Path(config)
-        exists = Path(config).is_file()
-        table = read_table(Path(config), required=required) if required or exists else {}
+        # Only a file that is not there at all may be passed over (required=False): one
+        # that is there but cannot be read (a directory, no permission) is an error.
+        there = Path(config).exists() or Path(config).is_symlink()
+        table = read_table(Path(config), required=required) if required or there else None
     else:
         source = find_pyproject(start if start is not None else Path.cwd())
-        table = read_table(source) if source is not None else {}
+        table = read_table(source, required=True) if source is not None else None
+    if table is None:
+        source, table = None, {}
     return resolve(checked, table, source, prefix=prefix)
+
+
+def from_args(args: argparse.Namespace) -> HarnessConfig:
+    """``harness run``/``soak``'s options over the table (``--config``, or the nearest one
+    from the current directory upwards), over the defaults.
+
+    Raises:
+        ConfigError: an option, a key or a combination it cannot use (the message says which).
+    """
+    renamed = {"build_args": "build_arg", "scenarios": "scenario"}
+    flags = {key: getattr(args, renamed.get(key, key), None) for key in KEYS}
+    return load(flags, config=getattr(args, "config", None))
+
+
+def checked_from_args(args: argparse.Namespace, out: TextIO | None = None) -> HarnessConfig | None:
+    """:func:`from_args`, after naming on ``out`` the file it came from, once; None after
+    saying on ``out`` (stderr by default) what is wrong (the command then exits 2).
+    """
+    out = out if out is not None else sys.stderr  # looked up now: a test may replace it
+    try:
+        config = from_args(args)
+    except ConfigError as exc:
+        print(f"graceful harness: {exc}", file=out)
+        return None
+    if config.source is not None:
+        print(f"config: {config.source.resolve()} {TABLE}", file=out)
+    else:
+        print(f"config: none ({TABLE} in no pyproject.toml from {Path.cwd()} up)", file=out)
+    if not config.image and not config.build:
+        print(
+            "graceful harness: --image IMAGE (or --build PATH) is required, or image (or "
+            f"build) in {TABLE} of pyproject.toml",
+            file=out,
+        )
+        return None
+    return config
+
+
+def record_source(json_path: str | None, config: HarnessConfig) -> None:
+    """Name the ``pyproject.toml`` the run used in its JSON report at ``json_path``, as
+    ``"config"`` (its absolute path; null when there was none), after ``"image"``."""
+    path = Path(json_path) if json_path else None
+    try:
+        report = json.loads(path.read_text()) if path is not None else None
+    except (OSError, ValueError):
+        return  # no report was written (the run could not start): nothing to add to
+    if path is None or not isinstance(report, dict):
+        return
+    named = str(config.source.resolve()) if config.source is not None else None
+    report.pop("config", None)
+    first = {"image": report.pop("image")} if "image" in report else {}
+    path.write_text(json.dumps({**first, "config": named, **report}, indent=2) + "\n")
 
 
 def _check_workload(
@@ -407,6 +407,12 @@ def _check_workload(
         value = fields[key] or ""
         if value and not value.startswith("/"):
             raise fail((key,), f"{value!r} must start with / (or be empty for none)")
+    if fields["admin_port"] is not None and fields["admin_port"] == fields["port"]:
+        raise fail(
+            ("admin_port", "port"),
+            f"the admin port and the main port are both {fields['port']}: one port cannot "
+            'serve both (give the admin port its own, or "off" for none)',
+        )
     if fields["ready_port"] == "admin" and fields["admin_port"] is None:
         raise fail(
             ("ready_path", "admin_port"),
@@ -414,35 +420,27 @@ def _check_workload(
         )
 
 
-def flag_value(key: str, raw: object) -> Any:
-    """A flag's value as the table would hold it: ``"8080"`` → 8080 for ``port``,
-    ``["A=1"]`` → ``{"A": "1"}`` for ``env``, ``["a,b", "c"]`` → ``("a", "b", "c")`` for
-    ``scenarios``; None stays None (the flag was not given).
+def _check_scenarios(
+    names: tuple[str, ...], fail: Callable[[tuple[str, ...], str], ConfigError]
+) -> None:
+    """Every name is a scenario's (opt-in ones included), or the error suggests the closest."""
+    # Imported here: the registry brings the engine's client, which a table without
+    # scenarios (and the pytest plugin's startup) should not pay for.
+    from graceful.harness.scenarios import scenario_names
 
-    Raises:
-        ValueError: a value the key cannot hold (the message says why).
-    """
-    if raw is None:
-        return None
-    kind = KEYS[key]
-    if kind == "pairs" and isinstance(raw, list | tuple):
-        pairs: dict[str, str] = {}
-        for item in raw:
-            name, sep, value = str(item).partition("=")
-            if not sep or not name:
-                raise ValueError(f"{item!r} is not KEY=VALUE")
-            pairs[name] = value
-        return check_value(key, pairs) if pairs else None
-    if kind == "names" and isinstance(raw, list | tuple):
-        names = [n.strip() for item in raw for n in str(item).split(",") if n.strip()]
-        return check_value(key, names) if names else None
-    if kind in ("int", "number") and isinstance(raw, str):
-        try:
-            number: float = int(raw) if kind == "int" else float(raw)
-        except ValueError:
-            raise ValueError(f"expected {_EXPECTED[kind]}, not {_show(raw)}") from None
-        return check_value(key, number)
-    return check_value(key, raw)
+    known = scenario_names(opt_in=True)
+    wanted = [n.strip() for item in names for n in item.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in known]
+    if not unknown:
+        return
+    shown, unmatched = [], False
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        text = name if re.fullmatch(r"[\w.-]{1,40}", name, re.ASCII) else show(name)
+        shown.append(f"{text} (did you mean {close[0]}?)" if close else text)
+        unmatched = unmatched or not close
+    every = f"; known: {', '.join(known)}" if unmatched else ""
+    raise fail(("scenarios",), f"unknown scenario {', '.join(shown)}{every}")
 
 
 def _parse(path: Path, text: str) -> dict[str, Any]:
@@ -456,26 +454,3 @@ def _table_of(document: Mapping[str, Any]) -> object:
     tool = document.get("tool")
     graceful = tool.get("graceful") if isinstance(tool, dict) else None
     return graceful.get("harness") if isinstance(graceful, dict) else None
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected text, not {_toml_type(value)}")
-    if "\x00" in value:
-        raise ValueError("holds a NUL character")
-    if len(value) > MAX_TEXT:
-        raise ValueError(f"{len(value)} characters, more than {MAX_TEXT}")
-    return value
-
-
-def _toml_type(value: object) -> str:
-    for kind, name in _TOML_TYPES.items():
-        if type(value) is kind:
-            shown = f" ({_show(value)})" if kind in (str, int, float, bool) else ""
-            return name + shown
-    return type(value).__name__
-
-
-def _show(value: object, limit: int = 40) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= limit else shown[: limit - 1] + "…"

@@ -47,6 +47,7 @@ from graceful.harness.context import (
     gather_bounded,
 )
 from graceful.harness.contract import Capability
+from graceful.harness.durability import READ_TIMEOUT_S, ReadBackError, checked_stored_ids
 from graceful.harness.engine import Engine, remove
 from graceful.harness.load import Kind, Ledger, LoadClient
 from graceful.harness.preflight import preflight
@@ -137,7 +138,7 @@ def choose_faults(names: str | None, *, volume: bool = True) -> tuple[tuple[Faul
     """
     reason = power_unavailable()
     if volume is False:
-        reason = "needs a state volume to cut the power under (--volume-path)"
+        reason = "needs a state volume to cut the power under (volume_path, --volume-path)"
     if names is None:
         if reason is None:
             return FAULTS, ""
@@ -255,7 +256,8 @@ class _Soak:
             try:
                 result, service = await self._round(index, fault, service, after)
             except Exception as exc:  # the engine failed: report what ran, stop here
-                why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                own = isinstance(exc, GracefulError) and str(exc)  # written for the user
+                why = (str(exc) if own else f"{type(exc).__name__}: {exc}").splitlines()[0]
                 result = RoundResult(
                     index=index,
                     fault=fault,
@@ -333,6 +335,9 @@ class _Soak:
         try:
             nxt = await self._start(after, service.volume)
             lost = await self._check(nxt)
+        except ReadBackError as exc:  # it came back, but its reads cannot be trusted
+            problems.append(f"the acknowledged writes could not be checked: {exc}")
+            nxt = None
         except (ContainerError, httpx.HTTPError, KeyError, ValueError) as exc:
             first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
             problems.append(f"the service did not come back on the same volume: {first_line}")
@@ -403,12 +408,18 @@ class _Soak:
 
     async def _check(self, service: Service) -> list[str]:
         """Every write acknowledged so far must be there (listed, or found by the read
-        template); returns those newly missing."""
+        template, which must also answer 404 for ids never written); returns those newly
+        missing.
+
+        Raises:
+            ReadBackError: a read failed, or found an id never written
+                (:func:`~graceful.harness.durability.checked_stored_ids`).
+        """
         if not self.writes:
             return []
         acked = self.ledger.acked_ids()
-        async with self.ctx.client(service, Ledger()) as reader:
-            stored = await reader.stored_ids(acked)
+        async with self.ctx.client(service, Ledger(), timeout=READ_TIMEOUT_S) as reader:
+            stored = await checked_stored_ids(reader, acked)
         missing = [i for i in acked if i not in stored and i not in self.lost]
         self.lost.update(missing)
         return missing

@@ -305,7 +305,8 @@ class Swarm:
 
     def close(self) -> list[str]:
         """Remove what this run created, leave the swarm if it initialised it; returns how
-        the engine now differs from before (empty when it is as it was).
+        the engine now differs from before (empty when it is as it was): its swarm state, its
+        services, and the networks this run or a swarm could have made.
 
         Every step runs even when an earlier one failed, and a Ctrl-C in the middle is held
         until the last step has run: a half-removed swarm is worse than a slower exit.
@@ -314,6 +315,7 @@ class Swarm:
             self._release()
             return []
         interrupted = False
+        made = list(self.networks)
         for step in (self._remove_services, self._remove_containers, self._remove_networks,
                      self._leave):  # fmt: skip
             for _ in range(3):  # a second Ctrl-C must not skip the rest
@@ -325,7 +327,8 @@ class Swarm:
                 except Exception:  # one failed step must not skip the others
                     break
         try:
-            return self.before.differences(swarm_state(self.client))
+            after = swarm_state(self.client)
+            return self.before.only(made).differences(after.only(made))
         finally:
             self._release()
             if interrupted:

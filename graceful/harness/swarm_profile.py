@@ -120,7 +120,7 @@ class LbProfile:
         }
 
     def describe(self) -> str:
-        """``default (hold valid 10s, timeout resolve 1s, inter 2s, fall 3)``."""
+        """``default (hold valid 10s, hold obsolete 30s, timeout resolve 1s, ...)``."""
         e = self.env()
         return (
             f"{self.name} (hold valid {e['LB_HOLD_VALID']}, hold obsolete "

@@ -11,15 +11,18 @@ import contextlib
 import fcntl
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 from graceful.harness.container import ContainerError
 
-__all__ = ["LOCK_PATH", "SwarmRefused", "SwarmState", "swarm_state", "take_lock"]
+__all__ = ["LOCK_PATH", "SWARM_NETWORKS", "SwarmRefused", "SwarmState", "swarm_state", "take_lock"]
 
 LOCK_PATH = Path(tempfile.gettempdir()) / "graceful-harness-swarm.lock"
+#: The networks a swarm brings: the first overlay container's gateway bridge, the routing mesh.
+SWARM_NETWORKS = frozenset({"docker_gwbridge", "ingress"})
 
 
 class SwarmRefused(ContainerError):
@@ -40,6 +43,13 @@ class SwarmState:
     node_state: str
     services: frozenset[str]
     networks: frozenset[str]
+
+    def only(self, networks: Iterable[str]) -> SwarmState:
+        """This state with only ``networks`` (and the swarm's own, ``docker_gwbridge`` and
+        ``ingress``) kept: the part a swarm run can touch. Other networks on a shared engine
+        come and go with other people's containers."""
+        keep = SWARM_NETWORKS | set(networks)
+        return replace(self, networks=frozenset(self.networks & keep))
 
     def differences(self, later: SwarmState) -> list[str]:
         """How ``later`` differs from this state, in words (empty when it does not)."""

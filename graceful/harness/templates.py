@@ -8,9 +8,10 @@ A template is one line, ``METHOD /path [JSON body]``, with ``{id}`` where the id
 The write is acknowledged when it answers 2xx; the read answers 2xx when the id is stored and
 404 when it is not (anything else means the harness cannot tell). In the path ``{id}`` is
 percent-encoded; in the body it is JSON-escaped, so it belongs inside a JSON string
-(``"{id}"``). A template is checked once, when it is parsed: a known method, a path that starts
-with ``/``, ``{id}`` present, no other ``{field}`` in the path, and a body that is valid JSON once
-``{id}`` is replaced.
+(``"{id}"``). A template is checked once, when it is parsed: a known method (ASCII), a path that
+starts with ``/`` (not ``//``) without ``#`` or a control character (:func:`target_problem`),
+``{id}`` present, no other ``{field}`` in the path, and a body that is valid JSON once ``{id}``
+is replaced.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-__all__ = ["ID_FIELD", "MAX_TEMPLATE_CHARS", "METHODS", "RequestTemplate", "TemplateError"]
+__all__ = [
+    "CONTROL_CHARS",
+    "ID_FIELD",
+    "MAX_TEMPLATE_CHARS",
+    "METHODS",
+    "RequestTemplate",
+    "TemplateError",
+    "target_problem",
+]
 
 #: The placeholder a template must hold.
 ID_FIELD = "{id}"
@@ -30,7 +39,9 @@ METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 MAX_TEMPLATE_CHARS = 8192
 # An id such as the harness writes (run id, scenario, counter), to check the body with.
 _SAMPLE_ID = "0123456789ab-kill-under-load-1"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Characters no request target (or mount path) may hold: C0, DEL and C1 controls (CR and LF
+#: would end the request line; NEL is a line break to some parsers).
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _FIELD = re.compile(r"\{([^{}]*)\}")
 
 
@@ -66,7 +77,10 @@ class RequestTemplate:
             TemplateError: not a template the harness can send (the message says why and
                 shows the expected form).
         """
-        form = f'METHOD /path [JSON body] with {ID_FIELD}, e.g. POST /orders {{"id": "{ID_FIELD}"}}'
+        example = (  # a read's example is a read: the key or option names which it is
+            f"GET /orders/{ID_FIELD}" if "read" in what else f'POST /orders {{"id": "{ID_FIELD}"}}'
+        )
+        form = f"METHOD /path [JSON body] with {ID_FIELD}, e.g. {example}"
         if not isinstance(text, str):
             raise TemplateError(f"{what}: expected text ({form}), not {type(text).__name__}")
         if len(text) > MAX_TEMPLATE_CHARS:
@@ -76,15 +90,16 @@ class RequestTemplate:
             raise TemplateError(f"{what} {_show(text)}: expected {form}")
         method, path = parts[0], parts[1]
         body = parts[2].strip() if len(parts) == 3 else ""
-        if method.upper() not in METHODS:
+        if not method.isascii() or method.upper() not in METHODS:
             raise TemplateError(
                 f"{what} {_show(text)}: {_show(method)} is not a method "
                 f"({', '.join(sorted(METHODS))})"
             )
         if not path.startswith("/"):
             raise TemplateError(f"{what} {_show(text)}: the path {_show(path)} must start with /")
-        if _CONTROL.search(path):
-            raise TemplateError(f"{what} {_show(text)}: the path holds a control character")
+        problem = target_problem(path)
+        if problem:
+            raise TemplateError(f"{what} {_show(text)}: the path {problem}")
         others = sorted({f"{{{f}}}" for f in _FIELD.findall(path)} - {ID_FIELD})
         if others:
             raise TemplateError(
@@ -116,6 +131,23 @@ class RequestTemplate:
     def describe(self) -> str:
         """The template as written: ``POST /orders {"id": "{id}"}``."""
         return f"{self.method} {self.path}" + (f" {self.body}" if self.body else "")
+
+
+def target_problem(target: str) -> str:
+    """Why ``target`` cannot be sent as the request target it is meant to be ("" when it
+    can): a control character (CR or LF would end the request line), a leading ``//`` (a
+    client reads ``//host/path`` as another host) or a ``#`` (what follows is a fragment,
+    never sent: ``POST /orders#{id}`` would post every id to ``/orders``).
+
+    .. versionadded:: 0.1
+    """
+    if CONTROL_CHARS.search(target):
+        return "holds a control character"
+    if target.startswith("//"):
+        return "starts with //, which names a host (//host/path), not a path on the service"
+    if "#" in target:
+        return "holds #: what follows is a fragment, which is never sent to the service"
+    return ""
 
 
 def _no_constant(name: str) -> object:

@@ -18,9 +18,16 @@ import string
 from dataclasses import dataclass
 from typing import Literal
 
-from graceful.harness.templates import RequestTemplate
+from graceful.harness.templates import CONTROL_CHARS, RequestTemplate, target_problem
 
-__all__ = ["ADMIN_PORT_ZERO", "GRACEFUL_READY_PATH", "WORK_FIELDS", "Workload", "parse_admin_port"]
+__all__ = [
+    "ADMIN_PORT_ZERO",
+    "GRACEFUL_READY_PATH",
+    "WORK_FIELDS",
+    "Workload",
+    "check_path",
+    "parse_admin_port",
+]
 
 #: graceful's readiness endpoint, on its admin port.
 GRACEFUL_READY_PATH = "/readyz"
@@ -52,6 +59,29 @@ def parse_admin_port(text: str) -> int | None:
         raise ValueError(f"{text!r} is not a port number (or off)") from None
     _check_admin_port(port)
     return port
+
+
+def check_path(key: str, path: str) -> None:
+    """Raise ValueError when ``path`` (the value of ``key``) cannot be what the key says: a
+    request target the harness sends (no control character, which would end the request
+    line; no ``#``, a fragment is never sent; no leading ``//``, which names another host),
+    or for ``volume_path`` a mount point (absolute, not ``/``, no ``:``, which Docker reads
+    as mount options).
+
+    .. versionadded:: 0.1
+    """
+    if key != "volume_path":
+        problem = target_problem(path)
+        if problem:
+            raise ValueError(f"{path!r} {problem}")
+        return
+    if CONTROL_CHARS.search(path):
+        raise ValueError(f"{path!r} holds a control character")
+    if not path.startswith("/") or not path.strip("/") or ":" in path:
+        raise ValueError(
+            f"{path!r} must be an absolute path in the container other than /, without ':' "
+            "(Docker reads what follows a ':' as mount options)"
+        )
 
 
 def _check_admin_port(port: int) -> None:
@@ -92,8 +122,9 @@ class Workload:
             once); empty to skip.
 
     Raises:
-        ValueError: a work URL without ``{ms}`` or ``{seconds}`` (or with another field), a
-            path that does not start with ``/``, admin port 0, a write template without a
+        ValueError: a work URL without ``{ms}`` or ``{seconds}`` (or with another field, or
+            a format spec), a path that does not start with ``/`` or that
+            :func:`check_path` refuses, admin port 0 or the main port, a write template without a
             read template (or the other way round), a template that does not parse
             (:class:`~graceful.harness.templates.TemplateError`).
 
@@ -115,20 +146,26 @@ class Workload:
     def __post_init__(self) -> None:
         if self.admin_port is not None:
             _check_admin_port(self.admin_port)
-        fields = {f for _, f, _, _ in string.Formatter().parse(self.work_url) if f is not None}
-        if not fields & WORK_FIELDS or fields - WORK_FIELDS:
-            raise ValueError(
-                f"work URL {self.work_url!r} must hold {{ms}} or {{seconds}} (and no other "
-                "field), e.g. /work?ms={ms} or /slow?s={seconds}"
-            )
+            if self.admin_port == self.port:
+                raise ValueError(
+                    f"the admin port and the main port are both {self.port}: one port cannot "
+                    "serve both (give the admin port its own, or off for none)"
+                )
+        _check_work_url(self.work_url)
         for what, path in (
             ("work URL", self.work_url),
             ("items path", self.items_path),
             ("ready path", self.ready_path or ""),
             ("stream path", self.stream_path),
+            ("volume path", self.volume_path),
         ):
             if path and not path.startswith("/"):
                 raise ValueError(f"{what} {path!r} must start with /")
+            if path:
+                try:
+                    check_path(what.replace(" ", "_"), path)
+                except ValueError as exc:
+                    raise ValueError(f"{what} {exc}") from None
         if self.ready_port == "admin" and self.admin_port is None:
             raise ValueError("readiness on the admin port, but there is no admin port")
         if bool(self.write) != bool(self.read):
@@ -220,3 +257,22 @@ class Workload:
         """The request target of work that takes ``ms`` milliseconds."""
         seconds = ms // 1000 if ms % 1000 == 0 else ms / 1000
         return self.work_url.format(ms=ms, seconds=seconds)
+
+
+def _check_work_url(work_url: str) -> None:
+    """{ms} or {seconds}, plain: a format spec (``{ms:>99999999}``) or a conversion
+    (``{ms!r}``) would make the harness build a different (or huge) target."""
+    parsed = list(string.Formatter().parse(work_url))
+    fields = {f for _, f, _, _ in parsed if f is not None}
+    if not fields & WORK_FIELDS or fields - WORK_FIELDS:
+        raise ValueError(
+            f"work URL {work_url!r} must hold {{ms}} or {{seconds}} (and no other field), "
+            "e.g. /work?ms={ms} or /slow?s={seconds}"
+        )
+    for _, name, spec, conversion in parsed:
+        if name is not None and (spec or conversion):
+            extra = f"!{conversion}" if conversion else f":{spec}"
+            raise ValueError(
+                f"work URL {work_url!r}: {{{name}{extra}}} has a format spec or conversion; "
+                f"write {{{name}}} plain"
+            )

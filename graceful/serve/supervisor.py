@@ -37,7 +37,6 @@ from typing import Any
 from graceful._early import hand_over
 from graceful.config import Config
 from graceful.exceptions import ConfigError
-from graceful.health import AdminServer
 from graceful.logs import get_logger
 from graceful.reaper import ZombieReaper, start_reaper
 from graceful.recorder import rounded
@@ -110,7 +109,6 @@ class Supervisor:
         )
         self.listener: socket.socket | None = None
         self.metrics: MetricsDirectory | None = None
-        self.admin: AdminServer | None = None
         self.stop_reason: str | None = None
         self._stop_requested = asyncio.Event()
         self._stop_sent = False
@@ -202,21 +200,13 @@ class Supervisor:
                     path=metrics.path,
                 )
             self.log.info("metrics.directory", path=metrics.path, owned=metrics.owned)
-        if self.config.admin_port is not None:
-            self.admin = AdminServer(
-                host=self.config.admin_host,
-                port=self.config.admin_port,
-                is_live=self.is_live,
-                is_ready=self.is_ready,
-                registry=container_registry(self.metrics, self.stats),
-            )
-            try:
-                await self.admin.start()
-            except ConfigError as exc:
-                self.log.error("startup.failed", error=str(exc))
-                self.admin = None
-                return ExitCode.ERROR
-            self.log.info("admin.listening", host=self.config.admin_host, port=self.admin.port)
+        started = await self._shell.start_admin(
+            is_live=self.is_live,
+            is_ready=self.is_ready,
+            registry=container_registry(self.metrics, self.stats),
+        )
+        if not started:
+            return ExitCode.ERROR
         # After the admin server: the listener is bound but not listening until a worker
         # serves, so a server started after it on the same port (ADMIN_PORT = PORT) would
         # take the port from under the workers; bound after it, the conflict is ours to see.
@@ -346,8 +336,7 @@ class Supervisor:
         )
 
     async def _clean_up(self, reaper: ZombieReaper | None) -> None:
-        if self.admin is not None:
-            await self.admin.close()
+        await self._shell.close_admin()
         if reaper is not None:
             await reaper.stop()
         if self.listener is not None:

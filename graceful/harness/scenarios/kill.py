@@ -19,7 +19,7 @@ from graceful.harness.container import (
 )
 from graceful.harness.context import HANG_GUARD_S, Context, Findings, Service, gather_bounded
 from graceful.harness.contract import Capability
-from graceful.harness.durability import judge_writes
+from graceful.harness.durability import check_writes
 from graceful.harness.judges import (
     judge_exit,
     judge_inflight,
@@ -30,9 +30,9 @@ from graceful.harness.judges import (
 from graceful.harness.load import Kind, Ledger
 from graceful.harness.report import ScenarioResult
 from graceful.harness.work_done import judge_work_done
-from graceful.runtime import ExitCode
+from graceful.status import ExitCode
 
-__all__ = ["KillUnderLoad", "SignalStorm", "Signals", "writes_under_way"]
+__all__ = ["KillUnderLoad", "SignalStorm", "Signals", "judge_kills", "writes_under_way"]
 
 
 @contextlib.asynccontextmanager
@@ -150,11 +150,22 @@ class KillUnderLoad:
                     f"kill {n} of {self.rounds}: exited {stop.exit_code} after SIGKILL "
                     "(expected 137)"
                 )
-        lost = await judge_writes(f, ctx, service, ledger)
-        if not ledger.acked_ids():
-            f.problem("no write was acknowledged before the kills, so nothing could be checked")
-        f.note(_sampled(kills, lost))
+        lost = await judge_kills(f, ctx, service, ledger, kills)
         return f.result(self.name, stop=stop, ledger=ledger, lost=lost)
+
+
+async def judge_kills(
+    f: Findings, ctx: Context, service: Service, ledger: Ledger, kills: int
+) -> int:
+    """The acknowledged writes after ``kills`` SIGKILLs, read back on the same volume; what
+    the verdict rests on is noted only when they could be checked. Returns the loss."""
+    lost = await check_writes(f, ctx, service, ledger)
+    if not ledger.acked_ids():
+        f.problem("no write was acknowledged before the kills, so nothing could be checked")
+    if lost is None:  # not read back: "lost nothing" would claim what was never checked
+        return 0
+    f.note(_sampled(kills, lost))
+    return lost
 
 
 def _sampled(kills: int, lost: int) -> str:

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from graceful.harness.container import StopResult
+from graceful.harness.container import ContainerError, StopResult
 from graceful.harness.context import HANG_GUARD_S, Context, Findings, Service
 from graceful.harness.contract import Capability
-from graceful.harness.durability import READ_ERRORS, read_back
+from graceful.harness.durability import READ_ERRORS, UnverifiableRead, read_back
 from graceful.harness.engine import remove
 from graceful.harness.load import Ledger
 from graceful.harness.powerloss import CutReport, PowerLossVolume, unavailable
@@ -235,7 +235,10 @@ class PowerLoss:
             f.skip(reason)
             return f.result(self.name)
         if not ctx.workload.volume_path:
-            f.skip("needs a state volume to cut the power under (--volume-path)")
+            f.skip(
+                "needs a state volume to cut the power under (volume_path in "
+                "[tool.graceful.harness], --graceful-volume-path or --volume-path)"
+            )
             return f.result(self.name)
         ledger = Ledger()
         async with power_volume(ctx) as volume:
@@ -265,10 +268,21 @@ async def _judge_after_cut(
         return 0
     try:
         stored = await read_back(ctx, volume.path, acked)
-    except READ_ERRORS as exc:
+    except ContainerError as exc:  # only this is the store failing to open
         f.problem(
             "after a power cut the store did not open cleanly: a new container on the same "
-            f"volume did not start, become ready and list its items ({dropped}): {exc}"
+            f"volume did not start and become ready (the cut {dropped}): {exc}"
+        )
+        return 0
+    except UnverifiableRead as exc:
+        f.problem(
+            f"after a power cut the {len(acked)} acknowledged writes could not be checked: {exc}"
+        )
+        return 0
+    except READ_ERRORS as exc:
+        f.problem(
+            f"after a power cut the stored writes could not be read ({ctx.workload.reads_from}; "
+            f"the cut {dropped}): {exc}"
         )
         return 0
     lost = [i for i in acked if i not in stored]
@@ -278,10 +292,15 @@ async def _judge_after_cut(
             f"{_names(lost)}: the service acknowledged before fsync (the cut {dropped})"
         )
     else:
+        # With a read template the ids were read back one by one, not listed.
+        how = (
+            f"read back all {len(acked)} by id ({ctx.workload.read})"
+            if ctx.workload.read
+            else f"listed {len(stored)} items"
+        )
         f.note(
             f"all {len(acked)} acknowledged writes were there after a power cut, and the store "
-            f"opened cleanly (a new container started, became ready and listed {len(stored)} "
-            "items)"
+            f"opened cleanly (a new container started, became ready and {how})"
         )
         f.note(f"the cut dropped what was not synced: {dropped}")
     return len(lost)

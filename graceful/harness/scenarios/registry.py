@@ -21,9 +21,11 @@ import graceful.harness.scenarios.power as power
 import graceful.harness.scenarios.stop as stop
 import graceful.harness.scenarios.stream as stream
 import graceful.harness.scenarios.swarm as swarm
+from graceful.exceptions import GracefulError
 from graceful.harness.container import ImageInfo
 from graceful.harness.context import Context, Findings, Progress, Settings
 from graceful.harness.contract import Capability, Contract
+from graceful.harness.durability import ReadBackError
 from graceful.harness.engine import Engine
 from graceful.harness.preflight import preflight
 from graceful.harness.report import Report, ScenarioResult, Verdict
@@ -240,5 +242,10 @@ async def _run_one(
 
 
 def _exception_text(exc: BaseException) -> str:
+    """The harness's own errors (a container that will not become ready, a read that
+    failed) are written for the user: their message alone. Anything else keeps its class
+    name, which may be all it says (a bare ``KeyError: 'ids'``)."""
     text = str(exc).strip()
+    if text and isinstance(exc, GracefulError | ReadBackError):
+        return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

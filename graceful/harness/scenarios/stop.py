@@ -29,7 +29,7 @@ from graceful.harness.load import Kind, Ledger, describe_failures
 from graceful.harness.prober import Prober
 from graceful.harness.report import ScenarioResult
 from graceful.harness.work_done import judge_work_done
-from graceful.runtime import ExitCode
+from graceful.status import ExitCode
 
 __all__ = ["StopDuringStartup", "StopIdle", "StopOverBudget", "StopUnderLoad"]
 

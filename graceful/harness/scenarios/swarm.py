@@ -312,8 +312,8 @@ class SwarmUpdate:
         if roll.state == "completed":
             await swarm.run(swarm.wait_converged, service, replicas, what="the update")
         roll.seconds = time.monotonic() - roll.started
-        # The next roll starts once the balancer has caught up (with hold valid 10s it learns
-        # of the new tasks up to 11 s after Swarm did).
+        # The next roll starts once the balancer has caught up: the new tasks UP, the old ones
+        # (held for hold obsolete) marked down by their checks.
         await self._wait_lb(lb, replicas)
         if replicas != self.replicas:
             ctx.step(f"docker service scale {service}={self.replicas}")
