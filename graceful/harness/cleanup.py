@@ -13,11 +13,17 @@ left behind (``graceful harness clean``).
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from graceful.harness.runs import OWNER_LABEL, RunState, run_state
+
+#: A volume the engine still holds for a container removed a moment ago: asked again this
+#: many times, this far apart (seconds), before it is reported left.
+_IN_USE_RETRIES = 25
+_IN_USE_PAUSE_S = 0.2
 
 __all__ = ["LABEL", "Cleanup", "clean_up", "leftovers", "name_prefix", "remove", "sweep"]
 
@@ -198,11 +204,24 @@ def remove(
     import docker.errors
 
     api = client.api
+
+    def remove_volume(name: str) -> None:
+        # A container removed a moment ago may still hold its volume in the engine ("volume is
+        # in use", 409) on a loaded machine: ask again for a few seconds before giving up.
+        for attempt in range(_IN_USE_RETRIES):
+            try:
+                api.remove_volume(name, force=True)
+                return
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409 or attempt == _IN_USE_RETRIES - 1:
+                    raise
+                time.sleep(_IN_USE_PAUSE_S)
+
     steps = (
         # A stop that is still waiting in another thread returns once the container is gone.
         # v=True: an image's VOLUME gives every container an anonymous volume; drop it too.
         (containers, lambda name: api.remove_container(name, force=True, v=True)),
-        (volumes, lambda name: api.remove_volume(name, force=True)),
+        (volumes, remove_volume),
         (networks, api.remove_network),
     )
     removed = 0

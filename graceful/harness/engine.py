@@ -6,9 +6,8 @@ it is removed when the :class:`Engine` closes, also when a scenario fails or the
 interrupted. A close first waits for the creations still on their way in other threads (a
 cancelled ``asyncio.to_thread`` does not stop its thread: the container it creates would
 outlive the clean-up), refuses new ones, removes by id, label and name, and then looks again:
-its :class:`~graceful.harness.cleanup.Cleanup` says what was removed and what is still there.
-Removal itself is :mod:`graceful.harness.cleanup` (:func:`remove`, :func:`sweep`,
-:func:`clean_up`, re-exported here).
+its :class:`~graceful.harness.cleanup.Cleanup` says what was removed and what is still there
+(removal itself: :mod:`graceful.harness.cleanup`, re-exported here).
 
 The engine must be on this machine: containers are reached through ports published on its
 127.0.0.1, and PID 1's signal masks are read from its ``/proc``. :func:`connect` refuses a
@@ -463,9 +462,9 @@ class Engine:
 
         Args:
             on_signal: a command's final clean-up, which no signal may interrupt: called
-                for SIGTERM and SIGINT while the close runs, instead of what they did before
-                (their handlers are reset to the defaults afterwards), and for a cancellation
-                (Ctrl-C as asyncio.run handles it, just before), which is then not raised.
+                for SIGTERM and SIGINT while the close runs, which are ignored afterwards
+                (the verdict is known), and for a cancellation (Ctrl-C as asyncio.run
+                handles it, just before), which is then not raised.
         """
         loop = asyncio.get_running_loop()
         noted = (signal.SIGTERM, signal.SIGINT) if on_signal is not None else ()
@@ -493,6 +492,8 @@ class Engine:
         finally:
             for sig in noted:
                 loop.remove_signal_handler(sig)
+                if on_signal is not None:  # a late signal must not undo the verdict
+                    signal.signal(sig, signal.SIG_IGN)
 
 
 def _ignore() -> None:
