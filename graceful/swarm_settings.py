@@ -33,15 +33,22 @@ def swarm_settings(config: Config) -> dict[str, str | float]:
         ``hold obsolete`` + ``timeout resolve`` in HAProxy) and through its readiness check
         (``lb_check_max_s``, from the signal: ``inter`` x ``fall`` + ``timeout check``).
 
+    The bounds use the delay graceful applies: ``GRACEFUL_DELAY``, shortened when the stop
+    timeout would leave no drain (``delay_s``).
+
     .. versionadded:: 0.1
     """
+    from graceful.budget import Budget
+
+    delay = min(config.delay, Budget.plan(config, 0.0, log=False).delay_end)
     return {
         "stop_grace_period": f"{math.ceil(config.stop_timeout)}s",
         "healthcheck": "graceful probe readyz",
         "update_order": "start-first",
         "endpoint_mode": "dnsrr",
-        "lb_dns_max_s": round(config.delay + SWARM_WAIT_S, 3),
-        "lb_check_max_s": round(config.delay, 3),
+        "delay_s": round(delay, 3),
+        "lb_dns_max_s": round(delay + SWARM_WAIT_S, 3),
+        "lb_check_max_s": round(delay, 3),
     }
 
 
@@ -51,10 +58,14 @@ def swarm_lines(config: Config) -> list[str]:
     .. versionadded:: 0.1
     """
     s = swarm_settings(config)
-    return [
+    if config.admin_port is None:
+        health = "(needs ADMIN_PORT, unset here: no /readyz to probe; set it in the service)"
+    else:
+        health = f"(ADMIN_PORT {config.admin_port}; a task joins DNS once it passes)"
+    lines = [
         "docker swarm (deploy/swarm/stack.yml, docs/swarm.md):",
         f"  stop_grace_period    {s['stop_grace_period']}  (GRACEFUL_STOP_TIMEOUT, rounded up)",
-        f"  healthcheck          {s['healthcheck']}  (ADMIN_PORT; a task joins DNS once it passes)",
+        f"  healthcheck          {s['healthcheck']}  {health}",
         f"  update_config.order  {s['update_order']}",
         f"  endpoint_mode        {s['endpoint_mode']}  (a balancer on tasks.<service>)",
         (
@@ -63,3 +74,15 @@ def swarm_lines(config: Config) -> list[str]:
             "of its /readyz turning 503 (inter x fall + timeout check)"
         ),
     ]
+    delay = float(s["delay_s"])
+    if delay < config.delay:
+        lines.append(
+            f"  (these use the delay graceful applies, {delay:g} s: GRACEFUL_DELAY="
+            f"{config.delay:g} is shortened so GRACEFUL_STOP_TIMEOUT leaves a drain)"
+        )
+    if config.admin_port is not None and config.admin_host in ("127.0.0.1", "::1", "localhost"):
+        lines.append(
+            f"  warning: ADMIN_HOST={config.admin_host}: the health check (inside the task) "
+            "reaches /readyz, a balancer in another container cannot; set ADMIN_HOST=0.0.0.0"
+        )
+    return lines

@@ -3,12 +3,16 @@
 1. Without an engine: the balancer's profiles and their arithmetic (the smallest
    GRACEFUL_DELAY each needs), the command-line form of a profile and what a bad one says,
    the packaged HAProxy file reads every setting the profiles pass, the scenario is opt-in,
-   ``graceful config`` prints the matching Swarm settings, a state comparison names what
-   changed.
+   ``graceful config`` prints the matching Swarm settings (and what the probe and the delay
+   need), a state comparison names what changed; a run stopped while it waits for the swarm
+   lock ends at once and touches nothing; a refusal (an unusable lock) is SKIPPED, not FAIL;
+   bad ``--swarm-delay`` values are refused by name; a task that never becomes healthy is
+   named with its health check's output.
 2. On Docker, short enough for ``make test``: one start-first roll of two tasks under the
    ``fast`` profile passes, every replaced task exits 0, and the engine's swarm state,
    services and networks are as before; an engine in a swarm with a service the harness does
-   not own is refused and left alone.
+   not own is SKIPPED and left alone; a swarm a killed run left is cleaned before the state
+   is noted.
 
 The long runs (the plain-uvicorn control under both profiles, the delay-0 control, the full
 three rolls from the command line, the stack file, Ctrl-C) are tests/test_swarm_long.py.
@@ -22,18 +26,31 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from graceful import cli
+from graceful.harness import swarm_state as swarm_state_module
 from graceful.harness.cluster import LB_IMAGE
+from graceful.harness.container import ContainerError
 from graceful.harness.pytest_plugin import in_ci
+from graceful.harness.report import Verdict
 from graceful.harness.scenarios import make_scenarios, scenario_names
 from graceful.harness.scenarios.swarm import SwarmUpdate, configure
+from graceful.harness.swarm import Swarm
 from graceful.harness.swarm_profile import PROFILES, SWARM_WAIT_S, parse_profile
-from graceful.harness.swarm_state import SwarmState, swarm_state, take_lock
+from graceful.harness.swarm_report import SwarmOutcome, delay_words
+from graceful.harness.swarm_state import (
+    LockWaitStopped,
+    SwarmRefused,
+    SwarmState,
+    swarm_state,
+    take_lock,
+)
 from tests.support import ROOT
 
 if TYPE_CHECKING:
@@ -192,6 +209,199 @@ def test_a_state_comparison_names_what_changed() -> None:
     ]
 
 
+def test_a_run_stopped_while_waiting_for_the_lock_ends_at_once_and_touches_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run holds the lock; this one waits in Swarm.open and is stopped. It ends within
+    a poll (not when the lock is free) and never asks the engine anything. Control: without
+    the stop, the same wait runs until its timeout."""
+    monkeypatch.setattr(swarm_state_module, "LOCK_PATH", tmp_path / "lock")
+    held = take_lock()
+    try:
+        swarm = Swarm(_NoEngine(), lock_timeout=60.0)  # type: ignore[arg-type]
+        errors: list[BaseException] = []
+        thread = threading.Thread(target=lambda: _catch(errors, swarm.open))
+        thread.start()
+        time.sleep(0.5)
+        assert thread.is_alive()  # waiting for the lock
+        started = time.monotonic()
+        swarm.stopping.set()
+        thread.join(5.0)
+        assert not thread.is_alive()
+        assert time.monotonic() - started < 1.0
+        assert [type(e) for e in errors] == [LockWaitStopped]
+        assert swarm.before is None
+        assert swarm.close() == []
+        # Control: not stopped, the wait lasts its timeout.
+        started = time.monotonic()
+        with pytest.raises(SwarmRefused, match=r"held .* for 0\.6 s"):
+            take_lock(0.6)
+        assert time.monotonic() - started >= 0.6
+    finally:
+        held.close()
+
+
+def test_an_error_of_a_call_whose_caller_was_cancelled_is_retrieved() -> None:
+    """Swarm.run shields the engine call from a Ctrl-C; settle() waits for it and retrieves
+    its error, so asyncio prints no "Future exception was never retrieved"."""
+
+    def refuse() -> None:
+        time.sleep(0.2)
+        raise SwarmRefused("refused")
+
+    async def main() -> Swarm:
+        swarm = Swarm(_NoEngine())  # type: ignore[arg-type]
+        task = asyncio.ensure_future(swarm.run(refuse))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert swarm.busy
+        await swarm.settle()
+        return swarm
+
+    swarm = asyncio.run(main())
+    (call,) = swarm._calls
+    assert isinstance(call.exception(), SwarmRefused)
+    assert not call._log_traceback  # type: ignore[attr-defined]  # what asyncio would print
+
+
+def test_an_unusable_lock_path_is_a_refusal_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(swarm_state_module, "LOCK_PATH", tmp_path)  # a directory
+    with pytest.raises(SwarmRefused, match=f"swarm lock {re.escape(str(tmp_path))}: Is a dir"):
+        take_lock(0.0)
+
+
+def test_an_engine_the_scenario_cannot_use_is_skipped_not_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refusal (someone else's swarm, an unusable lock) is the engine's, not the image's:
+    SKIPPED with the cause. Control: something left behind on top of it still FAILs."""
+
+    def measured(left: list[str]) -> Any:
+        async def measure(self: SwarmUpdate, ctx: Any) -> SwarmOutcome:
+            return SwarmOutcome(PROFILES["fast"], 0.0, 10, refused="a swarm with x", left=left)
+
+        return measure
+
+    monkeypatch.setattr(SwarmUpdate, "measure", measured([]))
+    result = asyncio.run(SwarmUpdate().run(None))  # type: ignore[arg-type]
+    assert result.verdict is Verdict.SKIPPED
+    assert "not run on this machine's engine: a swarm with x" in result.findings[0]
+    monkeypatch.setattr(SwarmUpdate, "measure", measured(["networks left: y"]))
+    assert asyncio.run(SwarmUpdate().run(None)).verdict is Verdict.FAIL  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("lb", "delay", "message"),
+    [
+        ("", None, "--swarm-lb: '' is empty"),
+        ("fast", "\uff18", "--swarm-delay: '\uff18' is not a number"),  # a full-width 8
+        ("fast", "1e9", "is not a number"),
+        ("fast", "184", "--swarm-delay: 184 s is more than the 183 s"),
+        ("hold-valid=\u0661s", None, "is not a time"),  # an Arabic-Indic 1
+    ],
+)
+def test_bad_swarm_options_are_refused_by_name(lb: str, delay: str | None, message: str) -> None:
+    args = type("Args", (), {"swarm_lb": lb, "swarm_delay": delay})()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        configure(make_scenarios(["swarm-update"]), args)
+
+
+def test_the_largest_delay_and_minus_zero() -> None:
+    args = type("Args", (), {"swarm_lb": "fast", "swarm_delay": "183"})()
+    (scenario,) = configure(make_scenarios(["swarm-update"]), args)
+    assert scenario.delay == 183  # 3 x (183 + 7 + 10) = 600
+    args.swarm_delay = "-0"
+    (scenario,) = configure(make_scenarios(["swarm-update"]), args)
+    assert f"{scenario.delay:g}" == "0"
+
+
+def test_graceful_config_says_what_the_health_check_and_the_delay_need(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("ADMIN_PORT", raising=False)
+    monkeypatch.setenv("GRACEFUL_STOP_TIMEOUT", "5")
+    monkeypatch.setenv("GRACEFUL_DELAY", "8")
+    assert cli.main(["config"]) == 0
+    text = capsys.readouterr().out
+    assert "graceful probe readyz  (needs ADMIN_PORT, unset here" in text
+    assert "GRACEFUL_DELAY=8 is shortened" in text
+    monkeypatch.setenv("ADMIN_PORT", "9000")
+    monkeypatch.setenv("ADMIN_HOST", "127.0.0.1")
+    monkeypatch.setenv("GRACEFUL_STOP_TIMEOUT", "30")
+    assert cli.main(["config"]) == 0
+    text = capsys.readouterr().out
+    assert "(ADMIN_PORT 9000; a task joins DNS" in text
+    assert "warning: ADMIN_HOST=127.0.0.1" in text
+    assert "is shortened" not in text
+    monkeypatch.setenv("ADMIN_HOST", "0.0.0.0")
+    assert cli.main(["config"]) == 0
+    assert "warning: ADMIN_HOST" not in capsys.readouterr().out
+
+
+def test_a_task_that_never_becomes_healthy_is_named_with_its_health_check_output() -> None:
+    """Swarm's view of a task whose health check keeps failing: "starting", never "running".
+    The wait's error says it never became healthy and quotes the check's last output.
+    Control: the same task healthy and running ends the wait at once."""
+    task = {"ID": "t" * 25, "DesiredState": "running", "CreatedAt": "2000-01-01",
+            "Status": {"State": "starting", "ContainerStatus": {"ContainerID": "c1"}}}  # fmt: skip
+    output = "Traceback ...\nurllib.error.URLError: <urlopen error [Errno 111] Connection refused>"
+    health = {"Status": "starting", "Log": [{"ExitCode": 1, "Output": output}]}
+    client = _FakeClient([task], health)
+    swarm = Swarm(_FakeEngine(client))  # type: ignore[arg-type]
+    with pytest.raises(ContainerError) as caught:
+        swarm.wait_converged("app", 1, what="the first tasks", timeout=0.0)
+    message = str(caught.value)
+    assert "0 of 1 tasks of app running after 0 s: the others never became healthy" in message
+    assert f"the last health check of task {'t' * 12} (starting) exited 1: Traceback" in message
+    assert "Connection refused" in message
+    task["Status"]["State"] = "running"
+    health["Status"] = "healthy"
+    swarm.wait_converged("app", 1, what="the first tasks", timeout=0.0)
+
+
+class _FakeClient:
+    def __init__(self, tasks: list[dict[str, Any]], health: dict[str, Any]) -> None:
+        container = type("Container", (), {"attrs": {"State": {"Health": health}}})()
+        service = type("Service", (), {"tasks": lambda self, **_: list(tasks)})()
+        self.services = type("Services", (), {"get": lambda self, name: service})()
+        self.containers = type("Containers", (), {"get": lambda self, cid: container})()
+
+
+class _FakeEngine:
+    def __init__(self, client: _FakeClient) -> None:
+        self.client = client
+
+
+def test_the_delay_is_an_environment_variable_a_non_graceful_image_may_ignore() -> None:
+    def ctx(graceful: bool) -> Any:
+        contract = type("Contract", (), {"has": lambda self, capability: graceful})()
+        return type("Ctx", (), {"contract": contract})()
+
+    assert delay_words(ctx(True), 8) == "GRACEFUL_DELAY=8 s"
+    words = delay_words(ctx(False), 8)
+    assert "GRACEFUL_DELAY=8 s in their environment" in words
+    assert "the image may ignore it" in words
+
+
+class _NoEngine:
+    """An engine any use of which fails the test: a stopped run must not touch it."""
+
+    @property
+    def client(self) -> Any:
+        raise AssertionError("the engine was asked something")
+
+
+def _catch(errors: list[BaseException], fn: Any) -> None:
+    try:
+        fn()
+    except BaseException as exc:
+        errors.append(exc)
+
+
 # -- 2. on Docker, short ----------------------------------------------------------------------
 
 
@@ -254,8 +464,9 @@ def test_a_swarm_with_a_service_of_someone_else_is_refused_and_left_alone(
     """1. Put the engine in a swarm with one service the harness does not own.
     2. Run the scenario.
 
-    Result: FAIL with the reason (a service the harness does not own, named); the swarm, its
-    service and the networks are untouched. The test itself then removes what it made.
+    Result: SKIPPED (the engine's fault, not the image's) with the reason (a service the
+    harness does not own, named); the swarm, its service and the networks are untouched.
+    The test itself then removes what it made.
     """
     import docker.errors
 
@@ -276,9 +487,9 @@ def test_a_swarm_with_a_service_of_someone_else_is_refused_and_left_alone(
         lock.close()  # the harness takes it for its run
         result = run_swarm(graceful_engine, EXAMPLE, SwarmUpdate(replicas=1))
         lock = take_lock()
-        assert not result.passed
-        (problem,) = result.problems
-        assert "1 service(s) the harness does not own (someone-elses-lb)" in problem
+        assert result.verdict is Verdict.SKIPPED, result.findings
+        assert not result.problems
+        assert "1 service(s) the harness does not own (someone-elses-lb)" in result.findings[0]
         after = swarm_view(client)
         assert (after.node_state, after.services) == (during.node_state, during.services)
         # The engine makes docker_gwbridge by itself, some time after the swarm's first task;
@@ -289,9 +500,94 @@ def test_a_swarm_with_a_service_of_someone_else_is_refused_and_left_alone(
     finally:
         with contextlib.suppress(docker.errors.APIError):
             client.services.get("someone-elses-lb").remove()
-        with contextlib.suppress(docker.errors.APIError):
-            client.swarm.leave(force=True)
-        if "docker_gwbridge" not in before.networks:
-            with contextlib.suppress(docker.errors.APIError):
-                client.api.remove_network("docker_gwbridge")
+        _leave(client, before)
         lock.close()
+
+
+@pytest.mark.docker
+def test_a_swarm_left_by_a_killed_run_is_cleaned_before_the_state_is_noted(
+    graceful_engine: Engine, swarm_images: None
+) -> None:
+    """1. Leave what a SIGKILLed run leaves: a swarm whose node names a run that is over as
+       its maker, that run's labelled service, overlay network and balancer container.
+    2. Open a Swarm as a new run does, then close it.
+
+    Result: the killed run's service, network and container are gone before the state is
+    noted, which is then "inactive" (the engine before the killed run), so closing finds no
+    difference; the engine ends in no swarm. Control: before the open, that run's objects
+    were there and the swarm active.
+    """
+    import docker.errors
+
+    from graceful.harness.runs import OWNER_LABEL
+    from graceful.harness.swarm import INIT_LABEL
+    from graceful.harness.swarm_clean import sweep
+
+    client = graceful_engine.client
+    lock = take_lock()
+    before = swarm_view(client)
+    if before.node_state != "inactive":
+        lock.close()
+        pytest.skip("the engine is already in a swarm: this test makes its own")
+    dead = graceful_engine.labels[OWNER_LABEL].rsplit("/", 1)[0] + "/0"  # no such start time
+    base = f"graceful-harness-killed{graceful_engine.run_id[:6]}"
+    labels = {"graceful.harness": f"killed{graceful_engine.run_id[:6]}", OWNER_LABEL: dead}
+    try:
+        client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+        node = client.nodes.get(str(client.info()["Swarm"]["NodeID"]))
+        node.update({**node.attrs["Spec"], "Labels": {INIT_LABEL: dead}})
+        client.networks.create(f"{base}-swarm", driver="overlay", attachable=True, labels=labels)
+        theirs = client.services.create(LB_IMAGE, name=f"{base}-app", labels=labels,
+                                        networks=[f"{base}-swarm"])  # fmt: skip
+        deadline = time.monotonic() + 60  # the killed run's task ran (and made docker_gwbridge)
+        while not any(t["Status"]["State"] == "running" for t in theirs.tasks()):
+            assert time.monotonic() < deadline, theirs.tasks()
+            time.sleep(0.2)
+        balancer = client.containers.create(LB_IMAGE, name=f"{base}-lb", labels=labels)
+        assert swarm_view(client).services == {f"{base}-app"}  # control: they are there
+        lock.close()  # the new run takes it
+        swarm = Swarm(graceful_engine, sweep=sweep)  # as the scenario makes it
+        swarm.open()
+        assert swarm.before is not None
+        assert swarm.before.node_state == "inactive"
+        assert not swarm.before.services
+        assert f"{base}-swarm" not in swarm.before.networks
+        with pytest.raises(docker.errors.NotFound):
+            client.containers.get(balancer.id)
+        # A run's service takes seconds; the swarm's ingress sandbox makes docker_gwbridge a
+        # moment after the init, and a leave before that would find none to remove.
+        deadline = time.monotonic() + 10
+        while not client.networks.list(names=["docker_gwbridge"]) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert swarm.close() == []
+        after = swarm_view(client)
+        assert after.node_state == "inactive"
+        assert after == before  # docker_gwbridge too: the killed run's and this run's are gone
+    finally:
+        lock.close()
+        if swarm_view(client).node_state != "inactive":
+            _leave(client, before)
+        with contextlib.suppress(docker.errors.APIError):
+            client.containers.get(f"{base}-lb").remove(force=True)
+
+
+def _leave(client: Any, before: SwarmState) -> None:
+    """Leave the swarm a test made, and remove docker_gwbridge when it was not there before:
+    the ingress sandbox holds it a moment after the leave, so wait for ingress to go first."""
+    import docker.errors
+
+    with contextlib.suppress(docker.errors.APIError):
+        client.swarm.leave(force=True)
+    if "docker_gwbridge" in before.networks:
+        return
+    deadline = time.monotonic() + 15
+    while client.networks.list(names=["ingress"]) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    while time.monotonic() < deadline:
+        try:
+            client.api.remove_network("docker_gwbridge")
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError:
+            time.sleep(0.3)

@@ -250,7 +250,7 @@ def _clean(*, everything: bool) -> int:
     except EngineUnavailable as exc:
         print(f"graceful harness: {exc}", file=sys.stderr)
         return 2
-    from graceful.harness.swarm import clean_swarm
+    from graceful.harness.swarm_clean import clean_swarm
 
     try:
         # Swarm services first: their task containers and network go with them.

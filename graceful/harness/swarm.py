@@ -22,27 +22,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from graceful.harness.container import ContainerError
 from graceful.harness.engine import LABEL, remove
-from graceful.harness.runs import OWNER_LABEL, RunState, run_state
+from graceful.harness.runs import OWNER_LABEL
 from graceful.harness.swarm_events import SERVICE_ID_LABEL
-from graceful.harness.swarm_state import SwarmRefused, SwarmState, swarm_state, take_lock
+from graceful.harness.swarm_state import (
+    GWBRIDGE,
+    LockWaitStopped,
+    SwarmRefused,
+    SwarmState,
+    swarm_state,
+    take_lock,
+)
 
 if TYPE_CHECKING:
     from graceful.harness.engine import Engine
 
-__all__ = ["INIT_LABEL", "Swarm", "clean_swarm"]
+__all__ = ["INIT_LABEL", "UPDATE_TIMEOUT_S", "Swarm"]
 
 # On the node's spec when the harness initialised the swarm: a later run that finds the swarm
-# left behind by a run that is over (killed before it could leave) leaves it in its place.
+# left behind by a run that is over (killed before it could leave) leaves it in its place
+# (graceful.harness.swarm_clean).
 INIT_LABEL = "graceful.harness.swarm-initialised-by"
-GWBRIDGE = "docker_gwbridge"
+#: How long one ``docker service update`` may take before the roll is given up.
+UPDATE_TIMEOUT_S = 600.0
 T = TypeVar("T")
 _NS = 1_000_000_000
 
@@ -60,7 +70,12 @@ class Swarm:
     lock_timeout: float = 900.0
     before: SwarmState | None = None
     initialised: bool = False
-    adopted: bool = False
+    #: Set when the run is stopped: a lock wait, an update or a wait for tasks ends at once,
+    #: and nothing is created any more.
+    stopping: threading.Event = field(default_factory=threading.Event)
+    #: Removes what killed runs left (:func:`graceful.harness.swarm_clean.sweep`), called
+    #: under the lock before the state is noted; given by the caller (that module uses this).
+    sweep: Callable[..., int] | None = None
     services: list[str] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)
     containers: list[str] = field(default_factory=list)
@@ -85,6 +100,25 @@ class Swarm:
                 return
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait(left)
+            # A call whose caller was cancelled raised into nobody: its error is retrieved
+            # here (else asyncio prints "Future exception was never retrieved" at exit).
+            for call in self._calls:
+                if call.done() and not call.cancelled():
+                    call.exception()
+
+    @property
+    def busy(self) -> bool:
+        """An engine call :meth:`run` started is still going."""
+        return any(not c.done() for c in self._calls)
+
+    def check_stop(self) -> None:
+        """Raise when the run was stopped (see :attr:`stopping`).
+
+        Raises:
+            LockWaitStopped: :attr:`stopping` is set.
+        """
+        if self.stopping.is_set():
+            raise LockWaitStopped("the run was stopped")
 
     @property
     def client(self) -> Any:
@@ -99,13 +133,23 @@ class Swarm:
         Raises:
             SwarmRefused: the engine is a swarm worker, or a member of a swarm with services
                 the harness does not own, or in a state it cannot work in; or another run
-                kept the lock past ``lock_timeout``.
+                kept the lock past ``lock_timeout``, or the lock file cannot be used.
+            LockWaitStopped: the run was stopped before the engine was touched.
         """
         self._take_lock(waiting)
-        self.before = swarm_state(self.client)
+        self.check_stop()  # stopped while waiting: touch nothing
         info = self.client.info().get("Swarm") or {}
+        if info.get("LocalNodeState") == "active" and info.get("ControlAvailable"):
+            # What a killed run left (its services, balancer, network, the swarm it made):
+            # removed first, as `graceful harness clean` does, so the state noted below is
+            # the engine's as it was before that run.
+            if self.sweep is not None:
+                self.sweep(self.engine, everything=False)
+            info = self.client.info().get("Swarm") or {}
+        self.before = swarm_state(self.client)
         state = self.before.node_state
         if state == "inactive":
+            self.check_stop()
             self.client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
             self.initialised = True
             self._mark_initialised()
@@ -133,14 +177,9 @@ class Swarm:
                 "update there would run beside someone else's tasks; run the scenario on an "
                 "engine in no swarm (it initialises one and leaves it at the end)"
             )
-        # A swarm a harness run initialised and could not leave (it was killed): this run
-        # leaves it in that run's place, so the engine ends as it was before that run.
-        owner = self._initialised_by()
-        if owner is not None and run_state(owner) is RunState.OVER:
-            self.initialised = self.adopted = True
 
     def _take_lock(self, waiting: Any) -> None:
-        self._lock = take_lock(self.lock_timeout, waiting)
+        self._lock = take_lock(self.lock_timeout, waiting, self.stopping)
 
     def _node(self) -> Any:
         return self.client.nodes.get(str(self.client.info()["Swarm"]["NodeID"]))
@@ -233,6 +272,7 @@ class Swarm:
             alive = [t for t in tasks if t["Status"].get("State") in _ALIVE]
             if len(running) == replicas and len(alive) == replicas:
                 return
+            self.check_stop()
             # A task of this wait that failed will not come back (restart condition none).
             failed = [
                 t
@@ -245,6 +285,12 @@ class Swarm:
                     {str(t["Status"].get("Err") or t["Status"].get("Message")) for t in tasks}
                 )
                 logs = ""
+                unhealthy = self._health(tasks) if not failed else ""
+                if unhealthy:
+                    raise ContainerError(
+                        f"{what}: {len(running)} of {replicas} tasks of {name} running after "
+                        f"{timeout:g} s: the others never became healthy; {unhealthy}"
+                    )
                 if failed:
                     status = failed[0]["Status"].get("ContainerStatus") or {}
                     tail = self.logs(str(status.get("ContainerID") or "")).strip()
@@ -257,12 +303,43 @@ class Swarm:
                 )
             time.sleep(0.2)
 
-    def update(self, name: str, *, order: str, parallelism: int = 1, timeout: float = 600.0) -> str:
+    def _health(self, tasks: Sequence[dict[str, Any]]) -> str:
+        """The last health-check output of a started task that is not healthy ("" when no
+        such task has one)."""
+        import docker.errors
+
+        for task in tasks:
+            status = task["Status"].get("ContainerStatus") or {}
+            if task["Status"].get("State") not in _ALIVE or not status.get("ContainerID"):
+                continue
+            try:
+                container = self.client.containers.get(str(status["ContainerID"]))
+            except docker.errors.APIError:
+                continue
+            health = (container.attrs.get("State") or {}).get("Health") or {}
+            log = health.get("Log") or []
+            if health.get("Status") != "healthy" and log:
+                last = log[-1]
+                output = " ".join(str(last.get("Output") or "").split())[-300:]
+                return (
+                    f"the last health check of task {str(task['ID'])[:12]} "
+                    f"({health.get('Status')}) exited {last.get('ExitCode')}: "
+                    f"{output or 'no output'}"
+                )
+        return ""
+
+    def update(
+        self, name: str, *, order: str, parallelism: int = 1, timeout: float = UPDATE_TIMEOUT_S
+    ) -> str:
         """``docker service update --force --update-parallelism P --update-order ORDER``;
         returns Swarm's final update state (``completed`` when it went through).
 
+        Swarm runs the update by itself; this polls it, so a stopped run stops waiting at
+        once (:meth:`close` then removes the service mid-update).
+
         Raises:
             ContainerError: the update did not end within ``timeout``.
+            LockWaitStopped: the run was stopped.
         """
         import docker.types
 
@@ -283,6 +360,7 @@ class Swarm:
                 return state
             if time.monotonic() > deadline:
                 raise ContainerError(f"the update of {name} did not end within {timeout:g} s")
+            self.check_stop()
             time.sleep(0.2)
 
     def scale(self, name: str, replicas: int) -> None:
@@ -397,57 +475,26 @@ class Swarm:
             self.initialised = False
         if GWBRIDGE not in self.before.networks:
             # Docker made it for the first container on an overlay network; it is not in use
-            # once the swarm is gone (an in-use one is refused, and kept).
-            with contextlib.suppress(docker.errors.APIError):
-                self.client.api.remove_network(GWBRIDGE)
+            # once the swarm is gone (an in-use one is refused, and kept); the routing mesh's
+            # sandbox (on ingress) lets go of it a moment after the leave.
+            deadline = time.monotonic() + 15.0
+            while True:
+                names = {str(n.name) for n in self.client.networks.list(names=["ingress"])}
+                if "ingress" not in names or time.monotonic() > deadline:
+                    break
+                time.sleep(0.3)
+            while True:
+                try:
+                    self.client.api.remove_network(GWBRIDGE)
+                    break
+                except docker.errors.NotFound:
+                    break
+                except docker.errors.APIError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.3)
 
 
 # Task states in which a task's container may still run.
 _ALIVE = frozenset({"new", "pending", "assigned", "accepted", "preparing", "ready", "starting",
                     "running"})  # fmt: skip
-
-
-def clean_swarm(engine: Engine, *, everything: bool = False) -> int:
-    """Remove the Swarm services (with their task containers and networks) of harness runs
-    that are over, and leave a swarm such a run initialised once nothing else runs in it
-    (``graceful harness clean``: a killed run cannot clean up). With ``everything``, also
-    those of runs still going. Nothing happens while a run holds this machine's swarm lock.
-
-    Returns:
-        How many services, networks and swarms were removed or left.
-
-    .. versionadded:: 0.1
-    """
-    info = engine.client.info().get("Swarm") or {}
-    if info.get("LocalNodeState") != "active" or not info.get("ControlAvailable"):
-        return 0
-    try:
-        lock = take_lock(timeout=0.0)
-    except SwarmRefused:
-        return 0  # a run is going: its swarm is not ours to touch
-    swarm = Swarm(engine, before=swarm_state(engine.client))
-    swarm._lock = lock
-    for service in engine.client.services.list():
-        labels = (service.attrs.get("Spec") or {}).get("Labels") or {}
-        if LABEL in labels and (everything or run_state(labels.get(OWNER_LABEL)) is RunState.OVER):
-            swarm.services.append(str(service.name))
-            # Its overlay network is named after the run, like the service; the run's balancer
-            # (a container on it) must go first.
-            swarm.networks.append(str(service.name).removesuffix("-app") + "-swarm")
-            run = {"label": f"{LABEL}={labels[LABEL]}"}
-            swarm.containers += [
-                str(c.id) for c in engine.client.containers.list(all=True, filters=run)
-            ]
-    owner = swarm._initialised_by()
-    others = len(engine.client.services.list()) - len(swarm.services)
-    swarm.initialised = (
-        owner is not None and not others and (everything or run_state(owner) is RunState.OVER)
-    )
-    if swarm.initialised and swarm.before is not None:
-        # The run that made the swarm also brought docker_gwbridge: it goes with the swarm.
-        swarm.before = replace(swarm.before, networks=swarm.before.networks - {GWBRIDGE})
-    removed = len(swarm.services) + int(swarm.initialised)
-    with contextlib.suppress(Exception):
-        removed += sum(1 for n in swarm.networks if engine.client.networks.list(names=[n]))
-    swarm.close()
-    return removed

@@ -206,7 +206,8 @@ def _known() -> str:
 
 
 def _seconds(key: str, text: str) -> float:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*", text)
+    # ASCII digits only: re's \d takes any script's, which HAProxy would not.
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*", text, re.ASCII)
     if match is None:
         raise ValueError(f"{key}={text!r} is not a time (e.g. 500ms, 2s)")
     value = float(match.group(1)) / (1000.0 if match.group(2) == "ms" else 1.0)
@@ -247,7 +248,6 @@ def add_swarm_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--swarm-delay",
-        type=float,
         metavar="S",
         help="swarm-update: the tasks' GRACEFUL_DELAY (default: what the profile needs + 1 s)",
     )

@@ -16,12 +16,21 @@ from dataclasses import dataclass, field
 from graceful.harness.cluster import parse_httplog
 from graceful.harness.container import StopResult
 from graceful.harness.context import Context, Findings
+from graceful.harness.contract import Capability
 from graceful.harness.judges import judge_report_events, judge_traceback
 from graceful.harness.load import Ledger, describe_failures
 from graceful.harness.swarm_events import StoppedTask
 from graceful.harness.swarm_profile import LbProfile
 
-__all__ = ["SwarmOutcome", "SwarmRoll", "headline", "judge", "states_of", "task_stop"]
+__all__ = [
+    "SwarmOutcome",
+    "SwarmRoll",
+    "delay_words",
+    "headline",
+    "judge",
+    "states_of",
+    "task_stop",
+]
 
 
 @dataclass(slots=True)
@@ -55,6 +64,9 @@ class SwarmOutcome:
     rolls: list[SwarmRoll] = field(default_factory=list)
     lb_logs: str = ""
     left: list[str] = field(default_factory=list)
+    #: Why the engine could not be used (a swarm with someone else's services, an unusable
+    #: lock): the scenario did not run, "" when it did.
+    refused: str = ""
 
 
 def judge(f: Findings, ctx: Context, outcome: SwarmOutcome) -> None:
@@ -104,7 +116,7 @@ def judge(f: Findings, ctx: Context, outcome: SwarmOutcome) -> None:
     f.problems[:] = dict.fromkeys(f.problems)
     f.note(
         f"load balancer profile {profile.describe()}: {profile.arithmetic()}; the tasks ran "
-        f"with GRACEFUL_DELAY={outcome.delay:g} s and a stop timeout (stop-grace-period) "
+        f"with {delay_words(ctx, outcome.delay)} and a stop timeout (stop-grace-period) "
         f"of {outcome.stop_timeout} s"
     )
     if outcome.stop_timeout != ctx.stop_timeout:
@@ -117,6 +129,17 @@ def judge(f: Findings, ctx: Context, outcome: SwarmOutcome) -> None:
         f.problem(f"the engine was not left as it was found: {'; '.join(outcome.left)}")
     else:
         f.note("the engine's swarm state, services and networks are as they were before")
+
+
+def delay_words(ctx: Context, delay: float) -> str:
+    """``GRACEFUL_DELAY=8 s``, said as an environment variable the image may ignore when the
+    preflight did not find graceful's /readyz (a plain uvicorn image has no delay at all)."""
+    if ctx.contract.has(Capability.ADMIN_READY):
+        return f"GRACEFUL_DELAY={delay:g} s"
+    return (
+        f"GRACEFUL_DELAY={delay:g} s in their environment (only graceful reads it: the "
+        "preflight found no graceful /readyz, so the image may ignore it and stop at once)"
+    )
 
 
 def task_stop(task: StoppedTask) -> StopResult:
@@ -158,7 +181,15 @@ def states_of(lb_logs: str, rolls: Sequence[SwarmRoll]) -> str:
 
 def _lb_states(lb_logs: str, rolls: Sequence[SwarmRoll]) -> str:
     states = states_of(lb_logs, rolls)
-    return f" (load balancer: {states})" if states else ""
+    if not states:
+        return ""
+    # Two views of the same failures: the totals agree, the kinds need not. HAProxy logs the
+    # 503 it meant to send; a client whose connection it closed at the same moment counts
+    # "closed" (no answer read), see docs/swarm.md.
+    return (
+        f" (load balancer: {states}; its log counts 503 for requests the client may count as "
+        "'closed', a connection closed before an answer: compare the totals)"
+    )
 
 
 def _cause(delay: float, profile: LbProfile) -> str:

@@ -22,6 +22,7 @@ import contextlib
 import csv
 import io
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -35,12 +36,21 @@ from graceful.harness.context import HANG_GUARD_S, Context, Findings, gather_bou
 from graceful.harness.contract import Capability
 from graceful.harness.load import Ledger
 from graceful.harness.report import ScenarioResult
-from graceful.harness.swarm import Swarm
+from graceful.harness.swarm import UPDATE_TIMEOUT_S, Swarm
+from graceful.harness.swarm_clean import sweep
 from graceful.harness.swarm_events import StopWatch, stopped_tasks
 from graceful.harness.swarm_profile import PROFILES, LbProfile, parse_profile
-from graceful.harness.swarm_report import SwarmOutcome, SwarmRoll, headline, judge, task_stop
+from graceful.harness.swarm_report import (
+    SwarmOutcome,
+    SwarmRoll,
+    delay_words,
+    headline,
+    judge,
+    task_stop,
+)
+from graceful.harness.swarm_state import SwarmRefused
 
-__all__ = ["ROLL_KINDS", "SwarmUpdate", "configure"]
+__all__ = ["ROLL_KINDS", "TASK_START_S", "SwarmUpdate", "configure", "parse_delay"]
 
 #: What each roll does: (update order, replicas during the update).
 ROLL_KINDS = {
@@ -54,6 +64,12 @@ _MAX_REQUESTS = 1_000_000
 _LB_APP_PORT = 8080
 _LB_OBSERVE_PORT = 8404
 _POLL_S = 0.1
+# The longest one engine call in flight takes once told to stop: a wait for tasks or an update
+# polls every 0.2 s; a create, init or scale is one API call (the SDK's own 60 s timeout).
+_CALL_BOUND_S = 60.0
+#: Each task's start, health check (every 2 s) and Swarm's 2 s monitor, besides its stop: what
+#: ``--swarm-delay`` must leave room for within one update's bound.
+TASK_START_S = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +119,11 @@ class SwarmUpdate:
         """The ``GRACEFUL_DELAY`` the tasks run with."""
         return float(self.profile.delay()) if self.delay is None else self.delay
 
+    def delay_limit(self) -> float:
+        """The largest delay one update's bound leaves room for: every task replaced in turn
+        takes its stop timeout (``ceil(delay) + 7`` s at least) and :data:`TASK_START_S`."""
+        return float(max(0, math.floor(UPDATE_TIMEOUT_S / self.replicas - TASK_START_S) - 7))
+
     def stop_timeout(self, asked: int) -> int:
         """The tasks' stop timeout: ``asked``, raised when the delay would not leave a drain
         (graceful clamps its delay to the drain's end)."""
@@ -112,6 +133,12 @@ class SwarmUpdate:
     async def run(self, ctx: Context) -> ScenarioResult:
         f = Findings()
         outcome = await self.measure(ctx)
+        if outcome.refused:
+            # The engine, not the image: nothing was measured.
+            f.skip(f"not run on this machine's engine: {outcome.refused}")
+            if outcome.left:
+                f.problem(f"the engine was not left as it was found: {'; '.join(outcome.left)}")
+            return f.result(self.name)
         judge(f, ctx, outcome)
         records = [r for roll in outcome.rolls for r in roll.ledger.records]
         stops = [task_stop(t) for roll in outcome.rolls for t in roll.stopped]
@@ -129,20 +156,30 @@ class SwarmUpdate:
             delay=self.graceful_delay,
             stop_timeout=self.stop_timeout(ctx.stop_timeout),
         )
-        swarm = Swarm(ctx.engine)
+        swarm = Swarm(ctx.engine, sweep=sweep)
         watch: StopWatch | None = None
         try:
             ctx.step("joining a single-node swarm")
-            await swarm.run(swarm.open, waiting=ctx.step)
+            try:
+                await swarm.run(swarm.open, waiting=ctx.step)
+            except SwarmRefused as exc:
+                outcome.refused = str(exc)
+                return outcome
             service, lb = await self._set_up(ctx, swarm, outcome)
             service_id = str(swarm.client.services.get(service).id)
             watch = await swarm.run(StopWatch, swarm.client, service_id)
             await self._roll(ctx, swarm, service, lb, outcome, watch)
             outcome.lb_logs = await swarm.run(lb.logs)
         finally:
-            ctx.step("removing the service, the balancer and the network")
             # A Ctrl-C cancels this coroutine, not the engine call a thread is making (a swarm
-            # init, a service create): let it end, so the clean-up sees what it made.
+            # init, a service create): it is told to stop (a lock wait, an update's polling
+            # end at once), and waited for, so the clean-up sees what it made.
+            swarm.stopping.set()
+            if swarm.busy:
+                ctx.step(
+                    f"waiting for the engine call in progress to end (up to {_CALL_BOUND_S:g} s)"
+                )
+            ctx.step("removing the service, the balancer and the network")
             await swarm.settle()
             # Blocking on purpose: a cancelled scenario (Ctrl-C, SIGTERM) must still leave the
             # engine's swarm as it found it, and nothing here may be cancelled half-way.
@@ -164,7 +201,7 @@ class SwarmUpdate:
         env.update(ctx.settings.env)
         env["GRACEFUL_DELAY"] = f"{outcome.delay:g}"
         ctx.step(
-            f"creating {self.replicas} tasks of {ctx.image.ref} (GRACEFUL_DELAY={outcome.delay:g})"
+            f"creating {self.replicas} tasks of {ctx.image.ref} ({delay_words(ctx, outcome.delay)})"
         )
         await swarm.run(
             swarm.create_service,
@@ -360,14 +397,42 @@ def configure(scenarios: Sequence[Any], args: argparse.Namespace) -> list[Any]:
 
     .. versionadded:: 0.1
     """
+    text = getattr(args, "swarm_lb", None)
     try:
-        profile = parse_profile(getattr(args, "swarm_lb", None) or "default")
+        profile = parse_profile("default" if text is None else text)
     except ValueError as exc:
         raise ValueError(f"--swarm-lb: {exc}") from None
-    delay = getattr(args, "swarm_delay", None)
-    if delay is not None and not (math.isfinite(delay) and 0 <= delay <= 300):
-        raise ValueError(f"--swarm-delay: {delay:g} is out of range (0 to 300 s)")
-    return [
-        replace(s, profile=profile, delay=delay) if isinstance(s, SwarmUpdate) else s
-        for s in scenarios
-    ]
+    delay = parse_delay(getattr(args, "swarm_delay", None))
+    out = []
+    for s in scenarios:
+        if isinstance(s, SwarmUpdate):
+            s = replace(s, profile=profile, delay=delay)
+            limit = s.delay_limit()
+            if delay is not None and delay > limit:
+                raise ValueError(
+                    f"--swarm-delay: {delay:g} s is more than the {limit:g} s one update's "
+                    f"{UPDATE_TIMEOUT_S:g} s bound allows with {s.replicas} replicas (each "
+                    f"task: a stop timeout of ceil(delay) + 7 s, and {TASK_START_S:g} s to "
+                    "start and pass its health check)"
+                )
+        out.append(s)
+    return out
+
+
+def parse_delay(value: str | float | None) -> float | None:
+    """``--swarm-delay``'s value in seconds (a plain ASCII number; ``-0`` is 0).
+
+    Raises:
+        ValueError: not a number, or out of 0 to 300 s (the message names the option).
+
+    .. versionadded:: 0.1
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if re.fullmatch(r"\s*\+?-?(\d+(\.\d*)?|\.\d+)\s*", value, re.ASCII) is None:
+            raise ValueError(f"--swarm-delay: {value!r} is not a number of seconds (e.g. 8, 2.5)")
+        value = float(value)
+    if not (math.isfinite(value) and 0 <= value <= 300):
+        raise ValueError(f"--swarm-delay: {value:g} is out of range (0 to 300 s)")
+    return value + 0.0  # -0.0 + 0.0 is 0.0: "-0" is printed as 0
