@@ -591,3 +591,14 @@ def _leave(client: Any, before: SwarmState) -> None:
             return
         except docker.errors.APIError:
             time.sleep(0.3)
+
+
+def test_the_preflight_checks_graceful_readiness_for_the_scenario() -> None:
+    """Run alone, the scenario still has graceful's /readyz checked: it decides the tasks'
+    health check (``graceful probe readyz``) and how the report speaks of the delay (was: not
+    checked unless another scenario needed it, so a graceful image was told it may ignore
+    ``GRACEFUL_DELAY`` and got the ``python3`` health check)."""
+    from graceful.harness.contract import Capability
+    from graceful.harness.scenarios.registry import wants_of
+
+    assert Capability.ADMIN_READY in wants_of(SwarmUpdate())

@@ -32,11 +32,12 @@ from graceful.harness.cluster import (
     parse_httplog,
 )
 from graceful.harness.container import StopResult
-from graceful.harness.context import HANG_GUARD_S, Context, Findings, gather_bounded
+from graceful.harness.context import HANG_GUARD_S, Context, Findings
 from graceful.harness.contract import Capability
 from graceful.harness.judges import describe_exit, judge_report_events, judge_traceback
 from graceful.harness.load import Ledger, Record, describe_failures
 from graceful.harness.report import ScenarioResult
+from graceful.harness.steady import split_by_roll, steady_load
 
 __all__ = ["Roll", "RollingRestart"]
 
@@ -148,7 +149,6 @@ class RollingRestart:
         for replica in replicas:
             await cluster.wait_status(replica, up=True, what="an initial replica")
         ledger = Ledger()
-        stop_load = asyncio.Event()
         # Hang guard only: a replacement normally takes a few seconds.
         bound = (
             len(old_delays)
@@ -156,61 +156,35 @@ class RollingRestart:
             * (ctx.settings.startup_timeout + ctx.stop_timeout + HANG_GUARD_S)
         )
         rolls: list[Roll] = []
-        async with ctx.load_client(
+        async with steady_load(
+            ctx,
             cluster.app_port,
             ledger,
-            connections=self.concurrency,
+            concurrency=self.concurrency,
+            work_ms=self.work_ms,
             timeout=ctx.stop_timeout + HANG_GUARD_S,
-        ) as client:
-            # A worker keeps going after a failure: the load balancer stays up, and a failed
-            # request is what the scenario counts.
-            load = asyncio.create_task(
-                client.steady(
-                    stop=stop_load,
-                    concurrency=self.concurrency,
-                    ms=ctx.workload.short_ms(self.work_ms),
-                    max_requests=_MAX_REQUESTS,
-                    max_seconds=bound,
-                    retry_after=0.01,
+            max_requests=_MAX_REQUESTS,
+            max_seconds=bound,
+        ):
+            for number, old_delay in enumerate(old_delays):
+                is_control = self.control and number == 0
+                roll = Roll(
+                    delay=old_delay,
+                    control=is_control,
+                    started=time.monotonic(),
+                    started_wall=time.time(),
                 )
-            )
-            try:
-                for number, old_delay in enumerate(old_delays):
-                    is_control = self.control and number == 0
-                    roll = Roll(
-                        delay=old_delay,
-                        control=is_control,
-                        started=time.monotonic(),
-                        started_wall=time.time(),
+                what = "control roll" if is_control else f"roll {number + 1 - self.control}"
+                for index in range(self.replicas):
+                    ctx.step(
+                        f"{what} (GRACEFUL_DELAY={old_delay:g}): replica {index + 1} of "
+                        f"{self.replicas}"
                     )
-                    what = "control roll" if is_control else f"roll {number + 1 - self.control}"
-                    for index in range(self.replicas):
-                        ctx.step(
-                            f"{what} (GRACEFUL_DELAY={old_delay:g}): replica {index + 1} of "
-                            f"{self.replicas}"
-                        )
-                        new, done = await cluster.replace(replicas[0], self.delay)
-                        replicas = [*replicas[1:], new]
-                        roll.replacements.append(done)
-                    rolls.append(roll)
-            finally:
-                stop_load.set()
-                await gather_bounded([load])
-        if not load.cancelled() and load.exception() is not None:
-            # The load itself broke (not a failed request: those are records): say so
-            # rather than judge a roll nobody sent requests through.
-            raise RuntimeError("the load client failed") from load.exception()
-        # Each request belongs to the roll it was sent in; the warm-up before the first roll
-        # and the last requests after the last one count with them.
-        inf = float("inf")
-        for i, roll in enumerate(rolls):
-            last = i + 1 == len(rolls)
-            start, end = (roll.started if i else -inf), (inf if last else rolls[i + 1].started)
-            roll.ledger = Ledger([r for r in ledger.records if start <= r.sent < end])
-            roll.window = (
-                roll.started_wall if i else -inf,
-                inf if last else rolls[i + 1].started_wall,
-            )
+                    new, done = await cluster.replace(replicas[0], self.delay)
+                    replicas = [*replicas[1:], new]
+                    roll.replacements.append(done)
+                rolls.append(roll)
+        split_by_roll(ledger, rolls)
         return rolls
 
     def _judge(

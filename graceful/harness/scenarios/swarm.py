@@ -32,10 +32,11 @@ import httpx
 
 from graceful.harness.cluster import LB_CONFIG_PATH, LB_IMAGE
 from graceful.harness.container import ContainerError
-from graceful.harness.context import HANG_GUARD_S, Context, Findings, gather_bounded
+from graceful.harness.context import HANG_GUARD_S, Context, Findings
 from graceful.harness.contract import Capability
 from graceful.harness.load import Ledger
 from graceful.harness.report import ScenarioResult
+from graceful.harness.steady import split_by_roll, steady_load
 from graceful.harness.swarm import UPDATE_TIMEOUT_S, Swarm
 from graceful.harness.swarm_clean import sweep
 from graceful.harness.swarm_events import StopWatch, stopped_tasks
@@ -92,6 +93,8 @@ class SwarmUpdate:
     name: ClassVar[str] = "swarm-update"
     opt_in: ClassVar[bool] = True
     needs: ClassVar[frozenset[Capability]] = frozenset({Capability.WORK})
+    # graceful's /readyz decides the tasks' health check and the report's words on the delay.
+    wants: ClassVar[frozenset[Capability]] = frozenset({Capability.ADMIN_READY})
     summary: ClassVar[str] = (
         "opt-in: docker service update of a Swarm service behind HAProxy on tasks.<service> "
         "under load (parallelism 1, start-first, one replica; needs graceful-lb:bookworm): "
@@ -284,49 +287,27 @@ class SwarmUpdate:
         watch: StopWatch,
     ) -> None:
         ledger = Ledger()
-        stop_load = asyncio.Event()
         bound = len(self.rolls) * (self.replicas + 2) * (outcome.stop_timeout + HANG_GUARD_S)
-        async with ctx.load_client(
+        async with steady_load(
+            ctx,
             lb.host_port(_LB_APP_PORT),
             ledger,
-            connections=self.concurrency,
+            concurrency=self.concurrency,
+            work_ms=self.work_ms,
             timeout=outcome.stop_timeout + HANG_GUARD_S,
-        ) as client:
-            load = asyncio.create_task(
-                client.steady(
-                    stop=stop_load,
-                    concurrency=self.concurrency,
-                    ms=ctx.workload.short_ms(self.work_ms),
-                    max_requests=_MAX_REQUESTS,
-                    max_seconds=bound,
-                    retry_after=0.01,
-                )
-            )
-            try:
-                for number, kind in enumerate(self.rolls, 1):
-                    roll = SwarmRoll(kind=kind, started=time.monotonic(), started_wall=time.time())
-                    outcome.rolls.append(roll)
-                    ctx.step(f"roll {number} of {len(self.rolls)}: {ROLL_KINDS[kind]}")
-                    try:
-                        await self._one_roll(ctx, swarm, service, lb, roll, watch)
-                    except ContainerError as exc:  # judged with what was measured so far
-                        roll.error = str(exc)
-                        break
-            finally:
-                stop_load.set()
-                await gather_bounded([load])
-        if not load.cancelled() and load.exception() is not None:
-            raise RuntimeError("the load client failed") from load.exception()
-        inf = float("inf")
-        rolls = outcome.rolls
-        for i, roll in enumerate(rolls):
-            last = i + 1 == len(rolls)
-            start, end = (roll.started if i else -inf), (inf if last else rolls[i + 1].started)
-            roll.ledger = Ledger([r for r in ledger.records if start <= r.sent < end])
-            roll.window = (
-                roll.started_wall if i else -inf,
-                inf if last else rolls[i + 1].started_wall,
-            )
+            max_requests=_MAX_REQUESTS,
+            max_seconds=bound,
+        ):
+            for number, kind in enumerate(self.rolls, 1):
+                roll = SwarmRoll(kind=kind, started=time.monotonic(), started_wall=time.time())
+                outcome.rolls.append(roll)
+                ctx.step(f"roll {number} of {len(self.rolls)}: {ROLL_KINDS[kind]}")
+                try:
+                    await self._one_roll(ctx, swarm, service, lb, roll, watch)
+                except ContainerError as exc:  # judged with what was measured so far
+                    roll.error = str(exc)
+                    break
+        split_by_roll(ledger, outcome.rolls)
 
     async def _one_roll(
         self, ctx: Context, swarm: Swarm, service: str, lb: Any, roll: SwarmRoll, watch: StopWatch
