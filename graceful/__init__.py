@@ -1,9 +1,9 @@
 """graceful: containerized asyncio services that stop correctly.
 
 Every name here is imported on first use (PEP 562): the ``graceful`` command installs its
-stop-signal handlers before anything heavy is imported (:mod:`graceful._early`), and a
-process that never keeps state, such as each worker of ``graceful serve --workers``, never
-loads the store.
+stop-signal handlers before anything heavy is imported
+(:meth:`graceful.signals.StartupSignals.capture`), and a process that never keeps state,
+such as each worker of ``graceful serve --workers``, never loads the store.
 """
 
 import importlib

@@ -21,7 +21,6 @@ from dataclasses import fields
 from typing import Any, NoReturn
 
 from graceful import __version__
-from graceful._early import hand_over
 from graceful.budget import Budget
 from graceful.config import ENV_VARS, Config
 from graceful.exceptions import ConfigError
@@ -31,12 +30,12 @@ from graceful.serve.app import serve_target
 from graceful.serve.options import DEFAULT_HOST, DEFAULT_PORT, SERVE_ENV_VARS, ServeOptions
 from graceful.serve.stopping import StopDeadlines, worker_config
 from graceful.serve.target import (
-    StartupSignals,
     import_from_string,
     load_guarded,
     load_target,
     web_app_kind,
 )
+from graceful.signals import StartupSignals
 from graceful.status import ExitCode
 from graceful.swarm_settings import swarm_lines, swarm_settings
 
@@ -60,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "run":
         return _run(parser, args)
-    hand_over()  # the other commands install no stop handlers: the defaults apply
+    StartupSignals.take(())  # the other commands stop on no signal: the defaults apply
     if args.command == "config":
         return _config(args)
     if args.command == "probe":
@@ -307,20 +306,19 @@ def _serve(args: argparse.Namespace) -> int:
         config = Config.from_env(**{**_stop_overrides(args), **options.config_overrides()})
     except ConfigError as exc:
         return _serve_error(f"configuration error: {exc}")
-    if options.workers > 1:
-        # The supervisor's module is imported only when workers are asked for.
-        supervisor: Any = importlib.import_module("graceful.serve.supervisor")
-        code: int = supervisor.run_supervisor(args.target, options, config)
-        return code
-    # From here until the runtime's own handlers, a stop signal is never dropped: it aborts
-    # the import, or (after it) starts the runtime's stop as soon as the runtime exists.
-    guard = StartupSignals(config.signals if config.handle_signals else ()).install()
-    hand_over()  # a signal from before the guard (graceful._early) reaches it now
+    # From here until the runtime's (or the supervisor's) own handlers, a stop signal is never
+    # dropped: it aborts the import, or (after it) starts the stop as soon as there is a stop.
+    startup = StartupSignals.take(config.signals if config.handle_signals else ())
     try:
+        if options.workers > 1:
+            # The supervisor's module is imported only when workers are asked for.
+            supervisor: Any = importlib.import_module("graceful.serve.supervisor")
+            code: int = supervisor.run_supervisor(args.target, options, config, startup=startup)
+            return code
         target = load_guarded(
             args.target,
             lambda: load_target(args.target, factory=options.factory, app_dir=options.app_dir),
-            guard,
+            startup,
             command="serve",
             label="graceful serve",
             log_format=config.log_format,
@@ -333,10 +331,10 @@ def _serve(args: argparse.Namespace) -> int:
             await serve_target(runtime, target, options)
 
         runtime = Runtime(config)
-        guard.hand_over(runtime)
+        startup.hand_over(runtime)
         return runtime.run(main)
     finally:
-        guard.restore()
+        startup.restore()
 
 
 def _serve_error(message: str) -> int:
@@ -351,13 +349,12 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     # As in `serve`: a stop signal aborts a slow import, and is never dropped after it.
-    guard = StartupSignals(config.signals if config.handle_signals else ()).install()
-    hand_over()  # a signal from before the guard (graceful._early) reaches it now
+    startup = StartupSignals.take(config.signals if config.handle_signals else ())
     try:
         target = load_guarded(
             args.target,
             lambda: import_target(args.target),
-            guard,
+            startup,
             command="run",
             label="graceful run",
             log_format=config.log_format,
@@ -365,9 +362,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         )
         if isinstance(target, ExitCode):
             return int(target)
-        return _run_target(parser, args, target, config, guard)
+        return _run_target(parser, args, target, config, startup)
     finally:
-        guard.restore()
+        startup.restore()
 
 
 def _run_target(
@@ -375,12 +372,12 @@ def _run_target(
     args: argparse.Namespace,
     target: Any,
     config: Config,
-    guard: StartupSignals,
+    startup: StartupSignals,
 ) -> int:
     if isinstance(target, Runtime):
         if _stop_overrides(args):
             parser.error("options cannot change a Runtime built in code; use its Config")
-        guard.hand_over(target)
+        startup.hand_over(target)
         return target.run()
     kind = web_app_kind(target)
     if kind is not None:
@@ -394,7 +391,7 @@ def _run_target(
     if not callable(target):
         parser.error(f"{args.target} is neither a Runtime nor an async main(runtime)")
     runtime = Runtime(config)
-    guard.hand_over(runtime)
+    startup.hand_over(runtime)
     return runtime.run(target)
 
 

@@ -72,7 +72,7 @@ class ProcessShell:
         self.watchdog: Watchdog | None = None
         self.admin: AdminServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._early: list[tuple[signal.Signals, Escalation]] = []
+        self._before_loop: list[tuple[signal.Signals, Escalation]] = []
 
     def install_signals(self) -> None:
         """Handle the stop signals from now on (as PID 1, one that finds no handler is lost)."""
@@ -81,7 +81,7 @@ class ProcessShell:
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Deliver signals to ``loop`` from now on, and those that came before it ran."""
         self._loop = loop
-        early, self._early = self._early, []
+        early, self._before_loop = self._before_loop, []
         for sig, level in early:
             self._on_signal(sig, level)
 
@@ -169,6 +169,6 @@ class ProcessShell:
                 self.watchdog.arm(self._exit_at(at))
         loop = self._loop
         if loop is None:
-            self._early.append((sig, level))
+            self._before_loop.append((sig, level))
         elif not loop.is_closed():
             loop.call_soon_threadsafe(self._on_signal, sig, level)

@@ -18,26 +18,44 @@ are one request (a ``kill`` loop or a supervisor's storm) and do not escalate.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from enum import IntEnum
-from types import FrameType
-from typing import Any
 
-from graceful.config import Config
-from graceful.logs import last_line
-from graceful.status import ExitCode
+# Imported by the ``graceful`` command before anything else (see StartupSignals.capture): only
+# what the interpreter's start and the ``signal`` module loaded already, and threading. The
+# rest is imported where it is used, or for the type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from types import FrameType
+    from typing import Any, ClassVar, Protocol, Self
 
-__all__ = ["Escalation", "StopSignals", "shell_pid1_warning"]
+    from graceful.config import Config
+
+    _Handler = Callable[[int, FrameType | None], Any] | int | None
+
+    class Stoppable(Protocol):
+        """What :meth:`StartupSignals.hand_over` stops: a ``Runtime`` or the supervisor."""
+
+        @property
+        def config(self) -> Config: ...
+
+        def request_stop(self, reason: str) -> None: ...
 
 
-EXIT_FORCED = int(ExitCode.FORCED)
+__all__ = [
+    "Escalation",
+    "LoadingStopped",
+    "StartupSignals",
+    "StopSignals",
+    "shell_pid1_warning",
+]
 
-_Handler = Callable[[int, FrameType | None], Any] | int | None
+#: The signals ``docker stop`` and Ctrl-C send: caught before GRACEFUL_SIGNALS is read.
+FIRST_CAUGHT = ("SIGTERM", "SIGINT")
 
 
 class Escalation(IntEnum):
@@ -100,12 +118,14 @@ class StopSignals:
         log: Any,
     ) -> StopSignals | None:
         """Install handlers as ``config`` says; ``None`` when off or not on the main thread."""
+        from graceful.status import ExitCode
+
         if not config.handle_signals:
             return None
         owner = cls(
             config.signals,
             on_signal,
-            hard_exit_code=EXIT_FORCED,
+            hard_exit_code=int(ExitCode.FORCED),
             repeat_window=config.repeat_window,
             ownership_interval=config.ownership_interval,
         )
@@ -116,7 +136,7 @@ class StopSignals:
 
     def install(self) -> bool:
         """Install the handlers; a no-op (returning False) off the main thread."""
-        if threading.current_thread() is not threading.main_thread():
+        if not _on_main_thread():
             return False
         for sig in self.signals:
             self._previous[sig] = signal.getsignal(sig)
@@ -170,6 +190,8 @@ class StopSignals:
         self.check_ownership(log)
         self._ownership_checks += 1
         interval = self._ownership_interval * (1 if self._ownership_checks <= 4 else 10)
+        import asyncio
+
         loop = asyncio.get_running_loop()
         loop.call_later(interval, self.watch_ownership, log, keep_watching)
 
@@ -188,8 +210,161 @@ class StopSignals:
         self._on_signal(sig, Escalation(self.level), now)
 
 
+class LoadingStopped(BaseException):
+    """A stop signal arrived while the app was being imported (see :class:`StartupSignals`).
+
+    A ``BaseException``, as ``KeyboardInterrupt``: the app's own ``except Exception`` must
+    not swallow it.
+
+    Attributes:
+        signal: the signal's name.
+    """
+
+    def __init__(self, signal: str) -> None:
+        super().__init__(f"{signal} while the app was being imported")
+        self.signal = signal
+
+
+class StartupSignals:
+    """The stop signals from the ``graceful`` command's first line until the handlers of the
+    runtime (or the supervisor) take over: one owner from ``exec`` through the app's import.
+
+    As a container's PID 1 a signal nobody handles is dropped, and ``docker stop`` then waits
+    for SIGKILL; importing the command takes 0.2-0.3 s and the app's import can take seconds.
+    So :meth:`capture` installs these handlers first of all, and :meth:`take` hands them to the
+    command once it knows which signals it stops on. These handlers
+
+    - raise :class:`LoadingStopped` where the import is, inside :meth:`importing` (an
+      exception out of a signal handler, unlike the runtime's, which only record and wake
+      the loop: no loop runs yet and nothing was accepted, so nothing is to drain, and the
+      import could outlast the stop timeout);
+    - otherwise record the signal and ask the owner given to :meth:`hand_over` to stop (at once
+      if the signal came before it), until that owner installs its own handlers.
+
+    A no-op off the main thread. :meth:`restore` puts the previous handlers back.
+
+    Args:
+        names: signal names (``"SIGTERM"``).
+    """
+
+    _captured: ClassVar[StartupSignals | None] = None
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.signals = tuple(signal.Signals[name] for name in names)
+        self._arrived: list[signal.Signals] = []
+        self._owner: Stoppable | None = None
+        self._importing = False
+        self._previous: dict[signal.Signals, _Handler] = {}
+
+    @classmethod
+    def capture(cls) -> None:
+        """The command's first step: catch SIGTERM and SIGINT before anything heavy is imported
+        (GRACEFUL_SIGNALS is not read yet; :meth:`take` settles the set)."""
+        if cls._captured is None:
+            cls._captured = cls(FIRST_CAUGHT).install()
+
+    @classmethod
+    def take(cls, names: Sequence[str]) -> StartupSignals:
+        """The startup handlers for ``names`` from now on: those :meth:`capture` installed,
+        with the signals they caught, else new ones.
+
+        Captured signals not in ``names`` get their previous handlers back, and one of them that
+        arrived is raised again for that handler (SIGINT's ``KeyboardInterrupt``, say). With no
+        ``names`` (the commands that stop on nothing) every signal gets its default back.
+        """
+        startup, cls._captured = cls._captured, None
+        if startup is None:
+            return cls(names).install()
+        startup._keep(tuple(signal.Signals[name] for name in names))
+        return startup
+
+    def install(self) -> Self:
+        """Install the handlers (on the main thread only); returns ``self``."""
+        if _on_main_thread():
+            for sig in self.signals:
+                if sig not in self._previous:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    @property
+    def received(self) -> str | None:
+        """The name of the first stop signal that arrived outside the import, if one did."""
+        return self._arrived[0].name if self._arrived else None
+
+    @property
+    def in_import(self) -> bool:
+        """Inside :meth:`importing`'s block now (a stop signal would raise there)."""
+        return self._importing
+
+    def importing(self) -> StartupSignals:
+        """``with startup.importing():`` a stop signal inside the block raises
+        :class:`LoadingStopped` in it."""
+        return self
+
+    def __enter__(self) -> None:
+        self._importing = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._importing = False
+
+    def hand_over(self, owner: Stoppable) -> None:
+        """Stop ``owner`` (a ``Runtime``, the supervisor) on a signal from now on, at once if
+        one came already.
+
+        Its own handlers replace these when it starts serving (and put them back when it
+        returns, when a signal has nothing left to stop). Signals it does not stop on get
+        their previous handlers back now.
+        """
+        config = owner.config
+        self._keep(
+            tuple(signal.Signals[n] for n in config.signals) if config.handle_signals else ()
+        )
+        self._owner = owner
+        if self.received is not None:
+            owner.request_stop(f"signal {self.received}")
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before :meth:`install`."""
+        for sig in list(self._previous):
+            self._give_back(sig, replaced_or_not=True)
+
+    def _keep(self, kept: tuple[signal.Signals, ...]) -> None:
+        dropped = [sig for sig in self._previous if sig not in kept]
+        for sig in dropped:
+            self._give_back(sig)
+        self.signals = kept
+        self.install()
+        again = [sig for sig in self._arrived if sig in dropped]
+        self._arrived = [sig for sig in self._arrived if sig in kept]
+        for sig in again:
+            signal.raise_signal(sig)
+
+    def _give_back(self, sig: signal.Signals, *, replaced_or_not: bool = False) -> None:
+        previous = self._previous.pop(sig)
+        # A handler installed over ours since (the runtime's, before ``take``) stays.
+        if replaced_or_not or signal.getsignal(sig) == self._handle:
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        sig = signal.Signals(signum)
+        if self._importing:
+            raise LoadingStopped(sig.name)
+        if sig not in self._arrived:  # the first of each, in order: all that is acted on
+            self._arrived.append(sig)
+        if self._owner is not None:
+            # Safe from a signal handler here: the owner has not started waiting on its stop
+            # (its own handlers replace this one before it does), so this only sets a flag.
+            self._owner.request_stop(f"signal {sig.name}")
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 def hard_exit(code: int, sig: signal.Signals) -> None:
     """Exit at once, after one last log line written straight to the file descriptor."""
+    from graceful.logs import last_line
+
     last_line("shutdown.forced", signal=sig.name, exit_code=code)
     os._exit(code)
 

@@ -4,8 +4,8 @@ As a container's PID 1 a signal with no handler is dropped. The old console scri
 (``graceful.cli:main``) imported the whole command (asyncio, structlog, prometheus-client,
 the package) before any handler existed: 0.2-0.3 s here during which ``docker stop``'s
 SIGTERM was lost and the container ran until SIGKILL (found by the attack on issue 12).
-Now ``graceful._early`` catches SIGTERM and SIGINT first and hands them on once the
-command's own handlers are in.
+Now ``StartupSignals.capture()`` (graceful.signals) catches SIGTERM and SIGINT first and
+hands them on once the command's own handlers are in.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tests.test_pid1 import UNSHARE, namespace_pid1
 GRACEFUL = str(Path(sys.executable).parent / "graceful")
 HEAVY = ("asyncio", "prometheus_client", "structlog", "typing")
 HANG_GUARD = 30.0
+CAPTURE = "from graceful.signals import StartupSignals; StartupSignals.capture()"
 
 needs_pid_namespace = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None,
@@ -53,7 +54,7 @@ def test_the_entry_point_installs_its_handlers_before_anything_heavy_is_imported
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), "
         "signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)"
     )
-    assert fresh(probe.format("import graceful._early as e; e.install()")) == "[] False"
+    assert fresh(probe.format(CAPTURE)) == "[] False"
     old = fresh(probe.format("import graceful.cli"))
     assert old == f"{list(HEAVY)!r} True"
 

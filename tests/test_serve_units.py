@@ -280,7 +280,7 @@ def test_startup_signals_abort_the_import_then_hand_the_stop_to_the_runtime() ->
     from prometheus_client import CollectorRegistry
 
     from graceful import Runtime
-    from graceful.serve.target import LoadingStopped, StartupSignals
+    from graceful.signals import LoadingStopped, StartupSignals
 
     before = signal.getsignal(signal.SIGTERM)
     guard = StartupSignals(["SIGTERM"]).install()

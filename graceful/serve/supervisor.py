@@ -34,7 +34,6 @@ import sys
 import time
 from typing import Any
 
-from graceful._early import hand_over
 from graceful.config import Config
 from graceful.exceptions import ConfigError
 from graceful.logs import get_logger
@@ -58,14 +57,19 @@ from graceful.serve.stopping import (
     worker_line,
 )
 from graceful.shell import ProcessShell
-from graceful.signals import Escalation
+from graceful.signals import Escalation, StartupSignals
 from graceful.status import ExitCode, LifecycleState
 
 __all__ = ["Supervisor", "run_supervisor"]
 
 
 def run_supervisor(
-    spec: str, options: ServeOptions, config: Config, *, settings: SupervisorSettings | None = None
+    spec: str,
+    options: ServeOptions,
+    config: Config,
+    *,
+    settings: SupervisorSettings | None = None,
+    startup: StartupSignals | None = None,
 ) -> int:
     """Serve ``spec`` with ``options.workers`` worker processes; return the exit code.
 
@@ -74,6 +78,8 @@ def run_supervisor(
         options: how to serve it; ``workers`` is N.
         config: the stop budget, admin server, signals and logs of the container.
         settings: ``None`` reads them from the environment.
+        startup: the command's startup signal handlers: a signal they caught stops the
+            supervisor as soon as it exists.
 
     .. versionadded:: 0.1
     """
@@ -82,7 +88,10 @@ def run_supervisor(
     except ConfigError as exc:
         print(f"graceful serve: configuration error: {exc}", file=sys.stderr, flush=True)
         return int(ExitCode.ERROR)
-    return Supervisor(spec, options, config, settings).run()
+    supervisor = Supervisor(spec, options, config, settings)
+    if startup is not None:
+        startup.hand_over(supervisor)
+    return supervisor.run()
 
 
 class Supervisor:
@@ -155,7 +164,6 @@ class Supervisor:
         # dropped, and ``docker stop`` would wait for SIGKILL. One that comes before the loop
         # runs is kept and acted on once it does (``ProcessShell``).
         self._shell.install_signals()
-        hand_over()  # a signal from before these handlers (graceful._early) reaches them now
         try:
             return self._shell.run(self.serve, output=write_whole_lines)
         finally:

@@ -9,28 +9,23 @@ number, an app factory without ``--factory``, an ``async def main(runtime)``) is
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import inspect
 import os
-import signal
 import sys
-import threading
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any, Literal
 
 from graceful.exceptions import TargetImportError
 from graceful.logs import exception_dicts, last_line, writes_json
 from graceful.runtime import Runtime
+from graceful.signals import LoadingStopped, StartupSignals
 from graceful.status import ExitCode
 
 __all__ = [
     "AppKind",
-    "LoadingStopped",
-    "StartupSignals",
     "Target",
     "failed_to_load",
     "import_from_string",
@@ -159,23 +154,6 @@ def _apps(filename: str) -> bool:
     return not filename.startswith((_GRACEFUL, "<frozen")) and "importlib" not in filename
 
 
-class LoadingStopped(BaseException):
-    """A stop signal arrived while the target was being imported (see :func:`load_target`).
-
-    A ``BaseException``, as ``KeyboardInterrupt``: the app's own ``except Exception`` must
-    not swallow it.
-
-    Attributes:
-        signal: the signal's name.
-
-    .. versionadded:: 0.1
-    """
-
-    def __init__(self, signal: str) -> None:
-        super().__init__(f"{signal} while the app was being imported")
-        self.signal = signal
-
-
 def import_from_string(spec: str, *, app_dir: str | None = None) -> Any:
     """Import ``module:attr`` (dots allowed in ``attr``) and return the attribute.
 
@@ -293,90 +271,6 @@ def web_app_kind(obj: object) -> AppKind | None:
     if isinstance(obj, type) and _accepts(signature, 1) and not _accepts(signature, 0):
         return "asgi"  # an ASGI 2 app: a class built from the scope (uvicorn runs those)
     return None
-
-
-class StartupSignals:
-    """The stop signals from before the app is imported until the runtime's handlers take over.
-
-    As a container's PID 1 a signal nobody handles is dropped, so there must be no moment
-    between ``graceful serve``'s first line and the runtime's own handlers where none is
-    installed: ``docker stop`` would then wait for SIGKILL. Installed first, these handlers
-
-    - raise :class:`LoadingStopped` where the import is, inside :meth:`importing` (an
-      exception out of a signal handler, unlike the runtime's, which only record and wake
-      the loop: no loop runs yet and nothing was accepted, so nothing is to drain, and the
-      import could outlast the stop timeout);
-    - after it, record the signal, and ask the runtime given to :meth:`hand_over` to stop
-      (at once if the signal came before it), until the runtime installs its own handlers.
-
-    A no-op off the main thread. :meth:`restore` puts the previous handlers back.
-
-    Args:
-        names: signal names (``"SIGTERM"``).
-
-    .. versionadded:: 0.1
-    """
-
-    def __init__(self, names: Sequence[str]) -> None:
-        self.signals = tuple(signal.Signals[name] for name in names)
-        #: The name of the first signal that arrived after the import, if one did.
-        self.received: str | None = None
-        self._runtime: Runtime | None = None
-        self._importing = False
-        self._previous: dict[signal.Signals, Any] = {}
-
-    def install(self) -> StartupSignals:
-        """Install the handlers (on the main thread only); returns ``self``."""
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.signals:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    @property
-    def in_import(self) -> bool:
-        """Inside :meth:`importing`'s block now (a stop signal would raise there)."""
-        return self._importing
-
-    @contextlib.contextmanager
-    def importing(self) -> Iterator[None]:
-        """A stop signal inside this block raises :class:`LoadingStopped` in it."""
-        self._importing = True
-        try:
-            yield
-        finally:
-            self._importing = False
-
-    def hand_over(self, runtime: Runtime) -> None:
-        """Stop ``runtime`` on a signal from now on (at once if one came already).
-
-        Its own handlers replace these when it starts serving (and put them back when it
-        returns, when a signal has nothing left to stop). Signals it does not handle get
-        their previous handlers back now.
-        """
-        config = runtime.config
-        kept = {signal.Signals[n] for n in config.signals} if config.handle_signals else set()
-        for sig in [s for s in self._previous if s not in kept]:
-            signal.signal(sig, self._previous.pop(sig))
-        self._runtime = runtime
-        if self.received is not None:
-            runtime.request_stop(f"signal {self.received}")
-
-    def restore(self) -> None:
-        """Put back the handlers that were there before :meth:`install`."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        self._previous.clear()
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if self._importing:
-            raise LoadingStopped(name)
-        if self.received is None:
-            self.received = name
-        if self._runtime is not None:
-            # Safe from a signal handler here: the runtime has not started waiting on its stop
-            # (its own handlers replace this one before it does), so this only sets a flag.
-            self._runtime.request_stop(f"signal {name}")
 
 
 def _file_hint(module_name: str, attrs: str) -> str:

@@ -54,12 +54,8 @@ from graceful.serve.app import serve_target
 from graceful.serve.control import Message, Op, WorkerStart, encode, messages, read_start
 from graceful.serve.listeners import BacklogGuard, taken_by_another
 from graceful.serve.processes import write_whole_lines
-from graceful.serve.target import (
-    StartupSignals,
-    Target,
-    load_guarded,
-    load_target,
-)
+from graceful.serve.target import Target, load_guarded, load_target
+from graceful.signals import StartupSignals
 from graceful.status import ExitCode
 
 __all__ = ["ControlReader", "WorkerRuntime", "main"]
@@ -189,7 +185,7 @@ class ControlReader:
     Until a :class:`WorkerRuntime` is attached, messages are kept for it; a ``stop`` (or the
     supervisor's end) that comes while the app is still being imported also interrupts the
     import, through ``guard`` (SIGTERM sent to the main thread, where
-    :class:`~graceful.serve.target.StartupSignals` raises ``LoadingStopped``): an import can
+    :class:`~graceful.signals.StartupSignals` raises ``LoadingStopped``): an import can
     outlast the whole stop budget (a framework, a model), and a worker that served nothing
     then ends at once with exit 0, as ``graceful serve`` without workers does, instead of
     being killed at its deadline.
