@@ -7,9 +7,10 @@ the first phase of the stop, per process, measured the same way on any checkout.
 is this one. An idle ``graceful serve app:app`` (plain ASGI) is started with a profiler in
 every process (a ``sitecustomize`` on ``PYTHONPATH``) that records each call into graceful's
 own code with its ``CLOCK_MONOTONIC`` time; SIGTERM is sent once it answers. Counted, per
-process, from the signal until its first ``Shutdown._phase``: the distinct graceful functions
-entered (the hops) and the modules they belong to; and the modules entered from the signal
-until the process ended. Not a test: docs/architecture.md quotes its output.
+process, from the signal until its first ``Shutdown._phase`` (a supervisor: until the stop is
+sent to the workers): the distinct graceful functions entered (the hops) and the modules they
+belong to; and the modules entered from the signal until the process ended. Not a test:
+docs/architecture.md quotes its output.
 """
 
 from __future__ import annotations
@@ -119,13 +120,17 @@ def walk(source: Path, workers: int) -> list[dict[str, object]]:
 def count(dump: dict[str, object], signal_at: float) -> dict[str, object]:
     calls = [c for c in dump["calls"] if c[0] >= signal_at]  # type: ignore[union-attr]
     first_phase = next((i for i, c in enumerate(calls) if c[2] == "Shutdown._phase"), len(calls))
-    to_phase = calls[: first_phase + 1]
+    # A supervisor has no phases: its walk ends when the stop leaves for the workers.
+    first_send = next((i for i, c in enumerate(calls) if c[2] == "ControlChannel.send"), len(calls))
+    to_phase = calls[: min(first_phase, first_send) + 1]
     hops = list(dict.fromkeys(f"{c[1]}:{c[2]}" for c in to_phase))
     return {
         "process": "runtime" if first_phase < len(calls) else "supervisor",
+        # to its first phase (a runtime), or to the stop sent to the workers (a supervisor)
         "hops_to_first_phase": len(hops),
         "modules_to_first_phase": sorted({c[1] for c in to_phase}),
         "modules_to_exit": len({c[1] for c in calls}),
+        "modules_entered": sorted({c[1] for c in calls}),
         "hops": hops,
     }
 
@@ -139,6 +144,7 @@ def main() -> int:
     for process in walk(args.source.resolve(), args.workers):
         if not args.verbose:
             process.pop("hops")
+            process.pop("modules_entered")
         print(json.dumps(process, indent=1 if args.verbose else None))
     return 0
 
