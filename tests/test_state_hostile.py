@@ -217,6 +217,12 @@ def test_lone_surrogates_are_refused_and_nothing_else_fails(
     run(tmp_path, scenario)
 
 
+def circular() -> dict[str, Any]:
+    value: dict[str, Any] = {"list": []}
+    value["list"].append(value)
+    return value
+
+
 @pytest.mark.parametrize(
     ("key", "value", "error", "message"),
     [
@@ -232,6 +238,7 @@ def test_lone_surrogates_are_refused_and_nothing_else_fails(
         ("k", {"f": float("nan")}, ValueError, "cannot be stored as JSON"),
         ("k", {"f": float("inf")}, ValueError, "cannot be stored as JSON"),
         ("k", {"obj": object()}, TypeError, "not JSON serializable"),
+        ("k", circular(), ValueError, "Circular reference detected"),
     ],
 )
 async def test_what_would_change_is_refused(

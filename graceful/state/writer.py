@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import queue
 import secrets
 import sqlite3
@@ -119,6 +120,10 @@ class Writer:
         self.failure: StateError | None = None
         #: What the path named when the file was opened: checked before each acknowledgement.
         self.opened = OpenedFile(path, metrics.lost)
+        # Each transaction's tag (see `_insert`): from a random start, so no other opening
+        # (this process's, another's, an earlier one's) uses the same ones; counted up from
+        # there, so no transaction waits on a system call (one that lets the loop take the GIL).
+        self._tags = itertools.count(secrets.randbits(62))
 
     def start(
         self, *, busy_timeout: float, check: bool
@@ -145,7 +150,11 @@ class Writer:
     def write(self, rows: list[Row]) -> asyncio.Future[list[bool]]:
         """Queue ``rows`` for one transaction; the future gets True for each new key."""
         future: asyncio.Future[list[bool]] = self._loop.create_future()
-        self._enqueue(Write(rows, future))
+        with self._queue_lock:  # as in _enqueue, inlined: this runs for every put
+            if self.failure is None:
+                self._queue.put(Write(rows, future))
+                return future
+        self._enqueue(Write(rows, future))  # raises the failure
         return future
 
     def call(
@@ -214,18 +223,20 @@ class Writer:
                 continue
             batch = [job]
             size = len(job.rows)
+            get = self._queue.get_nowait
             # Group commit: everything queued while the previous transaction was committing
-            # goes into this one. A call or close ends the batch and keeps its place in line.
+            # goes into this one. A call or close ends the batch and keeps its place in line
+            # (in hand too: should this thread die, it gets its answer with the batch).
             while size < self.max_batch:
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = get()
                 except queue.Empty:
                     break
+                in_hand.append(nxt)
                 if isinstance(nxt, Call):
                     carry = nxt
                     break
                 batch.append(nxt)
-                in_hand.append(nxt)
                 size += len(nxt.rows)
             outcomes = self._commit(conn, batch)
             # Before the acknowledgement: committed into a file that is no longer at the path
@@ -241,9 +252,10 @@ class Writer:
             raise lost
 
     def _commit(self, conn: sqlite3.Connection, batch: list[Write]) -> list[Outcome]:
-        size = sum(len(w.rows) for w in batch)
+        rows = list(itertools.chain.from_iterable(w.rows for w in batch))
+        size = len(rows)
         try:
-            flags = _insert(conn, [row for w in batch for row in w.rows])
+            flags = _insert(conn, rows, next(self._tags))
         except Exception as exc:
             rollback(conn)
             if len(batch) > 1 and _caused_by_a_write(exc):
@@ -257,6 +269,8 @@ class Writer:
         self._metrics.commits.inc()
         self._metrics.batch_size.observe(size)
         self._metrics.items.inc(sum(flags))
+        if size == len(batch):  # one row per write, the common case
+            return list(zip((w.future for w in batch), ([flag] for flag in flags), strict=True))
         outcomes: list[Outcome] = []
         start = 0
         for w in batch:
@@ -303,16 +317,30 @@ def _empty_the_log(conn: sqlite3.Connection) -> None:
 # -- the INSERT --------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=128)
 def _insert_sql(rows: int) -> str:
-    values = ",".join(["(?,?,?,?)"] * rows)
+    # ?1 is the transaction's tag, bound once for all rows; a bare ? takes the number after
+    # the highest so far, so the rows bind ?2, ?3, ?4, then ?5... in order.
+    values = "(?2,?,?,?1)" + ",(?,?,?,?1)" * (rows - 1)
     return (
         f"INSERT INTO {TABLE} (key, kind, value, batch) VALUES {values} "
         "ON CONFLICT (key) DO NOTHING"
     )
 
 
-def _insert(conn: sqlite3.Connection, rows: list[Row]) -> list[bool]:
+def _statement_size(rows: int) -> int:
+    """``rows`` rounded up to one of four sizes per power of two (4, 5, 6, 7 times one).
+
+    A handful of compiled statements serve every batch (about 50 up to 4096 rows, within
+    the connection's statement cache), and at most a fifth of a statement is padding.
+    """
+    if rows <= 4:
+        return rows
+    step = 1 << (rows.bit_length() - 3)
+    return -(-rows // step) * step
+
+
+def _insert(conn: sqlite3.Connection, rows: list[Row], tag: int) -> list[bool]:
     """Insert ``rows`` in one transaction; True for each key that was new (first occurrence).
 
     Every key and value is a bound parameter, so each is stored exactly as it is. The common
@@ -321,19 +349,23 @@ def _insert(conn: sqlite3.Connection, rows: list[Row]) -> list[bool]:
     around every statement (and every row of ``executemany``), and while the event loop is
     busy each retake can wait a full switch interval (5 ms).
     """
-    # Tag the rows so that, if some keys were already stored, the ones this transaction wrote
-    # can be told apart afterwards, without a second statement in the common case.
-    tag = secrets.randbits(62)
+    # The rows carry ``tag``, this transaction's own, so that, if some keys were already
+    # stored, the ones this transaction wrote can be told apart afterwards (`_written_by`).
     per_statement = min(
-        _MAX_ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 4
+        _MAX_ROWS_PER_STATEMENT, (conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1) // 3
     )
-    chunks = [rows[i : i + per_statement] for i in range(0, len(rows), per_statement)]
-    if len(chunks) == 1:
-        inserted = _insert_chunk(conn, rows, tag)
+    if len(rows) <= per_statement:
+        inserted = _insert_chunk(conn, rows, tag, per_statement)
     else:
         conn.execute("BEGIN IMMEDIATE")
-        inserted = sum(_insert_chunk(conn, chunk, tag) for chunk in chunks)
+        inserted = sum(
+            _insert_chunk(conn, rows[i : i + per_statement], tag, per_statement)
+            for i in range(0, len(rows), per_statement)
+        )
         conn.execute("COMMIT")
+    if inserted == len(rows):
+        # Every row inserted: no key was stored already, none came twice (the common case).
+        return [True] * len(rows)
     first: dict[str, int] = {}
     for i, (key, _, _) in enumerate(rows):
         first.setdefault(key, i)
@@ -346,12 +378,12 @@ def _insert(conn: sqlite3.Connection, rows: list[Row]) -> list[bool]:
     return [i in new for i in range(len(rows))]
 
 
-def _insert_chunk(conn: sqlite3.Connection, rows: list[Row], tag: int) -> int:
-    # Statement sizes are rounded up to a power of two, padded with copies of the last row
-    # (a repeated key inserts nothing), so a handful of compiled statements serve every batch.
-    size = 1 << (len(rows) - 1).bit_length()
-    params = [field for row in rows for field in (*row, tag)]
-    params.extend([*rows[-1], tag] * (size - len(rows)))
+def _insert_chunk(conn: sqlite3.Connection, rows: list[Row], tag: int, most: int) -> int:
+    # Padded to the statement's size (at most ``most`` rows, what SQLite can bind) with
+    # copies of the last row (a repeated key inserts nothing).
+    size = min(_statement_size(len(rows)), most)
+    params: list[object] = [tag, *itertools.chain.from_iterable(rows)]
+    params.extend(rows[-1] * (size - len(rows)))
     rowcount: int = conn.execute(_insert_sql(size), params).rowcount
     return rowcount
 
