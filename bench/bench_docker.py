@@ -4,8 +4,9 @@ Every case runs in the example image (same Python, same packages) as PID 1 in ex
 started, waited for until its ready line appears in the logs, then stopped with the Docker CLI
 (`docker stop -t 10`); the wall time of that command and the exit code are recorded. The floor
 is a process whose SIGTERM handler calls ``os._exit(0)`` at once: what the engine itself costs.
-Rounds alternate between the cases; the table shows medians. Needs the images of
-`docker/build.sh`.
+Each example also runs ended by ``graceful.runner.end_process`` (its exit without the
+interpreter's module teardown; inlined when the image predates it). Rounds alternate between
+the cases; the table shows medians. Needs the images of `docker/build.sh`.
 """
 
 from __future__ import annotations
@@ -43,11 +44,43 @@ AIOHTTP = (
     "web.run_app(app, port=8080, shutdown_timeout=5)\n"
 )
 
+# The image's own CMD (``python /app/service.py``), ended by ``end_process``: its steps are
+# inlined for an image built before it existed.
+END_PROCESS = (
+    "import atexit, os, runpy, sys, threading\n"
+    "sys.argv = ['/app/service.py']\n"
+    "sys.path.insert(0, '/app/examples')\n"
+    "try:\n"
+    "    runpy.run_path('/app/service.py', run_name='__main__')\n"
+    "    code = 0\n"
+    "except SystemExit as exc:\n"
+    "    code = exc.code if isinstance(exc.code, int) else 1\n"
+    "try:\n"
+    "    from graceful.runner import end_process\n"
+    "except ImportError:\n"
+    "    def end_process(code):\n"
+    "        threading._shutdown()\n"
+    "        atexit._run_exitfuncs()\n"
+    "        sys.stdout.flush(), sys.stderr.flush()\n"
+    "        os._exit(code)\n"
+    "end_process(code)\n"
+)
+
 # name -> (image, command or None for the image's own CMD, ready line)
 CASES: dict[str, tuple[str, list[str] | None, str]] = {
     "floor (os._exit in the handler)": (IMAGE, [PY, "-c", FLOOR], "ready"),
     "graceful + uvicorn (example)": (IMAGE, None, '"service.ready"'),
     "graceful + aiohttp (example)": (AIOHTTP_IMAGE, None, '"service.ready"'),
+    "graceful + uvicorn (example), end_process": (
+        IMAGE,
+        [PY, "-c", END_PROCESS],
+        '"service.ready"',
+    ),
+    "graceful + aiohttp (example), end_process": (
+        AIOHTTP_IMAGE,
+        [PY, "-c", END_PROCESS],
+        '"service.ready"',
+    ),
     "uvicorn 0.54, timeout_graceful_shutdown=5": (IMAGE, [PY, "-c", UVICORN], "Uvicorn running"),
     "aiohttp run_app, shutdown_timeout=5": (IMAGE, [PY, "-c", AIOHTTP], "Running on"),
 }
@@ -66,7 +99,16 @@ def _logs(cid: str) -> str:
 
 def measure(image: str, command: list[str] | None, ready: str, count: int = 1) -> tuple[float, int]:
     """``docker stop`` wall time and exit code, once ``ready`` was logged ``count`` times."""
-    cid = _docker("run", "-d", "--network", "none", image, *(command or []))
+    cid = _docker(
+        "run",
+        "-d",
+        "--label",
+        "graceful.bench=docker",
+        "--network",
+        "none",
+        image,
+        *(command or []),
+    )
     try:
         deadline = time.monotonic() + 30
         while _logs(cid).count(ready) < count:

@@ -14,6 +14,7 @@ SUITES = [
     "bench_docker.py",
     "bench_workers.py",
     "bench_access.py",
+    "bench_aiohttp.py",
 ]
 
 HEADER = """# Benchmarks

@@ -20,6 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 import graceful
 from graceful.integrations import aiohttp as graceful_aiohttp
+from graceful.runner import end_process
 from graceful.state import DurableStore
 
 STORE = web.AppKey("store", DurableStore)
@@ -146,4 +147,4 @@ async def main(runtime: graceful.Runtime) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(contract.run(main, factory="aiohttp_service:make_app"))
+    end_process(contract.run(main, factory="aiohttp_service:make_app"))

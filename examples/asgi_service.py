@@ -19,6 +19,7 @@ import contract
 
 import graceful
 from graceful.integrations import asgi
+from graceful.runner import end_process
 from graceful.state import DurableStore
 
 Receive = asgi.Receive
@@ -150,4 +151,4 @@ async def main(runtime: graceful.Runtime) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(contract.run(main, factory="asgi_service:make_app"))
+    end_process(contract.run(main, factory="asgi_service:make_app"))

@@ -25,6 +25,7 @@ import contract
 
 import graceful
 from graceful.integrations import streams
+from graceful.runner import end_process
 from graceful.state import DurableStore
 
 #: The longest line taken (the ``StreamReader`` buffer limit).
@@ -105,4 +106,4 @@ async def main(runtime: graceful.Runtime) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(graceful.run(main, config=graceful.Config.from_env()))
+    end_process(graceful.run(main, config=graceful.Config.from_env()))

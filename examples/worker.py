@@ -54,6 +54,7 @@ from typing import Any
 import contract
 
 import graceful
+from graceful.runner import end_process
 from graceful.state import Batcher, DurableStore
 
 #: One processed job: its id, its result and the file that acknowledges it once deleted.
@@ -333,4 +334,4 @@ async def main(runtime: graceful.Runtime) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(graceful.run(main, config=graceful.Config.from_env()))
+    end_process(graceful.run(main, config=graceful.Config.from_env()))

@@ -10,6 +10,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -229,3 +230,86 @@ def test_threads_that_finish_or_are_daemons_let_the_exit_continue() -> None:
         assert done.returncode == 0, (kind, done.stderr)
         assert "returned" in done.stdout
         assert "threads_abandoned" not in done.stdout
+
+
+END_CHILD = textwrap.dedent(
+    """
+    import atexit, logging, sys, threading, time
+
+    from graceful.runner import end_process
+
+    how, marks = sys.argv[1], sys.argv[2]
+
+    class TornDown:
+        # Alive until the interpreter's module teardown, which end_process skips. What it
+        # needs is its own: the module's globals are gone by the time it runs.
+        def __init__(self, path, write):
+            self.path, self.write = path, write
+
+        def __del__(self):
+            self.write(self.path, "teardown")
+
+    def append(path, line, open=open):
+        with open(path, "a") as f:
+            f.write(line + "\\n")
+
+    kept = TornDown(marks, append)
+    atexit.register(lambda: open(marks, "a").write("atexit first registered\\n"))
+    atexit.register(lambda: open(marks, "a").write("atexit last registered\\n"))
+    handler = logging.FileHandler(marks + ".log", delay=False)
+    logging.getLogger("app").addHandler(handler)
+
+    def slow_writer():
+        time.sleep(0.3)
+        with open(marks, "a") as f:
+            f.write("thread done\\n")
+
+    threading.Thread(target=slow_writer).start()
+    logging.getLogger("app").warning("logged")  # flushed by logging.shutdown (atexit)
+    sys.stdout.write("unflushed stdout")  # a pipe: block-buffered, no newline
+    if how == "end":
+        end_process(5)
+    raise SystemExit(5)
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["end", "exit"])
+def test_end_process_runs_what_an_exit_owes_and_keeps_the_code(how: str, tmp_path: Any) -> None:
+    """end_process joins the threads, runs every atexit handler in the interpreter's order
+    (last registered first), flushes stdout and the log handlers and exits with the code, as
+    ``SystemExit`` does (the control, ``exit``); only the module teardown is skipped."""
+    marks = tmp_path / "marks"
+    done = subprocess.run(
+        [sys.executable, "-c", END_CHILD, how, str(marks)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 5, done.stderr
+    assert done.stdout == "unflushed stdout"
+    lines = marks.read_text().splitlines()
+    expected = ["thread done", "atexit last registered", "atexit first registered"]
+    assert lines[:3] == expected, lines
+    assert (tmp_path / "marks.log").read_text() == "logged\n"
+    # The control shows the teardown that end_process leaves out.
+    assert lines[3:] == ([] if how == "end" else ["teardown"]), lines
+
+
+def test_end_process_off_the_main_thread_raises_system_exit() -> None:
+    from graceful.runner import end_process
+
+    raised: list[BaseException] = []
+
+    def off_main() -> None:
+        try:
+            end_process(3)
+        except SystemExit as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=off_main)
+    thread.start()
+    thread.join(10)
+    assert [type(e) for e in raised] == [SystemExit]
+    assert raised[0].code == 3

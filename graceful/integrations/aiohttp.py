@@ -30,20 +30,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.log import access_logger
-from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
-from graceful.closing import ConnectionState, close_connections, close_listeners
-from graceful.draining import TaskSet, WorkTracker, abort_deadline
+from graceful.closing import close_connections, close_listeners
+from graceful.draining import TaskSet, abort_deadline
 from graceful.hooks import Phase
 from graceful.integrations._access import log_access
-from graceful.integrations._cut import log_requests_cut, name_request, task_names
-from graceful.integrations._ending import EndingStream, EndingStreams, is_event_stream
+from graceful.integrations._aiohttp_requests import (
+    END_ON_DRAIN,
+    LISTENS,
+    Connections,
+    RequestsInFlight,
+    current_task_of,
+    ends_on_drain,
+    request_class,
+)
+from graceful.integrations._cut import log_requests_cut, name_request
+from graceful.integrations._ending import EndingStream, EndingStreams
 
 if TYPE_CHECKING:
     from graceful.runtime import Runtime
@@ -51,11 +61,6 @@ if TYPE_CHECKING:
 __all__ = ["AccessLogger", "AiohttpServer", "draining", "end_on_drain", "serve"]
 
 _SERVER_KEY: web.AppKey[AiohttpServer] = web.AppKey("graceful_server")
-
-#: Request keys: the handler awaits ``draining(request)`` (its stream ends itself), or chose
-#: whether the drain ends its response (``end_on_drain``).
-_LISTENS: web.RequestKey[bool] = web.RequestKey("graceful_listens", bool)
-_END_ON_DRAIN: web.RequestKey[bool] = web.RequestKey("graceful_end_on_drain", bool)
 
 
 def draining(request: web.BaseRequest) -> asyncio.Event:
@@ -67,7 +72,7 @@ def draining(request: web.BaseRequest) -> asyncio.Event:
 
     .. versionadded:: 0.1
     """
-    request[_LISTENS] = True  # the handler ends its stream itself: the drain leaves it to do so
+    request[LISTENS] = True  # the handler ends its stream itself: the drain leaves it to do so
     if isinstance(request, web.Request) and _SERVER_KEY in request.config_dict:
         return request.config_dict[_SERVER_KEY].draining
     return asyncio.Event()
@@ -84,7 +89,11 @@ def end_on_drain(request: web.BaseRequest, end: bool = True) -> None:
 
     .. versionadded:: 0.1
     """
-    request[_END_ON_DRAIN] = end
+    request[END_ON_DRAIN] = end
+
+
+_WebSocket = web.WebSocketResponse
+_Handle = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def _abort_connection(request: object) -> None:
@@ -93,15 +102,6 @@ def _abort_connection(request: object) -> None:
     transport = request.transport if isinstance(request, web.BaseRequest) else None
     if transport is not None:
         transport.abort()
-
-
-def _ends_on_drain(request: web.BaseRequest, response: web.StreamResponse) -> bool:
-    chosen = request.get(_END_ON_DRAIN)
-    if chosen is not None:
-        return bool(chosen)
-    if _LISTENS in request:
-        return False
-    return is_event_stream(response.headers.get("Content-Type", ""))
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -134,42 +134,6 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
-class _Connections:
-    """The connections of an :class:`AiohttpServer`, as ``close_connections`` sees them."""
-
-    def __init__(self, server: AiohttpServer) -> None:
-        self._server = server
-
-    def open_connections(self) -> list[RequestHandler]:
-        return self._server._connections()
-
-    def state_of(self, conn: RequestHandler) -> ConnectionState:
-        if conn in self._server._busy:
-            return ConnectionState.BUSY
-        # aiohttp has no public view of a connection's state. Its request loop
-        # (``RequestHandler.start``) counts the requests parsed, queues them, and waits on
-        # ``_waiter`` for the next one only when it is idle; otherwise it is handing a request
-        # to its task (on Python 3.11 the task starts an iteration later) or finishing one.
-        if getattr(conn, "_request_count", 1) == 0:
-            return ConnectionState.FRESH
-        if getattr(conn, "_messages", None) or getattr(conn, "_waiter", True) is None:
-            return ConnectionState.RECEIVED
-        return ConnectionState.IDLE
-
-    def transport_of(self, conn: RequestHandler) -> asyncio.BaseTransport | None:
-        return conn.transport
-
-    def close_now(self, conn: RequestHandler) -> None:
-        conn.force_close()
-
-    def close_after_response(self, conn: RequestHandler) -> None:
-        # Nothing to do: a response prepared since the stop began says ``Connection: close``
-        # and aiohttp closes after it; one prepared before leaves the connection idle, closed
-        # then as idle. Not ``conn.close()``: from then on aiohttp drops every byte received,
-        # the rest of the request's body too, and the handler waits for it until the deadline.
-        del conn
-
-
 class AiohttpServer:
     """An aiohttp application served under the runtime (a ``Drainable``).
 
@@ -189,7 +153,7 @@ class AiohttpServer:
     ) -> None:
         self.name = name
         self.app = app
-        self.tracker = WorkTracker(name)
+        self.tracker = RequestsInFlight(name)
         self.tasks = TaskSet(name)
         self.draining = asyncio.Event()
         self.runner: web.AppRunner | None = None
@@ -197,7 +161,6 @@ class AiohttpServer:
         self._shared_listener = False
         self._runtime = runtime
         self._ws_close_code = ws_close_code
-        self._busy: dict[RequestHandler, int] = {}
         # Keyed by id(request): requests are mutable mappings, hence unhashable; each entry
         # lives only while its handler runs.
         self._websockets: dict[int, web.WebSocketResponse] = {}
@@ -222,47 +185,78 @@ class AiohttpServer:
         """Open client connections."""
         return len(self._connections())
 
-    async def _track(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        protocol = request.protocol
-        self._busy[protocol] = self._busy.get(protocol, 0) + 1
-        try:
-            with self.tasks.track() as task, self.tracker.track():
-                name_request(task, request.method, request.path)
-                try:
-                    response = await handler(request)
-                except web.HTTPException as exc:
-                    await self._complete(request, exc)
-                    raise
-                except ConnectionError:
-                    if id(request) in self._ws_closing:
-                        # The handler wrote to a websocket we closed for the stop.
-                        return self._websockets[id(request)]
-                    raise
-                except (asyncio.CancelledError, Exception) as exc:
-                    ending = self._streams.get(id(request))
-                    if ending is None or not ending[0].ended:
-                        raise
-                    # The drain ended this stream (write_eof) and cancelled the handler to
-                    # run its finally (or the handler wrote on after the end): a clean end.
-                    if isinstance(exc, asyncio.CancelledError):
-                        task.uncancel()
-                    return ending[1]
-                await self._complete(request, response)
-                return response
-        finally:
-            ending = self._streams.pop(id(request), None)
-            if ending is not None:
-                self.streams.close(ending[0])
-            self._websockets.pop(id(request), None)
-            self._ws_closing.discard(id(request))
-            left = self._busy.pop(protocol, 1) - 1
-            if left > 0:
-                self._busy[protocol] = left
+    def _handler(self, handle: _Handle) -> _Handle:
+        """The server's request handler: ``handle`` (the app's) with the drain's bookkeeping.
 
-    async def _complete(self, request: web.Request, response: web.StreamResponse) -> None:
-        # Send the response here rather than after the middleware returns, so that "nothing
+        Around everything the app does (its middlewares too), and not itself a middleware:
+        one middleware makes aiohttp build and run its middleware chain for every request.
+        Everything here runs for every request, so it is kept to a few stores in a closure:
+        the request under its task in the tracker, a change signalled only to waiters.
+        """
+        tracker = self.tracker
+        inflight, waiters = tracker.requests, tracker.waiters
+        streams, websockets = self._streams, self._websockets
+        current_task = current_task_of(asyncio.get_running_loop())
+        complete = self._complete
+        plain = web.Response
+
+        async def track(request: web.BaseRequest) -> web.StreamResponse:
+            task: asyncio.Task[Any] = current_task()  # type: ignore[assignment]  # aiohttp's
+            inflight[task] = request
+            if waiters:
+                tracker.changed()
+            try:
+                response = await handle(request)
+            except web.HTTPException as exc:
+                await complete(request, exc)
+                raise
+            except ConnectionError:
+                if id(request) in self._ws_closing:
+                    # The handler wrote to a websocket we closed for the stop.
+                    return self._websockets[id(request)]
+                raise
+            except (asyncio.CancelledError, Exception) as exc:
+                ending = self._streams.get(id(request))
+                if ending is None or not ending[0].ended:
+                    raise
+                # The drain ended this stream (write_eof) and cancelled the handler to run
+                # its finally (or the handler wrote on after the end): a clean end.
+                if isinstance(exc, asyncio.CancelledError):
+                    task.uncancel()
+                return ending[1]
+            else:
+                # ``_complete`` inline: one coroutine less per request. ``type() is`` first:
+                # a response is a mapping, so ``isinstance`` goes through ``ABCMeta``.
+                if type(response) is plain or not isinstance(response, _WebSocket):
+                    try:
+                        if not response.prepared:
+                            await response.prepare(request)
+                        await response.write_eof()
+                    except ConnectionError:
+                        pass  # the client left; aiohttp sees it again and handles it as usual
+                return response
+            finally:
+                del inflight[task]
+                tracker.ended += 1
+                if waiters:
+                    tracker.changed()
+                if streams or websockets:
+                    self._forget(id(request))
+
+        return track
+
+    def _forget(self, key: int) -> None:
+        ending = self._streams.pop(key, None)
+        if ending is not None:
+            self.streams.close(ending[0])
+        self._websockets.pop(key, None)
+        self._ws_closing.discard(key)
+
+    @staticmethod
+    async def _complete(request: web.BaseRequest, response: web.StreamResponse) -> None:
+        # Send the response here rather than after the handler returns, so that "nothing
         # in flight" means every answer has been written, not just computed.
-        if isinstance(response, web.WebSocketResponse):
+        if isinstance(response, _WebSocket):
             return
         try:
             if not response.prepared:
@@ -271,8 +265,11 @@ class AiohttpServer:
         except ConnectionError:
             pass  # the client left; aiohttp sees it again and handles it as usual
 
-    async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        if isinstance(response, web.WebSocketResponse):
+    def _prepared(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        # What an ``on_response_prepare`` handler would do, called by the request itself
+        # (``_aiohttp_requests.request_class``) after the app's own handlers, for every
+        # response but a ``web.Response`` before the stop: no signal to send per response.
+        if type(response) is not web.Response and isinstance(response, _WebSocket):
             self._websockets[id(request)] = response
             if self.draining.is_set():
                 self._close_websocket(id(request), response)
@@ -281,7 +278,7 @@ class AiohttpServer:
             # The hook runs after aiohttp derived the Connection header, so set both.
             response.force_close()
             response.headers["Connection"] = "close"
-        if _ends_on_drain(request, response):
+        if ends_on_drain(request, response):
             label = f"{request.method} {request.path}"
             stream = self.streams.open(response.write_eof, label, request)
             self._streams[id(request)] = (stream, response)
@@ -312,7 +309,8 @@ class AiohttpServer:
             self._close_websocket(key, ws)
         await self.streams.end_all()
         await asyncio.gather(
-            close_connections(_Connections(self), self.tracker), self.app.shutdown()
+            close_connections(Connections(self._connections, self.tracker), self.tracker),
+            self.app.shutdown(),
         )
         await self.tracker.wait_idle()
 
@@ -321,7 +319,12 @@ class AiohttpServer:
         cut = self.tracker.count
         for closer in list(self._closers):
             closer.cancel()
-        log_requests_cut(self.name, task_names(self.tasks))
+        # Named now rather than per request (the watchdog's list of pending tasks shows it).
+        for task, request in list(self.tracker.requests.items()):
+            if not task.done():
+                name_request(task, request.method, request.path)
+                self.tasks.add(task)
+        log_requests_cut(self.name, [task.get_name() for task in self.tasks])
         await self.tasks.cancel_all(abort_deadline(self._runtime.budget))
         for conn in self._connections():
             conn.force_close()
@@ -348,8 +351,9 @@ async def serve(
     """Serve ``app`` with aiohttp's ``AppRunner`` on a listener; the runtime stops it.
 
     Runs the app's ``on_startup`` signal and cleanup contexts, opens the listener and returns. The
-    app must not be frozen yet: a middleware and an ``on_response_prepare`` handler are
-    added to it.
+    app must not be frozen yet (the server is stored in it, for :func:`draining`). Nothing
+    is added to its middlewares or signals: the server's request handler and request class
+    carry the drain's per-request work.
 
     Args:
         runtime: the runtime that owns the signals and the stop.
@@ -373,15 +377,6 @@ async def serve(
     """
     server = AiohttpServer(app, runtime=runtime, name=name, ws_close_code=ws_close_code)
     app[_SERVER_KEY] = server
-
-    # Outermost, so the count covers every other middleware too. A function, not the bound
-    # method: aiohttp recognises new-style middlewares by an attribute set by the decorator.
-    @web.middleware
-    async def track(request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await server._track(request, handler)
-
-    app.middlewares.insert(0, track)
-    app.on_response_prepare.append(server._on_prepare)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -395,6 +390,12 @@ async def serve(
     server.runner = runner
     runtime.on_shutdown(server._cleanup, phase=Phase.CLOSE, name=f"{name}.cleanup")
     assert runner.server is not None
+    # Before the listener opens: each connection copies both when it is made.
+    handler = runner.server
+    handler.request_handler = server._handler(handler.request_handler)
+    handler.request_factory = partial(
+        app._make_request, _cls=request_class(app, runtime, server._prepared)
+    )
     loop = asyncio.get_running_loop()
     if sock is not None:
         server.listener = await loop.create_server(runner.server, sock=sock, backlog=backlog)
