@@ -208,6 +208,12 @@ def _add_serve(sub: Any) -> None:
         "--workers", type=int, help=f"worker processes [{env['workers']}; default 1]"
     )
     server.add_argument(
+        "--worker-start",
+        choices=["fork", "preload", "spawn"],
+        help=f"how workers start [{env['worker_start']}; default fork: forked from a "
+        "process that imported graceful and the server; preload: and the app; spawn: fresh]",
+    )
+    server.add_argument(
         "--loop",
         choices=["auto", "asyncio", "uvloop"],
         help="event loop [GRACEFUL_LOOP; default auto: uvloop when installed]",

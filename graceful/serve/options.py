@@ -36,6 +36,7 @@ SERVE_ENV_VARS: dict[str, str] = {
     "uds": "GRACEFUL_UDS",
     "fd": "GRACEFUL_FD",
     "workers": "WEB_CONCURRENCY",
+    "worker_start": "GRACEFUL_WORKER_START",
     "lifespan": "GRACEFUL_LIFESPAN",
     "root_path": "GRACEFUL_ROOT_PATH",
     "proxy_headers": "GRACEFUL_PROXY_HEADERS",
@@ -50,9 +51,11 @@ SERVE_ENV_VARS: dict[str, str] = {
 
 Lifespan = Literal["auto", "on", "off"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
+WorkerStartMode = Literal["fork", "preload", "spawn"]
 
 _LIFESPANS = ("auto", "on", "off")
 _LOOPS = ("auto", "asyncio", "uvloop")
+_WORKER_STARTS = ("fork", "preload", "spawn")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _INTS = ("port", "fd", "workers", "limit_concurrency", "backlog", "timeout_keep_alive")
 _BOOLS = ("proxy_headers", "access_log", "factory")
@@ -72,6 +75,11 @@ class ServeOptions:
         uds: bind a Unix domain socket at this path instead of host and port.
         fd: serve on this already listening socket (a file descriptor) instead.
         workers: worker processes; more than 1 runs a supervisor (``WEB_CONCURRENCY``).
+        worker_start: how the supervisor starts a worker (``GRACEFUL_WORKER_START``):
+            ``"fork"`` (default) forks it from a zygote that imported graceful and the
+            server, then the worker imports the app; ``"preload"`` forks it from a zygote that
+            imported the app too (the app must not start threads or open sockets at import);
+            ``"spawn"``, a fresh interpreter per worker. See ``docs/workers.md``.
         loop: ``"auto"``, ``"asyncio"`` or ``"uvloop"``; ``None`` keeps the Config's
             (``GRACEFUL_LOOP``).
         lifespan: ASGI lifespan events: ``"auto"``, ``"on"`` or ``"off"``.
@@ -103,6 +111,7 @@ class ServeOptions:
     uds: str | None = None
     fd: int | None = None
     workers: int = 1
+    worker_start: WorkerStartMode = "fork"
     loop: LoopName | None = None
     lifespan: Lifespan = "auto"
     root_path: str = ""
@@ -175,7 +184,7 @@ def _parse(name: str, raw: str, label: str) -> Any:
         if raw.lower() in _FALSE:
             return False
         raise ConfigError(f"{label} is not a yes/no value (1, true, yes, on / 0, false, no, off)")
-    if name == "lifespan":
+    if name in ("lifespan", "worker_start"):
         return raw.lower()
     return raw
 
@@ -196,6 +205,7 @@ def _validate(values: Mapping[str, Any], label: Callable[[str], str]) -> None:
         if not isinstance(values[name], bool):
             raise ConfigError(f"{label(name)} is not true or false")
     _check_choice(label("lifespan"), values["lifespan"], _LIFESPANS)
+    _check_choice(label("worker_start"), values["worker_start"], _WORKER_STARTS)
     if values["loop"] is not None:
         _check_choice(label("loop"), values["loop"], _LOOPS)
     if values["log_level"] is not None:

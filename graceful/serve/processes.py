@@ -1,5 +1,9 @@
 """The supervisor's handle on one worker process: start it, hear from it, see it exit, kill it.
 
+A worker is spawned (``python -m graceful.serve.worker``) or forked by the zygote
+(:mod:`graceful.serve.zygote`) and handed to the supervisor; either way it is the supervisor's
+child, whose status the supervisor collects.
+
 A worker's exit is seen through a pidfd (``pidfd_open``, Linux 5.3) on the event loop: no
 SIGCHLD handler (uvloop owns SIGCHLD) and no thread per child. Where pidfds are refused (an
 old seccomp profile), a daemon thread waits for the child instead. The supervisor collects its
@@ -97,7 +101,7 @@ class ExitStatus:
 class WorkerProcess:
     """One running worker, as the supervisor sees it.
 
-    Build it with :meth:`spawn` from a running event loop.
+    Build it with :meth:`spawn` or :meth:`forked` from a running event loop.
 
     Attributes:
         index: the worker's slot.
@@ -110,10 +114,19 @@ class WorkerProcess:
     .. versionadded:: 0.1
     """
 
-    def __init__(self, index: int, popen: subprocess.Popen[bytes], control: socket.socket) -> None:
+    def __init__(
+        self,
+        index: int,
+        pid: int,
+        control: socket.socket,
+        poll: Callable[[], int | None],
+        wait: Callable[[], int],
+    ) -> None:
         self.index = index
-        self.popen = popen
-        self.pid = popen.pid
+        self.pid = pid
+        self._poll = poll  # the exit code once collected, else None (never blocks)
+        self._wait = wait  # blocks until collected (the thread fallback)
+        self.returncode: int | None = None
         self.started_at = time.monotonic()
         self.ready_at: float | None = None
         self.on_ready: Callable[[WorkerProcess], None] = lambda _: None
@@ -124,6 +137,26 @@ class WorkerProcess:
         self.channel = ControlChannel(control, self._on_message, lambda: None)
         self.channel.attach()
         self._watch_exit(loop)
+
+    @classmethod
+    def forked(cls, index: int, pid: int, control: socket.socket) -> WorkerProcess:
+        """The handle of a worker forked by the zygote and reparented to this process (its
+        subreaper), which collects its status as a child's."""
+
+        def poll() -> int | None:
+            try:
+                found, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # taken by someone else (a reaper): its code is lost
+                return -signal.SIGKILL
+            return None if found == 0 else os.waitstatus_to_exitcode(status)
+
+        def wait() -> int:
+            try:
+                return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            except ChildProcessError:
+                return -signal.SIGKILL
+
+        return cls(index, pid, control, poll, wait)
 
     @classmethod
     def spawn(
@@ -165,7 +198,7 @@ class WorkerProcess:
             theirs.close()
         with contextlib.suppress(OSError):  # it died at once: its exit says why
             send_start(ours, start)
-        return cls(start.index, popen, ours)
+        return cls(start.index, popen.pid, ours, popen.poll, popen.wait)
 
     @property
     def ready(self) -> bool:
@@ -201,8 +234,10 @@ class WorkerProcess:
             return
 
         def readable() -> None:
-            if self.popen.poll() is None:
+            code = self._poll()
+            if code is None:
                 return
+            self.returncode = code
             loop.remove_reader(pidfd)
             os.close(pidfd)
             self._collected()
@@ -210,7 +245,7 @@ class WorkerProcess:
         loop.add_reader(pidfd, readable)
 
     def _wait_in_thread(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.popen.wait()
+        self.returncode = self._wait()
         with contextlib.suppress(RuntimeError):  # the loop closed first
             loop.call_soon_threadsafe(self._collected)
 
@@ -218,7 +253,7 @@ class WorkerProcess:
         self.channel.close()
         if not self.exited.done():
             self.exited_at = time.monotonic()
-            code = self.popen.returncode
+            code = self.returncode
             assert code is not None
             # Killed by us, not exited by itself just before the kill landed.
             status = ExitStatus(code, self.killed_at_deadline and code == -signal.SIGKILL)

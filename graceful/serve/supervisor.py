@@ -3,7 +3,8 @@
 The supervisor is the container's main process (PID 1 under Docker): it binds the listening
 socket once, starts N workers (:mod:`graceful.serve.worker`, each the full graceful runtime)
 that share it, serves the one admin server of the container, and reaps every child. It never
-imports the app.
+imports the app. Workers are forked by a zygote that the supervisor forks before its event loop
+starts (:mod:`graceful.serve.zygote`), unless ``--worker-start spawn``.
 
 While serving, a worker that exits is replaced (:mod:`graceful.serve.pool`). ``/livez``
 fails once no worker has been ready for ``GRACEFUL_NO_WORKERS_TIMEOUT`` seconds; ``/readyz``
@@ -115,6 +116,7 @@ class Supervisor:
             settings=settings,
             stats=self.stats,
             on_failed=self.request_stop,
+            worker_start=options.worker_start,
         )
         self.listener: socket.socket | None = None
         self.metrics: MetricsDirectory | None = None
@@ -164,6 +166,7 @@ class Supervisor:
         # dropped, and ``docker stop`` would wait for SIGKILL. One that comes before the loop
         # runs is kept and acted on once it does (``ProcessShell``).
         self._shell.install_signals()
+        self.pool.fork_zygote()  # before the loop and its threads: see WorkerPool.fork_zygote
         try:
             return self._shell.run(self.serve, output=write_whole_lines)
         finally:
@@ -176,7 +179,10 @@ class Supervisor:
         if self._shell.signals is None:  # not installed by ``run``
             self._shell.install_signals()
         self._shell.attach(self._loop)  # and handles those that arrived before the loop ran
-        reaper = start_reaper(self.config.reap_zombies, self.log)
+        reap = self.config.reap_zombies
+        if reap is None and self.pool.forks():
+            reap = True  # a subreaper (see ``WorkerPool.prepare``): orphans come to us too
+        reaper = start_reaper(reap, self.log)
         try:
             code = await self._serve()
             self._report(code, reaper.reaped if reaper is not None else 0)
@@ -226,6 +232,8 @@ class Supervisor:
         if self.options.uds is not None and self.options.fd is None:
             self._socket_file = SocketFile.of(self.listener)  # ours to remove at exit
         if not self._stop_requested.is_set():  # a stop before any worker starts none
+            await self.pool.prepare(self.listener, self.metrics, self._stop_requested)
+        if not self._stop_requested.is_set():
             self.pool.start(self.listener, self.metrics)
         await self._stop_requested.wait()
         return await self._stop()
@@ -344,6 +352,8 @@ class Supervisor:
         )
 
     async def _clean_up(self, reaper: ZombieReaper | None) -> None:
+        plan = self._plan
+        await self.pool.zygotes_gone(1.0 if plan is None else plan.kill_at - time.monotonic())
         await self._shell.close_admin()
         if reaper is not None:
             await reaper.stop()

@@ -1,6 +1,7 @@
 """One worker process of ``graceful serve --workers N``: the full runtime on a shared listener.
 
-The supervisor starts it as::
+The zygote forks it (:mod:`graceful.serve.zygote`, :func:`run_forked`), or, with
+``--worker-start spawn``, the supervisor starts it as::
 
     python -m graceful.serve.worker --listen-fd L --control-fd C --supervisor-pid P
 
@@ -40,6 +41,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
@@ -58,11 +60,13 @@ from graceful.serve.target import Target, load_guarded, load_target
 from graceful.signals import StartupSignals
 from graceful.status import ExitCode
 
-__all__ = ["ControlReader", "WorkerRuntime", "main"]
+__all__ = ["ControlReader", "WorkerRuntime", "main", "run", "run_forked"]
 
 _PR_SET_PDEATHSIG = 1
 #: Seconds between two writes of the in-flight and connection gauges (multiprocess mode).
 GAUGE_INTERVAL = 1.0
+#: Seconds a forked worker waits to be handed to the supervisor (it takes a millisecond).
+REPARENT_TIMEOUT = 5.0
 
 
 class WorkerRuntime(Runtime):
@@ -252,12 +256,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("graceful serve: worker: the supervisor is gone", file=sys.stderr, flush=True)
         return int(ExitCode.ERROR)
     control = socket.socket(fileno=args.control_fd)
+    return run(control, socket.socket(fileno=args.listen_fd))
+
+
+def run_forked(
+    control_fd: int, listen_fd: int, supervisor_pid: int, preloaded: Target | None
+) -> int:
+    """A worker forked by the zygote (:mod:`graceful.serve.zygote`); returns its exit code.
+
+    It was forked by a short-lived intermediate process, whose exit hands it to the
+    supervisor (a subreaper): it waits for that before it ties its life to the supervisor's,
+    as a spawned worker does.
+
+    Args:
+        control_fd: its end of the control link.
+        listen_fd: the shared listener.
+        supervisor_pid: the supervisor, its parent-to-be.
+        preloaded: the app, when the zygote imported it (``preload``); else it imports it.
+
+    .. versionadded:: 0.1
+    """
+    deadline = time.monotonic() + REPARENT_TIMEOUT
+    while os.getppid() != supervisor_pid and time.monotonic() < deadline:
+        time.sleep(0.0005)  # the intermediate process exits right after the fork
+    if not _die_with(supervisor_pid):
+        print("graceful serve: worker: the supervisor is gone", file=sys.stderr, flush=True)
+        return int(ExitCode.ERROR)
+    control = socket.socket(fileno=control_fd)
+    return run(control, socket.socket(fileno=listen_fd), preloaded)
+
+
+def run(control: socket.socket, listener: socket.socket, preloaded: Target | None = None) -> int:
+    """Serve as a worker on ``listener``, told by the supervisor over ``control``.
+
+    Args:
+        control: the worker's end of the control link.
+        listener: the shared listener.
+        preloaded: the app, already imported (forked from a zygote that preloaded it).
+    """
     try:
         start = read_start(control)
     except (ConnectionError, OSError) as exc:
         print(f"graceful serve: worker: no start from the supervisor: {exc}", file=sys.stderr)
         return int(ExitCode.ERROR)
-    listener = socket.socket(fileno=args.listen_fd)
     # Inherited on purpose, but no further: a process the app starts (``os.system("x &")``,
     # ``Popen(close_fds=False)``) would otherwise hold the shared listener after the container
     # stopped, leaving the port taken and its new connections unanswered.
@@ -276,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def load() -> Target:
         reader.start()  # in the import block: a stop read from now on interrupts the import
+        if preloaded is not None:
+            return preloaded
         return load_target(start.spec, factory=options.factory, app_dir=options.app_dir)
 
     try:
