@@ -33,7 +33,7 @@ from graceful.backlog import backlog_waiting, refuse_new_connections
 from graceful.budget import Budget
 from graceful.config import MIN_MARGIN, Config
 from graceful.runtime import Runtime
-from graceful.serve.control import ControlChannel, FrameReader, encode, messages
+from graceful.serve.control import ControlChannel, _FrameReader, encode, messages
 from graceful.serve.processes import ExitStatus
 from graceful.serve.stopping import StopDeadlines
 from graceful.status import _SEVERITY as SEVERITY
@@ -885,7 +885,7 @@ def test_frames_come_out_whole_however_the_stream_is_cut(
     messages: list[dict[str, str]], cuts: list[int]
 ) -> None:
     stream = b"".join(encode(m) for m in messages)
-    reader = FrameReader()
+    reader = _FrameReader()
     found: list[dict[str, Any]] = []
     position = 0
     for size in cuts:

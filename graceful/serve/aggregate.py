@@ -49,8 +49,6 @@ class MetricsDirectory:
         instead_of: the user's ``PROMETHEUS_MULTIPROC_DIR`` when it could not be used (not
             creatable, old samples that cannot be removed) and ``path`` replaces it.
         why: what was wrong with it.
-
-    .. versionadded:: 0.1
     """
 
     path: str
@@ -144,10 +142,7 @@ def _empty(path: str) -> None:
 
 @dataclass(slots=True)
 class SupervisorStats:
-    """What the supervisor counts, read by its collector at scrape time.
-
-    .. versionadded:: 0.1
-    """
+    """What the supervisor counts, read by its collector at scrape time."""
 
     state: LifecycleState = LifecycleState.STARTING
     ready: int = 0
@@ -204,8 +199,6 @@ def container_registry(
     Args:
         directory: the workers' samples (``None``: they could not be collected).
         stats: the supervisor's own counts.
-
-    .. versionadded:: 0.1
     """
     registry = CollectorRegistry()
     if directory is not None:

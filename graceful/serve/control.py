@@ -42,7 +42,6 @@ from graceful.serve.options import ServeOptions
 
 __all__ = [
     "ControlChannel",
-    "FrameReader",
     "Op",
     "WorkerStart",
     "encode",
@@ -82,8 +81,6 @@ class WorkerStart:
         config: the runtime settings (the supervisor's, without the admin server).
         backlog_guard: drain the shared listen backlog before closing the listener (see
             :mod:`graceful.serve.listeners`); off only in the tests' control.
-
-    .. versionadded:: 0.1
     """
 
     index: int
@@ -126,7 +123,7 @@ def read_start(sock: socket.socket) -> WorkerStart:
 
 def messages(sock: socket.socket) -> Iterator[Message]:
     """The messages arriving on a blocking socket, until the peer closes it."""
-    reader = FrameReader()
+    reader = _FrameReader()
     while True:
         try:
             data = sock.recv(65536)
@@ -140,11 +137,8 @@ def messages(sock: socket.socket) -> Iterator[Message]:
             return
 
 
-class FrameReader:
-    """Cuts a byte stream into messages (frames of JSON objects).
-
-    .. versionadded:: 0.1
-    """
+class _FrameReader:
+    """Cuts a byte stream into messages (frames of JSON objects)."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -196,14 +190,12 @@ class ControlChannel:
         sock: the connected socket.
         on_message: called with each incoming message.
         on_closed: called once when the peer is gone (end of file or an error).
-
-    .. versionadded:: 0.1
     """
 
     sock: socket.socket
     on_message: Callable[[Message], None]
     on_closed: Callable[[], None]
-    _reader: FrameReader = field(default_factory=FrameReader)
+    _reader: _FrameReader = field(default_factory=_FrameReader)
     _loop: asyncio.AbstractEventLoop | None = None
     closed: bool = False
 

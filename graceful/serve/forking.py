@@ -56,8 +56,6 @@ class Zygote:
 
     Attributes:
         pid: the zygote's process id.
-
-    .. versionadded:: 0.1
     """
 
     def __init__(self, popen: subprocess.Popen[bytes] | Child, link: socket.socket) -> None:

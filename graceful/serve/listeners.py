@@ -178,8 +178,6 @@ class SocketFile:
         path: where it was bound.
         inode: its inode then: the path may have been taken over since (a server started
             after this one stopped listening), and that server's socket must stay.
-
-    .. versionadded:: 0.1
     """
 
     path: str
@@ -236,8 +234,6 @@ class BacklogGuard:
     Args:
         sock: this worker's copy of the shared listener.
         container_stopping: True when the stop came from the supervisor.
-
-    .. versionadded:: 0.1
     """
 
     name = "shared-listener"

@@ -49,8 +49,6 @@ class WorkerPool:
             before any was ready).
         worker_start: ``fork``, ``preload`` or ``spawn``
             (:attr:`~graceful.serve.options.ServeOptions.worker_start`).
-
-    .. versionadded:: 0.1
     """
 
     def __init__(

@@ -61,8 +61,6 @@ class ExitStatus:
     Attributes:
         returncode: as ``subprocess`` gives it: the exit code, or minus the signal number.
         killed_at_deadline: the supervisor killed it because it was not done at its deadline.
-
-    .. versionadded:: 0.1
     """
 
     returncode: int
@@ -110,8 +108,6 @@ class WorkerProcess:
         ready_at: when it said ``ready``, if it has.
         exited_at: when its exit was collected, once it was.
         exited: resolves to its :class:`ExitStatus` once it has exited and been collected.
-
-    .. versionadded:: 0.1
     """
 
     def __init__(

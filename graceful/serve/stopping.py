@@ -39,8 +39,6 @@ class SupervisorSettings:
             slot's backoff starts again from ``restart_backoff``.
         max_quick_failures: a slot whose worker fails quickly this many times in a row ends
             the service (exit code 7) instead of restarting it forever (a crash loop).
-
-    .. versionadded:: 0.1
     """
 
     no_workers_timeout: float = 30.0
@@ -93,8 +91,6 @@ class StopDeadlines:
     (two of ``min(margin / 2, 0.25)``, as ``Runtime.run`` arms them) and another ``settle``, so
     a stuck worker says what it was stuck on before it is killed. ``worker_exit_by`` is the
     deadline the workers plan their stop to.
-
-    .. versionadded:: 0.1
     """
 
     start: float

@@ -81,8 +81,6 @@ def run_supervisor(
         settings: ``None`` reads them from the environment.
         startup: the command's startup signal handlers: a signal they caught stops the
             supervisor as soon as it exists.
-
-    .. versionadded:: 0.1
     """
     try:
         settings = SupervisorSettings.from_env() if settings is None else settings
@@ -96,10 +94,7 @@ def run_supervisor(
 
 
 class Supervisor:
-    """Runs N workers for one container and stops them together (see the module docs).
-
-    .. versionadded:: 0.1
-    """
+    """Runs N workers for one container and stops them together (see the module docs)."""
 
     def __init__(
         self, spec: str, options: ServeOptions, config: Config, settings: SupervisorSettings

@@ -85,8 +85,6 @@ class WorkerRuntime(Runtime):
         control: this worker's end of the control link (blocking).
         reader: the link's reader, already running (from before the app's import); ``None``
             starts one here.
-
-    .. versionadded:: 0.1
     """
 
     def __init__(
@@ -197,8 +195,6 @@ class ControlReader:
     Args:
         control: the worker's end of the link (blocking).
         guard: the startup signal handlers, if the import is guarded.
-
-    .. versionadded:: 0.1
     """
 
     def __init__(self, control: socket.socket, guard: StartupSignals | None = None) -> None:
@@ -246,10 +242,7 @@ class ControlReader:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of a worker process; returns its exit code.
-
-    .. versionadded:: 0.1
-    """
+    """Entry point of a worker process; returns its exit code."""
     args = _parser().parse_args(argv)
     write_whole_lines()
     if not _die_with(args.supervisor_pid):
@@ -273,8 +266,6 @@ def run_forked(
         listen_fd: the shared listener.
         supervisor_pid: the supervisor, its parent-to-be.
         preloaded: the app, when the zygote imported it (``preload``); else it imports it.
-
-    .. versionadded:: 0.1
     """
     deadline = time.monotonic() + REPARENT_TIMEOUT
     while os.getppid() != supervisor_pid and time.monotonic() < deadline:

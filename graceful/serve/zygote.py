@@ -110,8 +110,6 @@ class _InWorker(BaseException):
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of a zygote started as a process of its own; returns its exit code (or,
     in a worker it forked, the worker's).
-
-    .. versionadded:: 0.1
     """
     args = _parser().parse_args(argv)
     write_whole_lines()
