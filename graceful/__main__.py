@@ -1,5 +1,6 @@
 """The ``graceful`` command: ``python -m graceful`` and the console script (``main``)."""
 
+import os
 import sys
 
 from graceful.signals import StartupSignals
@@ -12,7 +13,13 @@ def main() -> int:
     StartupSignals.capture()
     from graceful.cli import main as cli_main
 
-    return cli_main(sys.argv[1:])
+    try:
+        return cli_main(sys.argv[1:])
+    except BrokenPipeError:
+        # `graceful config | head`: the reader left. No traceback, and none at exit either
+        # when the interpreter flushes stdout (the recipe of Python's signal docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

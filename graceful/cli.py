@@ -405,7 +405,8 @@ def _config(args: argparse.Namespace) -> int:
     try:
         config = Config.from_env()
         overrides = {} if args.workers is None else {"workers": args.workers}
-        workers = ServeOptions.from_env(**overrides).workers
+        options = ServeOptions.from_env(**overrides)
+        workers = options.workers
     except ConfigError as exc:
         print(f"graceful: configuration error: {exc}", file=sys.stderr)
         return int(ExitCode.ERROR)
@@ -437,6 +438,7 @@ def _config(args: argparse.Namespace) -> int:
         document = {
             "settings": settings,
             "workers": workers,
+            "worker_start": options.worker_start,
             "derived": sorted(name for name, is_derived in derived.items() if is_derived),
             "plan": plan,
             "warnings": warnings,
@@ -455,6 +457,7 @@ def _config(args: argparse.Namespace) -> int:
         print(f"{var:28} {settings[name]!r}  {notes.get(name, '')}".rstrip())
     if workers > 1:
         print(f"{'WEB_CONCURRENCY':28} {workers!r}  (a supervisor and {workers} workers)")
+        print(f"{'GRACEFUL_WORKER_START':28} {options.worker_start!r}  (docs/workers.md)")
     print()
     print("after the stop signal (seconds):")
     for key, value in plan.items():

@@ -454,3 +454,36 @@ def test_a_short_stop_timeout_leaves_the_drain_time_and_an_idle_stop_exits_0(
     assert "budget.does_not_fit" not in service.event_names()
     old = Config(stop_timeout=float(stop_timeout), reserve=0.2)
     assert old.fit_warnings(), "the old derived reserve would have fit"
+
+
+def test_config_piped_into_head_ends_without_a_traceback() -> None:
+    """``graceful config | head -1``: the reader is gone before the output is written.
+    Python's default is a ``BrokenPipeError`` traceback on stderr (the control: a plain
+    script writing to the same closed pipe); the command ends quietly with exit 1."""
+    env = {**os.environ, "WEB_CONCURRENCY": "4"}
+    whole = subprocess.run(
+        [sys.executable, "-m", "graceful", "config"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert whole.returncode == 0
+    assert whole.stderr == ""
+    assert "GRACEFUL_WORKER_START        'fork'" in whole.stdout
+
+    def into_a_closed_pipe(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader left
+        try:
+            return subprocess.run(
+                argv, stdout=write_end, stderr=subprocess.PIPE, text=True, env=env, timeout=30
+            )
+        finally:
+            os.close(write_end)
+
+    control = into_a_closed_pipe([sys.executable, "-c", "print('x' * 100)"])
+    assert "BrokenPipeError" in control.stderr
+    piped = into_a_closed_pipe([sys.executable, "-m", "graceful", "config"])
+    assert piped.returncode == 1
+    assert piped.stderr == ""
