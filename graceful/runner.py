@@ -28,6 +28,7 @@ from graceful.status import ExitCode
 __all__ = [
     "cancel_leftovers",
     "end_child_processes",
+    "end_if_threads_hold",
     "end_process",
     "exit_now_if_threads_block",
     "pending_labels",
@@ -140,6 +141,28 @@ def exit_now_if_threads_block(code: int, time_left: float, log: Any) -> None:
             with contextlib.suppress(Exception):
                 stream.flush()
         os._exit(code)
+
+
+def end_if_threads_hold(code: int) -> None:
+    """Exit with ``code`` at once if threads that are not daemons would hold the exit.
+
+    For an exit with no runtime to wait for them: the app's import started a thread, then
+    failed or was stopped. The interpreter would join that thread forever, and the container
+    would stay up ("running" for its orchestrator, ``docker stop`` ending in SIGKILL). They are
+    named in a ``process.threads_abandoned`` line; nothing was served, so nothing is cut.
+    """
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if not others:
+        return
+    from graceful.logs import last_line
+
+    last_line(
+        "process.threads_abandoned",
+        level="warning",
+        threads=[t.name for t in others],
+        exit_code=code,
+    )
+    os._exit(code)
 
 
 def end_process(code: int) -> NoReturn:

@@ -288,7 +288,7 @@ class StartupSignals:
 
     @property
     def received(self) -> str | None:
-        """The name of the first stop signal that arrived outside the import, if one did."""
+        """The name of the first stop signal that arrived, if one did."""
         return self._arrived[0].name if self._arrived else None
 
     @property
@@ -347,10 +347,12 @@ class StartupSignals:
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         sig = signal.Signals(signum)
-        if self._importing:
-            raise LoadingStopped(sig.name)
         if sig not in self._arrived:  # the first of each, in order: all that is acted on
             self._arrived.append(sig)
+        if self._importing:
+            # Recorded first: an import that swallows the exception (a bare ``except:``, a
+            # ``__del__`` that ran then) must not lose the stop; the owner stops at once.
+            raise LoadingStopped(sig.name)
         if self._owner is not None:
             # Safe from a signal handler here: the owner has not started waiting on its stop
             # (its own handlers replace this one before it does), so this only sets a flag.

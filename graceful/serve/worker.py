@@ -51,6 +51,7 @@ from prometheus_client import Gauge
 from graceful.config import Config
 from graceful.draining import Drainable, DrainableServer
 from graceful.logs import last_line, writes_json
+from graceful.runner import end_if_threads_hold
 from graceful.runtime import Runtime
 from graceful.serve.app import serve_target
 from graceful.serve.control import Message, Op, WorkerStart, encode, messages, read_start
@@ -391,4 +392,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    _code = main()
+    end_if_threads_hold(_code)  # an import that failed or was stopped left threads behind
+    raise SystemExit(_code)

@@ -62,6 +62,7 @@ from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
 from graceful.logs import last_line, writes_json
+from graceful.runner import end_if_threads_hold
 from graceful.serve.control import MAX_FRAME, WorkerStart, encode, read_start
 from graceful.serve.processes import write_whole_lines
 from graceful.serve.target import Target, load_guarded, load_target
@@ -145,6 +146,7 @@ def forked_from_supervisor(link: socket.socket, supervisor_pid: int) -> NoReturn
         traceback.print_exc()
     finally:
         with contextlib.suppress(BaseException):
+            end_if_threads_hold(code)  # threads an import that failed or was stopped left
             threading._shutdown()  # type: ignore[attr-defined]
         with contextlib.suppress(BaseException):
             atexit._run_exitfuncs()
