@@ -9,17 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
-from graceful.config import Config
+from graceful.config import ENV_VARS, Config
 from graceful.recorder import rounded
 from graceful.signals import shell_pid1_warning
 
-__all__ = ["StartOutcome", "StartupStep", "log_starting", "run_startup"]
+__all__ = ["StartOutcome", "StartupStep", "log_starting", "run_startup", "unknown_variables"]
+
+#: ``GRACEFUL_*`` names read by something other than ``Config`` and ``graceful serve``: the
+#: worker's index, the supervisor's, the harness's, the Swarm test's and the test images'.
+OTHER_VARIABLES = frozenset(
+    {
+        "GRACEFUL_WORKER",
+        "GRACEFUL_NO_WORKERS_TIMEOUT",
+        "GRACEFUL_HARNESS_RUN_ID",
+        "GRACEFUL_IMAGE",
+        "GRACEFUL_LB_PORT",
+        "GRACEFUL_SWARM_LONG",
+        "GRACEFUL_TEST_BASE_IMAGE",
+    }
+)
 
 #: A named startup step.
 StartupStep = tuple[str, Callable[[], Awaitable[object]]]
@@ -91,3 +106,28 @@ def log_starting(log: Any, config: Config, *, signals_on: bool) -> None:
     shell = shell_pid1_warning()
     if shell is not None:
         log.warning("signals.shell_pid1", problem=shell)
+    if os.environ.get("GRACEFUL_WORKER", "0") == "0":  # once, not once per worker
+        for name, near in unknown_variables(os.environ).items():
+            log.warning(
+                "config.unknown_variable",
+                name=name,
+                did_you_mean=near,
+                problem=f"{name} is not a graceful setting: it changes nothing",
+            )
+
+
+def unknown_variables(environ: Mapping[str, str]) -> dict[str, str | None]:
+    """``GRACEFUL_*`` variables graceful does not read (a typo: ``GRACEFUL_STOP_TIMOUT``),
+    each with the known name closest to it, if one is close.
+
+    A warning, not an error: an app may use the prefix for its own settings.
+    """
+    from graceful.serve.options import SERVE_ENV_VARS
+
+    known = {*ENV_VARS.values(), *SERVE_ENV_VARS.values(), *OTHER_VARIABLES}
+    found: dict[str, str | None] = {}
+    for name in sorted(environ):
+        if name.startswith("GRACEFUL_") and name not in known:
+            near = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            found[name] = near[0] if near else None
+    return found

@@ -6,10 +6,12 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, event, given, settings
@@ -487,3 +489,43 @@ def test_config_piped_into_head_ends_without_a_traceback() -> None:
     piped = into_a_closed_pipe([sys.executable, "-m", "graceful", "config"])
     assert piped.returncode == 1
     assert piped.stderr == ""
+
+
+def test_a_misspelled_setting_is_named_at_startup_with_the_closest_one(tmp_path: Path) -> None:
+    """``GRACEFUL_STOP_TIMOUT=2`` planned a 10 s budget and said nothing (found by attack).
+    Now the service starts as before and says, in a warning, which variable it ignored and
+    what was probably meant. Control: the right name, no warning."""
+    (tmp_path / "quick.py").write_text(
+        "async def main(runtime):\n    runtime.mark_ready()\n    runtime.request_stop('done')\n"
+    )
+
+    def run(env: dict[str, str]) -> list[dict[str, object]]:
+        done = subprocess.run(
+            [sys.executable, "-m", "graceful", "run", "quick:main"],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(tmp_path), "GRACEFUL_LOG_FORMAT": "json", **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+    lines = run({"GRACEFUL_STOP_TIMOUT": "2", "GRACEFUL_MY_APP_SETTING": "x"})
+    unknown = {e["name"]: e for e in lines if e["event"] == "config.unknown_variable"}
+    assert unknown["GRACEFUL_STOP_TIMOUT"]["did_you_mean"] == "GRACEFUL_STOP_TIMEOUT"
+    assert unknown["GRACEFUL_MY_APP_SETTING"]["did_you_mean"] is None
+    control = run({"GRACEFUL_STOP_TIMEOUT": "2"})
+    assert not [e for e in control if e["event"] == "config.unknown_variable"]
+
+
+def test_every_documented_variable_is_known() -> None:
+    """Each ``GRACEFUL_*`` name the README and docs mention is one graceful reads: none of
+    them would be reported as unknown."""
+    from graceful.startup import unknown_variables
+
+    root = Path(__file__).resolve().parent.parent
+    text = " ".join(p.read_text() for p in [root / "README.md", *(root / "docs").glob("*.md")])
+    names = set(re.findall(r"\bGRACEFUL_[A-Z_]*[A-Z]\b", text))
+    assert names
+    assert unknown_variables(dict.fromkeys(names, "x")) == {}
