@@ -9,7 +9,11 @@ a coroutine per response):
 - :func:`request_class`: aiohttp's request, whose response prepare step does what the server's
   ``on_response_prepare`` handler did (``Connection: close`` once a stop has begun, event
   streams registered to be ended at the drain), with two checks for the usual response;
-- :class:`Connections`: the server's connections as ``closing.close_connections`` sees them.
+- :class:`Connections`: the server's connections as ``closing.close_connections`` sees them;
+- :func:`connection_tasks`: aiohttp's own task of each connection, ended with the connections;
+- :func:`complete` and the answers written while the request is still in flight: aiohttp's own
+  error responses (:func:`error_response`, :func:`not_a_response`), the 503 of a request cut
+  at the drain deadline (:func:`cut_response`).
 """
 
 from __future__ import annotations
@@ -36,8 +40,13 @@ __all__ = [
     "LISTENS",
     "Connections",
     "RequestsInFlight",
+    "complete",
+    "connection_tasks",
     "current_task_of",
+    "cut_response",
     "ends_on_drain",
+    "error_response",
+    "not_a_response",
     "request_class",
 ]
 
@@ -231,3 +240,95 @@ class Connections:
         # then as idle. Not ``conn.close()``: from then on aiohttp drops every byte received,
         # the rest of the request's body too, and the handler waits for it until the deadline.
         del conn
+
+
+def connection_tasks(connections: list[RequestHandler]) -> list[asyncio.Task[Any]]:
+    """aiohttp's task of each of ``connections`` (``RequestHandler.start``) still running.
+
+    They are the server's, not the app's left-over work: one may still be reading the rest of a
+    body the handler did not read (aiohttp's lingering close) after the handler returned and
+    the drain closed its connection. aiohttp drops a connection's reference to its task when
+    the connection is lost (and keeps the connection in its server's list until the task ends),
+    so the tasks are found by their coroutine's ``self``. Called at a stop, not per request.
+    """
+    wanted = {id(conn) for conn in connections}
+    found = []
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        frame = getattr(coro, "cr_frame", None)
+        if frame is None or getattr(coro, "__name__", None) != "start" or task.done():
+            continue
+        if id(frame.f_locals.get("self")) in wanted:
+            found.append(task)
+    return found
+
+
+_CUT_TEXT = "request cut: the server is shutting down and its budget ran out\n"
+
+
+async def complete(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """Write ``response`` (but a websocket's) to its end, as aiohttp would after the handler.
+
+    Sent here rather than after the handler returns, so that "nothing in flight" means every
+    answer has been written, not just computed.
+    """
+    if isinstance(response, web.WebSocketResponse):
+        return
+    try:
+        if not response.prepared:
+            await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client left; aiohttp sees it again and handles it as usual
+
+
+async def error_response(request: web.BaseRequest, exc: Exception) -> web.StreamResponse:
+    """aiohttp's answer to the app's exception (``RequestHandler._handle_request``), written.
+
+    The same log lines, the same 504 (a timeout) or 500 page with ``Connection: close``, built
+    and written while the request is still in flight: the app's prepare handlers may await,
+    and the drain must wait for them. Call it in the ``except`` block (the 500 page of debug
+    mode shows the traceback being handled).
+    """
+    protocol = request.protocol
+    if isinstance(exc, asyncio.TimeoutError):
+        protocol.log_debug("Request handler timed out.", exc_info=exc)
+        response = protocol.handle_error(request, 504)
+    else:
+        response = protocol.handle_error(request, 500, exc)
+    await complete(request, response)
+    return response
+
+
+def not_a_response(request: web.BaseRequest, returned: object) -> web.StreamResponse:
+    """aiohttp's words and 500 for a handler that returned no response (``finish_response``).
+
+    Logged in the same ``except AttributeError`` as aiohttp's, so the line is the same. An
+    object with a ``prepare`` of its own is returned as it is: aiohttp calls it.
+    """
+    try:
+        _ = returned.prepare  # type: ignore[attr-defined]
+    except AttributeError:
+        if returned is None:
+            request.protocol.log_exception("Missing return statement on request handler")
+        else:
+            request.protocol.log_exception(
+                f"Web-handler should return a response instance, got {returned!r}"
+            )
+        exc = web.HTTPInternalServerError()
+        return web.Response(
+            status=exc.status, reason=exc.reason, text=exc.text, headers=exc.headers
+        )
+    return returned  # type: ignore[return-value]
+
+
+async def cut_response(request: web.BaseRequest) -> web.StreamResponse:
+    """The 503 of a request cut at the drain deadline before its response started, written.
+
+    As on the ASGI side: an answer the client can act on instead of a dropped connection,
+    logged by aiohttp as any response.
+    """
+    response = web.Response(status=503, text=_CUT_TEXT)
+    response.force_close()
+    await complete(request, response)
+    return response

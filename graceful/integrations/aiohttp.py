@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -48,8 +49,13 @@ from graceful.integrations._aiohttp_requests import (
     LISTENS,
     Connections,
     RequestsInFlight,
+    complete,
+    connection_tasks,
     current_task_of,
+    cut_response,
     ends_on_drain,
+    error_response,
+    not_a_response,
     request_class,
 )
 from graceful.integrations._cut import log_requests_cut, name_request
@@ -93,6 +99,8 @@ def end_on_drain(request: web.BaseRequest, end: bool = True) -> None:
 
 
 _WebSocket = web.WebSocketResponse
+#: Seconds the close phase waits for aiohttp's connection tasks it cancelled (they end at once).
+_CONNECTIONS_GRACE = 1.0
 _Handle = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
@@ -161,14 +169,19 @@ class AiohttpServer:
         self._shared_listener = False
         self._runtime = runtime
         self._ws_close_code = ws_close_code
-        # Keyed by id(request): requests are mutable mappings, hence unhashable; each entry
-        # lives only while its handler runs.
-        self._websockets: dict[int, web.WebSocketResponse] = {}
-        self._ws_closing: set[int] = set()
+        self._access_log = True
+        # Keyed by the request's connection (aiohttp serves one request at a time on each):
+        # not by the request object, which a middleware may replace with a clone. Each entry
+        # lives only while its handler runs: the responses prepared through ``_prepared`` (all
+        # but a ``web.Response`` before the stop), the websockets, the streams to end.
+        self._responses: dict[RequestHandler, web.StreamResponse] = {}
+        self._websockets: dict[RequestHandler, web.WebSocketResponse] = {}
+        self._ws_closing: set[RequestHandler] = set()
         self._closers: set[asyncio.Task[bool]] = set()
         self.streams = EndingStreams(name)
         self.streams.abandon = _abort_connection
-        self._streams: dict[int, tuple[EndingStream, web.StreamResponse]] = {}
+        self._streams: dict[RequestHandler, tuple[EndingStream, web.StreamResponse]] = {}
+        self._cutting = False
 
     @property
     def port(self) -> int:
@@ -191,88 +204,147 @@ class AiohttpServer:
         Around everything the app does (its middlewares too), and not itself a middleware:
         one middleware makes aiohttp build and run its middleware chain for every request.
         Everything here runs for every request, so it is kept to a few stores in a closure:
-        the request under its task in the tracker, a change signalled only to waiters.
+        the request under its task in the tracker, a change signalled only to waiters. Every
+        response, aiohttp's error responses too, is written before the request leaves the
+        tracker: "nothing in flight" means every answer has been written, not just computed.
         """
         tracker = self.tracker
         inflight, waiters = tracker.requests, tracker.waiters
-        streams, websockets = self._streams, self._websockets
+        responses = self._responses
         current_task = current_task_of(asyncio.get_running_loop())
-        complete = self._complete
         plain = web.Response
+        clock = time.perf_counter
 
         async def track(request: web.BaseRequest) -> web.StreamResponse:
             task: asyncio.Task[Any] = current_task()  # type: ignore[assignment]  # aiohttp's
+            began = clock()  # for the access line of a request cut at the deadline
             inflight[task] = request
             if waiters:
                 tracker.changed()
             try:
-                response = await handle(request)
+                # Typed as it may come: a handler without a return statement returns None.
+                response: web.StreamResponse | None = await handle(request)
             except web.HTTPException as exc:
                 await complete(request, exc)
                 raise
-            except ConnectionError:
-                if id(request) in self._ws_closing:
-                    # The handler wrote to a websocket we closed for the stop.
-                    return self._websockets[id(request)]
-                raise
-            except (asyncio.CancelledError, Exception) as exc:
-                ending = self._streams.get(id(request))
-                if ending is None or not ending[0].ended:
-                    raise
-                # The drain ended this stream (write_eof) and cancelled the handler to run
-                # its finally (or the handler wrote on after the end): a clean end.
-                if isinstance(exc, asyncio.CancelledError):
+            except asyncio.CancelledError:
+                ended = self._ended_stream(request)
+                if ended is not None:
+                    # The drain ended this stream (write_eof) and cancelled the handler to
+                    # run its finally: a clean end.
                     task.uncancel()
-                return ending[1]
+                    return ended
+                if not self._cutting:
+                    raise
+                # Cut at the drain deadline by abort(). One whose response started gets its
+                # access line with ``complete: false`` and is cut; one with none is answered.
+                started = self._responses.get(request.protocol)
+                if started is not None or request.writer.output_size > 0:
+                    self._log_cut(request, started, began)
+                    raise
+                task.uncancel()
+                return await cut_response(request)
+            except Exception as exc:
+                answer = self._answer_to(request, exc)
+                if answer is None:
+                    raise
+                return await answer
             else:
-                # ``_complete`` inline: one coroutine less per request. ``type() is`` first:
-                # a response is a mapping, so ``isinstance`` goes through ``ABCMeta``.
-                if type(response) is plain or not isinstance(response, _WebSocket):
-                    try:
-                        if not response.prepared:
-                            await response.prepare(request)
-                        await response.write_eof()
-                    except ConnectionError:
-                        pass  # the client left; aiohttp sees it again and handles it as usual
+                # ``type() is`` first: a response is a mapping, so ``isinstance`` goes through
+                # ``ABCMeta``; the usual response is a ``web.Response``.
+                if type(response) is not plain:
+                    if isinstance(response, _WebSocket):
+                        return response
+                    if not isinstance(response, web.StreamResponse):
+                        response = not_a_response(request, response)
+                # ``complete`` inline: one coroutine less per request.
+                try:
+                    if not response.prepared:
+                        await response.prepare(request)
+                    await response.write_eof()
+                except ConnectionError:
+                    pass  # the client left; aiohttp sees it again and handles it as usual
+                except asyncio.CancelledError:
+                    if self._cutting:  # its write was cut at the deadline (a slow reader)
+                        self._log_cut(request, response, began)
+                    raise
                 return response
             finally:
                 del inflight[task]
                 tracker.ended += 1
                 if waiters:
                     tracker.changed()
-                if streams or websockets:
-                    self._forget(id(request))
+                if responses:
+                    self._forget(request.protocol)
 
         return track
 
-    def _forget(self, key: int) -> None:
+    def _ended_stream(self, request: web.BaseRequest) -> web.StreamResponse | None:
+        # The response of this request's stream if the drain ended it, else None.
+        ending = self._streams.get(request.protocol)
+        return ending[1] if ending is not None and ending[0].ended else None
+
+    def _answer_to(
+        self, request: web.BaseRequest, exc: Exception
+    ) -> Awaitable[web.StreamResponse] | None:
+        # What the request handler returns for the app's exception, None to re-raise it.
+        key = request.protocol
+        if isinstance(exc, ConnectionError) and key in self._ws_closing:
+            # The handler wrote to a websocket we closed for the stop.
+            return self._done(self._websockets[key])
+        ended = self._ended_stream(request)
+        if ended is not None:
+            return self._done(ended)  # the handler wrote on after the drain ended its stream
+        if request.writer.output_size > 0:
+            # Part of a response left already: aiohttp logs it and drops the connection,
+            # with nothing more to write.
+            return None
+        return error_response(request, exc)
+
+    @staticmethod
+    async def _done(response: web.StreamResponse) -> web.StreamResponse:
+        return response
+
+    def _log_cut(
+        self, request: web.BaseRequest, response: web.StreamResponse | None, began: float
+    ) -> None:
+        # ``response`` is None only for a ``web.Response`` the handler prepared itself before
+        # the stop (not seen by ``_prepared``): its status is not known, no line is written.
+        if not self._access_log or response is None:
+            return
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        log_access(
+            access_logger,
+            client=(peer[0], peer[1]) if isinstance(peer, tuple) else None,
+            method=request.method,
+            path=request.path,
+            query=request.query_string,
+            http_version=f"{request.version.major}.{request.version.minor}",
+            status=response.status,
+            duration=time.perf_counter() - began,
+            complete=False,
+        )
+
+    def _forget(self, key: RequestHandler) -> None:
+        self._responses.pop(key, None)
         ending = self._streams.pop(key, None)
         if ending is not None:
             self.streams.close(ending[0])
         self._websockets.pop(key, None)
         self._ws_closing.discard(key)
 
-    @staticmethod
-    async def _complete(request: web.BaseRequest, response: web.StreamResponse) -> None:
-        # Send the response here rather than after the handler returns, so that "nothing
-        # in flight" means every answer has been written, not just computed.
-        if isinstance(response, _WebSocket):
-            return
-        try:
-            if not response.prepared:
-                await response.prepare(request)
-            await response.write_eof()
-        except ConnectionError:
-            pass  # the client left; aiohttp sees it again and handles it as usual
-
     def _prepared(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
         # What an ``on_response_prepare`` handler would do, called by the request itself
         # (``_aiohttp_requests.request_class``) after the app's own handlers, for every
         # response but a ``web.Response`` before the stop: no signal to send per response.
+        # Keyed by the connection (one request at a time on it), not by the request object:
+        # a middleware may hand the handler a ``request.clone()``.
+        key = request.protocol
+        self._responses[key] = response
         if type(response) is not web.Response and isinstance(response, _WebSocket):
-            self._websockets[id(request)] = response
+            self._websockets[key] = response
             if self.draining.is_set():
-                self._close_websocket(id(request), response)
+                self._close_websocket(key, response)
             return
         if self._runtime.stopping:
             # The hook runs after aiohttp derived the Connection header, so set both.
@@ -281,9 +353,9 @@ class AiohttpServer:
         if ends_on_drain(request, response):
             label = f"{request.method} {request.path}"
             stream = self.streams.open(response.write_eof, label, request)
-            self._streams[id(request)] = (stream, response)
+            self._streams[key] = (stream, response)
 
-    def _close_websocket(self, key: int, ws: web.WebSocketResponse) -> None:
+    def _close_websocket(self, key: RequestHandler, ws: web.WebSocketResponse) -> None:
         if ws.closed or key in self._ws_closing:
             return
         self._ws_closing.add(key)
@@ -324,13 +396,31 @@ class AiohttpServer:
             if not task.done():
                 name_request(task, request.method, request.path)
                 self.tasks.add(task)
+        self._cutting = True
         log_requests_cut(self.name, [task.get_name() for task in self.tasks])
-        await self.tasks.cancel_all(abort_deadline(self._runtime.budget))
-        for conn in self._connections():
-            conn.force_close()
+        deadline = abort_deadline(self._runtime.budget)
+        await self.tasks.cancel_all(deadline)
+        await self._end_connections(deadline)
         return cut
 
+    async def _end_connections(self, deadline: float) -> None:
+        # Close every connection and end aiohttp's task of each: they are the server's, not
+        # work the app left running (one may still be reading a body its handler did not read,
+        # for aiohttp's lingering close, long after its response was written). Cancelled, they
+        # are no left-over work for the runtime.
+        connections = self._connections()
+        tasks = connection_tasks(connections)
+        for conn in connections:
+            conn.force_close()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
+            await asyncio.wait(tasks, timeout=timeout)
+
     async def _cleanup(self) -> None:
+        # The close phase: whatever connection outlived the drain ends with the server.
+        await self._end_connections(asyncio.get_running_loop().time() + _CONNECTIONS_GRACE)
         await self.app.cleanup()
 
 
@@ -376,6 +466,7 @@ async def serve(
     .. versionadded:: 0.1
     """
     server = AiohttpServer(app, runtime=runtime, name=name, ws_close_code=ws_close_code)
+    server._access_log = access_log
     app[_SERVER_KEY] = server
     runner = web.AppRunner(
         app,
