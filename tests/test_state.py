@@ -680,3 +680,22 @@ def test_docs_examples_run(index: int) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_stores_that_share_a_registry_share_its_metrics(tmp_path: Path) -> None:
+    """A store opened after another one closed, in the same registry (a second test's app,
+    the default registry), used to fail with ``DuplicateTimeseries`` (found by a new user's
+    second test). Now both count into the same metrics. Control: two sets of the same
+    metrics registered in one registry are still refused by prometheus-client."""
+    from prometheus_client import Counter
+
+    registry = CollectorRegistry()
+    async with DurableStore(tmp_path / "one.db", registry=registry) as first:
+        await first.put("a", "1")
+    async with DurableStore(tmp_path / "two.db", registry=registry) as second:
+        await second.put("b", "2")
+        async with DurableStore(tmp_path / "three.db", registry=registry) as third:
+            await third.put("c", "3")
+    assert registry.get_sample_value("graceful_state_commits_total") == 3
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Counter("graceful_state_commits", "again", registry=registry)

@@ -15,6 +15,7 @@ import queue
 import secrets
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -57,10 +58,21 @@ class CommitMetrics:
 
     @classmethod
     def register(cls, registry: CollectorRegistry | None) -> CommitMetrics:
-        """The metrics, registered in ``registry`` (``None``: a private one)."""
-        # registry=None keeps the metrics private (a throwaway registry), for a second store in
-        # one process or for code that does not export metrics at all.
-        reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        """The metrics, registered in ``registry`` (``None``: a private one).
+
+        One set per registry: every store of a process that uses the same registry counts
+        into it (a store opened after another one closed, a second test's app, two stores at
+        once), instead of failing on a duplicated time series.
+        """
+        if registry is None:  # private: code that does not export metrics at all
+            return cls._create(CollectorRegistry(auto_describe=True))
+        found = _REGISTERED.get(registry)
+        if found is None:
+            found = _REGISTERED[registry] = cls._create(registry)
+        return found
+
+    @classmethod
+    def _create(cls, reg: CollectorRegistry) -> CommitMetrics:
         return cls(
             commits=Counter(
                 "graceful_state_commits_total",
@@ -90,6 +102,12 @@ class CommitMetrics:
                 registry=reg,
             ),
         )
+
+
+#: The metrics registered in each registry by a store (weakly: a test's registry goes away).
+_REGISTERED: weakref.WeakKeyDictionary[CollectorRegistry, CommitMetrics] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class Writer:
