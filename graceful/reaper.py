@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 __all__ = ["ZombieReaper", "start_reaper", "zombie_children"]
@@ -47,16 +47,23 @@ class ZombieReaper:
     Args:
         interval: seconds between sweeps; a zombie is reaped at the second sweep that sees it.
         on_reaped: called with each reaped pid and its wait status.
+        owned: the pids of children their owner collects itself, however late (the
+            supervisor's zygote): never reaped, never reported as orphans.
 
     .. versionadded:: 0.1
     """
 
     def __init__(
-        self, *, interval: float = 1.0, on_reaped: Callable[[int, int], None] | None = None
+        self,
+        *,
+        interval: float = 1.0,
+        on_reaped: Callable[[int, int], None] | None = None,
+        owned: Callable[[], Collection[int]] = frozenset,
     ) -> None:
         self.interval = interval
         self.reaped = 0
         self._on_reaped = on_reaped
+        self._owned = owned
         self._seen: set[int] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -74,7 +81,7 @@ class ZombieReaper:
 
     def sweep(self) -> None:
         """Reap the zombies seen by the previous sweep too; remember the new ones."""
-        current = zombie_children()
+        current = zombie_children() - set(self._owned())
         for pid in current & self._seen:
             self._reap(pid)
         self._seen = current - self._seen
@@ -96,15 +103,18 @@ class ZombieReaper:
             self.sweep()
 
 
-def start_reaper(reap: bool | None, log: Any) -> ZombieReaper | None:
+def start_reaper(
+    reap: bool | None, log: Any, *, owned: Callable[[], Collection[int]] = frozenset
+) -> ZombieReaper | None:
     """Start reaping if asked to, or (``reap`` is ``None``) if this process is PID 1.
 
-    Each reaped zombie is logged as ``zombie.reaped``.
+    Each reaped zombie is logged as ``zombie.reaped``; ``owned`` as for :class:`ZombieReaper`.
     """
     if not (reap or (reap is None and os.getpid() == 1)):
         return None
     reaper = ZombieReaper(
-        on_reaped=lambda pid, status: log.info("zombie.reaped", pid=pid, status=status)
+        on_reaped=lambda pid, status: log.info("zombie.reaped", pid=pid, status=status),
+        owned=owned,
     )
     reaper.start()
     return reaper

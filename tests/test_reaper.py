@@ -148,3 +148,22 @@ async def test_running_reaper_reaps_by_itself_and_stop_sweeps_once_more(
     last.sweep()
     await last.stop()
     assert straggler.pid in pids
+
+
+def test_a_child_its_owner_collects_late_is_never_reaped(
+    children: list[subprocess.Popen[bytes]],
+) -> None:
+    """The supervisor's zygote, which can take longer than two sweeps to be collected at the
+    stop, was reported as an orphan (``zombie.reaped``, found by a new user). A pid in
+    ``owned`` stays for its owner however many sweeps see it; the other zombie beside it
+    (the control) is reaped as before."""
+    owned = exited_child(3)
+    orphan = exited_child(4)
+    children.extend([owned, orphan])
+    reaper = ZombieReaper(owned=lambda: {owned.pid})
+    for _ in range(3):
+        reaper.sweep()
+    assert owned.pid in zombie_children()
+    assert orphan.pid not in zombie_children()
+    assert reaper.reaped == 1
+    assert owned.wait() == 3  # its owner gets its status

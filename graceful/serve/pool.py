@@ -82,6 +82,10 @@ class WorkerPool:
         self._failures: dict[int, int] = {}
         self._restarts: dict[int, asyncio.TimerHandle] = {}
 
+    def zygote_pids(self) -> set[int]:
+        """The zygotes this pool started: its own children, collected by it (not orphans)."""
+        return {zygote.pid for zygote in self._zygotes}
+
     def forks(self) -> bool:
         """Workers are to be forked from a zygote (not spawned)."""
         return self.worker_start != "spawn" and self.worker_module == WORKER_MODULE

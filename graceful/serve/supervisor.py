@@ -177,7 +177,7 @@ class Supervisor:
         reap = self.config.reap_zombies
         if reap is None and self.pool.forks():
             reap = True  # a subreaper (see ``WorkerPool.prepare``): orphans come to us too
-        reaper = start_reaper(reap, self.log)
+        reaper = start_reaper(reap, self.log, owned=self.pool.zygote_pids)
         try:
             code = await self._serve()
             self._report(code, reaper.reaped if reaper is not None else 0)
