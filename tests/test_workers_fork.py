@@ -141,7 +141,8 @@ def test_preload_refuses_an_app_that_starts_a_thread_at_import(tmp_path: Path) -
     with Container(env={**env, "GRACEFUL_WORKER_START": "preload"}, spec="forkapp:app") as bad:
         assert bad.service.wait(HANG_GUARD) == ExitCode.ERROR
     (refused,) = bad.events("serve.not_forkable")
-    assert "thread 'poller'" in refused["error"]
+    assert "a thread ('poller')" in refused["error"]
+    assert "--worker-start fork" in refused["error"]
     assert "GRACEFUL_WORKER_START=fork" in refused["error"]
     assert len(bad.events("startup.failed")) == 1
     assert not bad.events("worker.started")
@@ -226,10 +227,17 @@ THREAD_AT_IMPORT = (
     ("setup", "expected"),
     [
         ("", "[]"),
-        ("import socket; s = socket.socket()", "socket (descriptor"),
-        (THREAD_AT_IMPORT, "thread 't1'"),
+        ("import socket; s = socket.socket()", "a socket (on 0.0.0.0:0, descriptor"),
+        (
+            (
+                "import socket; s = socket.create_server(('127.0.0.1', 0)); "
+                "c = socket.create_connection(s.getsockname())"
+            ),
+            "a socket (to 127.0.0.1:",
+        ),
+        (THREAD_AT_IMPORT, "a thread ('t1')"),
     ],
-    ids=["clean", "socket", "thread"],
+    ids=["clean", "socket", "connection", "thread"],
 )
 def test_fork_hazards_names_threads_and_sockets(setup: str, expected: str) -> None:
     """What ``preload`` refuses to fork; the clean process is the control."""

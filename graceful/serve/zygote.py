@@ -238,15 +238,36 @@ def fork_hazards(keep: Iterable[int] = ()) -> list[str]:
         keep: descriptors that are not the app's (open before its import).
     """
     hazards = [
-        f"thread {thread.name!r}"
+        f"a thread ({thread.name!r})"
         for thread in threading.enumerate()
         if thread is not threading.main_thread()
     ]
     for fd in sorted(open_descriptors() - set(keep)):
         with contextlib.suppress(OSError):
             if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                hazards.append(f"socket (descriptor {fd})")
+                hazards.append(f"a socket ({_socket_ends(fd)}, descriptor {fd})")
     return hazards
+
+
+def _socket_ends(fd: int) -> str:
+    """``to 10.0.0.5:5432`` or ``listening on 0.0.0.0:9000``: where to look in the app."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            with contextlib.suppress(OSError):  # not connected
+                peer = _address(sock.getpeername())
+                if peer:
+                    return f"to {peer}"
+            return f"on {_address(sock.getsockname()) or 'an unnamed address'}"
+    except OSError:
+        return "of an unknown kind"
+
+
+def _address(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    if isinstance(address, bytes):
+        address = address.decode(errors="replace")
+    return str(address)
 
 
 def open_descriptors() -> set[int]:
@@ -283,8 +304,8 @@ def _preload(start: WorkerStart, inherited: set[int]) -> Target | ExitCode:
                 start,
                 "serve.not_forkable",
                 f"the app started {', '.join(hazards)} at import, which forked workers "
-                "cannot share; set GRACEFUL_WORKER_START=fork (each worker imports the app) "
-                "or move that work to the app's startup",
+                "cannot share; serve it with --worker-start fork (GRACEFUL_WORKER_START=fork: "
+                "each worker imports the app) or move that work to the app's startup",
             )
         )
     target: Target = loaded
