@@ -94,6 +94,10 @@ class Watchdog:
             )
         except (ValueError, OSError, AttributeError):  # stderr replaced by a non-file
             return
+        except RuntimeError:
+            # No thread can be started (the pids limit): the stop goes on without the
+            # backstop; the watchdog's own thread, started at startup, still guards it.
+            return
         self._backstop = True
 
     def disarm(self) -> None:

@@ -113,3 +113,19 @@ def test_control_a_filter_left_on_the_socket_is_what_the_check_sees(
     assert accept_new_connections(owned)
     assert connects(address)
     assert not accept_new_connections(owned)  # no filter left to take off
+
+
+def test_a_filter_left_by_a_killed_server_is_taken_off_at_startup(
+    owned: socket.socket, tmp_path: Path
+) -> None:
+    """A supervisor SIGKILLed during its stop never takes its filter off (found by attack):
+    the next server on the socket got no connection at all. It now takes any filter off at
+    startup and says so. The control beside it: the filter as the killed server left it
+    drops every handshake (``test_control_a_filter_left_on_the_socket_is_what_the_check_sees``
+    shows the same with nothing serving)."""
+    assert refuse_new_connections(owned)  # as a supervisor killed mid-stop leaves it
+    assert not connects(owned.getsockname())
+    log = tmp_path / "serve.log"
+    assert serve_once(owned, 2, log)
+    assert "listener.stale_filter_removed" in log.read_text()
+    assert connects(owned.getsockname())

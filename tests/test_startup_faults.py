@@ -27,10 +27,13 @@ GRACEFUL = str(Path(sys.executable).parent / "graceful")
 HANG_GUARD = 30.0
 
 SERVES = """
+import asyncio
+
 async def main(runtime):
     runtime.mark_ready()
     print("serving", flush=True)
-    await runtime.wait_stopped()
+    while not runtime.stopping:
+        await asyncio.sleep(0.02)
 """
 
 
@@ -176,3 +179,27 @@ def test_a_storm_of_sigterms_during_the_import_still_exits_0(tmp_path: Path) -> 
             time.sleep(0.001)
         code, out = finish(process)
         assert code == 0, out
+
+
+EXECUTOR = """
+import concurrent.futures
+POOL = concurrent.futures.ThreadPoolExecutor(2)  # module level, used, never shut down
+POOL.submit(print, "job done", flush=True).result()
+"""
+
+
+def test_an_apps_idle_executor_does_not_hold_the_stop(tmp_path: Path) -> None:
+    """An app with a module-level ``ThreadPoolExecutor`` it used once: its idle workers end
+    only at the interpreter's exit, so joining them before it made every stop wait for the
+    deadline and exit 6 (found by attack). Now exit 0 at once. The control, a thread of the
+    app's own that never ends, is still abandoned at the deadline with exit 6
+    (tests/test_runtime.py covers it: ``shutdown.threads_abandoned``)."""
+    app(tmp_path, "pooled", EXECUTOR + SERVES)
+    process = start(tmp_path, "run", "pooled:main")
+    wait_for_line(process, "serving")
+    began = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code, out = finish(process)
+    assert code == 0, out
+    assert time.monotonic() - began < 2.5  # the deadline (3 s budget) was never reached
+    assert "threads_abandoned" not in out

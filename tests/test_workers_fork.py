@@ -236,8 +236,12 @@ THREAD_AT_IMPORT = (
             "a socket (to 127.0.0.1:",
         ),
         (THREAD_AT_IMPORT, "a thread ('t1')"),
+        (
+            "import faulthandler; faulthandler.dump_traceback_later(60)",
+            "1 thread(s) outside Python",
+        ),
     ],
-    ids=["clean", "socket", "connection", "thread"],
+    ids=["clean", "socket", "connection", "thread", "native-thread"],
 )
 def test_fork_hazards_names_threads_and_sockets(setup: str, expected: str) -> None:
     """What ``preload`` refuses to fork; the clean process is the control."""

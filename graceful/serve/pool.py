@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 
@@ -29,6 +28,7 @@ from graceful.serve.control import WorkerStart, send_start
 from graceful.serve.forking import FORK_TIMEOUT, Child, Zygote, become_subreaper
 from graceful.serve.processes import ExitStatus, WorkerProcess
 from graceful.serve.stopping import SupervisorSettings
+from graceful.serve.zygote import thread_count
 from graceful.status import LifecycleState
 
 __all__ = ["WORKER_MODULE", "WorkerPool"]
@@ -147,7 +147,7 @@ class WorkerPool:
         The zygote and its workers then share this process's pages (the modules graceful's
         command and the supervisor imported), as gunicorn's workers share its arbiter's.
         """
-        if not self.forks() or threading.active_count() > 1 or not become_subreaper():
+        if not self.forks() or thread_count() > 1 or not become_subreaper():
             return
         with contextlib.suppress(OSError):
             self._zygotes.append(Zygote.fork_here())

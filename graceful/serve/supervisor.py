@@ -226,6 +226,9 @@ class Supervisor:
             return ExitCode.ERROR
         if self.options.uds is not None and self.options.fd is None:
             self._socket_file = SocketFile.of(self.listener)  # ours to remove at exit
+        if self.options.fd is not None and accept_new_connections(self.listener):
+            # Left by an earlier server on this socket that was killed during its stop.
+            self.log.warning("listener.stale_filter_removed", fd=self.options.fd)
         if not self._stop_requested.is_set():  # a stop before any worker starts none
             await self.pool.prepare(self.listener, self.metrics, self._stop_requested)
         if not self._stop_requested.is_set():

@@ -77,6 +77,7 @@ __all__ = [
     "main",
     "open_descriptors",
     "serve",
+    "thread_count",
 ]
 
 _HEADER = struct.Struct("!I")
@@ -174,6 +175,15 @@ def serve(link: socket.socket, supervisor_pid: int) -> int:
         print(f"graceful serve: zygote: no start from the supervisor: {exc}", file=sys.stderr)
         return int(ExitCode.ERROR)
     warm()
+    native = thread_count() - threading.active_count()
+    if native > 0:  # a sitecustomize's or an agent's, before any app code
+        return _fail(
+            start,
+            "serve.not_forkable",
+            f"this process runs {native} thread(s) outside Python before the app is imported "
+            "(a sitecustomize, an agent's native part): forked workers would inherit the locks "
+            "they hold; serve with --worker-start spawn (GRACEFUL_WORKER_START=spawn)",
+        )
     preloaded: Target | None = None
     if start.options.worker_start == "preload":
         loaded = _preload(start, inherited)
@@ -242,6 +252,9 @@ def fork_hazards(keep: Iterable[int] = ()) -> list[str]:
         for thread in threading.enumerate()
         if thread is not threading.main_thread()
     ]
+    unseen = thread_count() - threading.active_count()  # started by C code: Python lists none
+    if unseen > 0:
+        hazards.append(f"{unseen} thread(s) outside Python (a C extension's)")
     for fd in sorted(open_descriptors() - set(keep)):
         with contextlib.suppress(OSError):
             if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
@@ -268,6 +281,14 @@ def _address(address: object) -> str:
     if isinstance(address, bytes):
         address = address.decode(errors="replace")
     return str(address)
+
+
+def thread_count() -> int:
+    """This process's threads as the kernel counts them, those C code started included."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
 
 
 def open_descriptors() -> set[int]:
