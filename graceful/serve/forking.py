@@ -33,6 +33,10 @@ _PR_SET_CHILD_SUBREAPER = 36
 _HEADER = struct.Struct("!I")
 #: Seconds a fork may take before the zygote counts as gone (it takes milliseconds).
 FORK_TIMEOUT = 10.0
+#: Seconds the supervisor waits for the zygote's answer to a fork (milliseconds normally). It
+#: waits on its event loop's thread, so a stuck zygote stalls the loop this long at most
+#: (``/livez``, a stop) before it is taken for lost and workers are spawned.
+FORK_ANSWER_TIMEOUT = 2.0
 
 
 def become_subreaper() -> bool:
@@ -145,7 +149,7 @@ class Zygote:
             OSError: the zygote is gone, did not answer in time, or could not fork.
         """
         body = json.dumps({"op": "fork", "index": index}).encode()
-        self.link.settimeout(FORK_TIMEOUT)
+        self.link.settimeout(FORK_ANSWER_TIMEOUT)
         fds = [control.fileno(), listener.fileno()]
         socket.send_fds(self.link, [_HEADER.pack(len(body)) + body], fds)
         reply = self._read()
