@@ -352,3 +352,46 @@ def test_a_supervisor_with_a_thread_spawns_its_zygote_instead(tmp_path: Path) ->
             assert parent_of(pid) == container.pid
             assert "graceful.serve.worker" not in cmdline(pid)
         assert container.stop() == 0
+
+
+QUIRKY = (
+    APP
+    + """
+import signal, sys
+if os.environ.get("APP_IGNORE_SIGCHLD"):
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+sys.stdout.write("PARTIAL-LINE")  # no newline: still in stdout's buffer at the fork
+"""
+)
+
+
+def test_preload_of_an_app_that_ignores_sigchld_and_leaves_output_buffered(
+    tmp_path: Path,
+) -> None:
+    """Found by attack, both failing on the previous code: a preloaded app that sets SIGCHLD
+    to SIG_IGN made the zygote "lost" at its first fork (the kernel collected the
+    intermediate process the zygote waited for), and output the import left in stdout's
+    buffer was written again by every worker. Now the workers are forked and the output
+    appears once."""
+    (tmp_path / "quirky.py").write_text(QUIRKY)
+    env = {
+        "GRACEFUL_APP_DIR": str(tmp_path),
+        "GRACEFUL_WORKER_START": "preload",
+        "APP_IGNORE_SIGCHLD": "1",
+    }
+    with Container(env=env, spec="quirky:app") as container:
+        container.wait_ready()
+        assert not container.events("zygote.lost")
+        assert container.stop() == 0
+    assert "".join(container.service.lines).count("PARTIAL-LINE") == 1
+
+
+def test_an_environment_too_large_for_the_link_spawns_the_workers(tmp_path: Path) -> None:
+    """About 1 MiB of environment (nine 120 kB variables) does not fit one frame of the
+    zygote's link: the supervisor used to die at startup with a ValueError; now it says so
+    (``zygote.unavailable``) and spawns the workers, which serve as with ``spawn``."""
+    env = {**write_app(tmp_path), **{f"APP_BIG_{i}": "x" * 120_000 for i in range(9)}}
+    with Container(env=env, spec="forkapp:app") as container:
+        container.wait_ready()
+        assert container.events("zygote.unavailable")
+        assert container.stop() == 0

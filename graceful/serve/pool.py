@@ -117,7 +117,12 @@ class WorkerPool:
         self.log.info(
             "zygote.started", pid=zygote.pid, worker_start=self.worker_start, forked=forked
         )
-        zygote.begin(self.start_for(0), self._env())
+        try:
+            zygote.begin(self.start_for(0), self._env())
+        except ValueError as exc:  # an environment too large for one frame of the link
+            self.log.warning("zygote.unavailable", reason=str(exc), then="workers are spawned")
+            zygote.close()  # it exits; collected by ``zygotes_gone``
+            return
         loading = asyncio.ensure_future(zygote.loaded())
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait([loading, stopping], return_when=asyncio.FIRST_COMPLETED)

@@ -233,7 +233,9 @@ def _read_json(sock: socket.socket) -> dict[str, object]:
 def warm() -> None:
     """Import :data:`WARM_MODULES` (each worker then finds them imported)."""
     for name in WARM_MODULES:
-        with contextlib.suppress(ImportError):
+        # Any failure, not only ImportError (a broken optional dependency raising at import):
+        # a module not warmed here is imported by each worker, as with ``spawn``.
+        with contextlib.suppress(Exception):
             importlib.import_module(name)
 
 
@@ -369,6 +371,11 @@ def _fork_on_request(link: socket.socket) -> None:
 def _fork(link: socket.socket, control_fd: int, listen_fd: int) -> int:
     """Fork a worker through an intermediate process; return its pid once it is the
     supervisor's child."""
+    # Output buffered by the zygote (a preloaded app's prints) would otherwise be written
+    # again by every worker that inherits the buffer.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
     read_end, write_end = os.pipe()
     middle = os.fork()
     if middle == 0:  # the intermediate: a fork, and gone
@@ -394,8 +401,10 @@ def _fork(link: socket.socket, control_fd: int, listen_fd: int) -> int:
             pid += chunk
     finally:
         os.close(read_end)
-        # Once the intermediate is collected its child is the supervisor's (it exited).
-        os.waitpid(middle, 0)
+        # Once the intermediate is collected its child is the supervisor's (it exited). An
+        # app that set SIGCHLD to SIG_IGN has the kernel collect it instead: nothing to wait.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(middle, 0)
     if not pid:
         raise OSError("the intermediate process could not fork the worker")
     return int(pid)
