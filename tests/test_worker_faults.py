@@ -21,9 +21,11 @@ from tests.test_supervisor import Container, get, get_in_thread, metric
 pytestmark = pytest.mark.slow
 
 
-def test_a_worker_killed_with_requests_in_flight_makes_the_stop_exit_3() -> None:
+@pytest.mark.parametrize("after", [1.5, 0.3], ids=["after-1.5s", "after-0.3s"])
+def test_a_worker_killed_with_requests_in_flight_makes_the_stop_exit_3(after: float) -> None:
     """1. Four 4 s requests in flight across two workers; their in-flight gauge is written
-    (once a second). 2. SIGKILL worker 0 (its clients get EOF). 3. It is replaced; SIGTERM.
+    (every 0.1 s; it was once a second, and a kill 0.3 s in found none: found by attack).
+    2. SIGKILL worker 0 (its clients get EOF). 3. It is replaced; SIGTERM.
     Result: ``worker.requests_lost`` names the requests, the metric counts them, and the stop,
     clean by itself, exits 3 with ``requests_lost`` in the report. (The control, a worker
     killed while idle, exits 0: ``test_supervisor.test_a_worker_killed_while_serving_...``.)"""
@@ -33,7 +35,7 @@ def test_a_worker_killed_with_requests_in_flight_makes_the_stop_exit_3() -> None
         line = container.wait_nth_line("APP work started", 4)
         busy = int(line.rsplit("pid=", 1)[1])  # a worker with a request (the kernel chose)
         index = next(i for i, pid in pids.items() if pid == busy)
-        time.sleep(1.5)  # each worker writes its in-flight gauge once a second
+        time.sleep(after)  # each worker writes its in-flight gauge every 0.1 s
         os.kill(busy, signal.SIGKILL)
         lost = container.service.wait_event("worker.requests_lost")
         container.service.wait_count("worker.ready", 3)

@@ -79,7 +79,7 @@ class MetricsDirectory:
         return cls(_temporary(), owned=True)
 
     def inflight_of(self, pid: int) -> int:
-        """The requests a worker had in flight when it last wrote its gauge (once a second).
+        """The requests a worker had in flight when it last wrote its gauge (every 0.1 s).
 
         Read before :meth:`process_dead` removes its live gauges.
         """

@@ -18,7 +18,7 @@ shared socket, exactly as single-process ``graceful serve`` does, except:
   server closes its copy of the listener;
 - metrics go to ``PROMETHEUS_MULTIPROC_DIR`` for the supervisor to add up; gauges that read a
   value at scrape time (``set_function``) cannot work across processes, so the in-flight and
-  connection gauges are written from the servers' counts once a second.
+  connection gauges are written from the servers' counts ten times a second.
 
 The app can tell which worker it runs in from ``GRACEFUL_WORKER`` (0 to N-1; a replacement
 gets the index of the worker it replaces); the worker's log lines carry ``worker`` too.
@@ -64,8 +64,11 @@ from graceful.status import ExitCode
 __all__ = ["ControlReader", "WorkerRuntime", "main", "run", "run_forked"]
 
 _PR_SET_PDEATHSIG = 1
-#: Seconds between two writes of the in-flight and connection gauges (multiprocess mode).
-GAUGE_INTERVAL = 1.0
+#: Seconds between two writes of the in-flight and connection gauges (multiprocess mode): a
+#: write is a store into a mapped file, so ten a second cost nothing, and the requests a
+#: killed worker had in flight are known to within a tenth of a second (found by attack: with
+#: one a second, a worker killed 0.2 s after its requests began had lost none).
+GAUGE_INTERVAL = 0.1
 #: Seconds a forked worker waits to be handed to the supervisor (it takes a millisecond).
 REPARENT_TIMEOUT = 5.0
 
