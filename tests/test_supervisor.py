@@ -982,3 +982,14 @@ def test_a_metric_file_caught_half_written_leaves_the_scrape_answering(tmp_path:
     registry = CollectorRegistry()
     WorkerSamples(registry, path=str(tmp_path))
     assert b"app_jobs_total 3.0" in generate_latest(registry)
+
+
+def test_a_stop_during_the_apps_startup_waits_for_no_backlog() -> None:
+    """SIGTERM while every worker's lifespan is still starting, before its server listens.
+    A socket that does not listen polls readable, so each worker waited a second for a
+    backlog that was not there and warned ``listener.backlog_not_drained`` (found by a new
+    user). Now: exit 0, no such warning."""
+    with Container(env={"APP_LIFESPAN_DELAY_S": "30"}) as container:
+        container.wait_nth_line("APP lifespan starting", 2)
+        assert container.stop() == 0
+    assert not container.events("listener.backlog_not_drained")

@@ -249,6 +249,11 @@ class BacklogGuard:
     async def stop_accepting(self) -> None:
         if not self.container_stopping():
             return
+        if not _listening(self.sock):
+            # The stop came before this worker's server listened (during the app's startup):
+            # no backlog of its own to drain, and a socket that does not listen polls readable
+            # (it used to wait a second and warn of a backlog that was not there).
+            return
         filtered = refuse_new_connections(self.sock)
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + BACKLOG_DRAIN_MAX

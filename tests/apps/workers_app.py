@@ -75,6 +75,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     runtime = graceful.current_runtime()
     if os.environ.get("APP_FAILING_HOOK_WORKER") == os.environ.get("GRACEFUL_WORKER"):
         runtime.on_shutdown(_failing_flush, name="app.failing_flush")
+    starting = float(os.environ.get("APP_LIFESPAN_DELAY_S", "0"))
+    if starting:
+        print(f"APP lifespan starting pid={os.getpid()}", flush=True)
+        await asyncio.sleep(starting)
     block = float(os.environ.get("APP_UNREADY_BLOCK_S", "0"))
     if block:
         runtime.on_shutdown(functools.partial(time.sleep, block), phase="unready", name="block")
