@@ -15,6 +15,7 @@ import argparse
 import importlib
 import json
 import math
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -311,7 +312,10 @@ def _serve(args: argparse.Namespace) -> int:
         options = ServeOptions.from_env(**{k: v for k, v in given.items() if v is not None})
         config = Config.from_env(**{**_stop_overrides(args), **options.config_overrides()})
     except ConfigError as exc:
-        return _serve_error(f"configuration error: {exc}")
+        return _serve_error(f"configuration error: {_as_option(str(exc))}")
+    unresolved = _unresolved_host(options)
+    if unresolved is not None:
+        return _serve_error(f"configuration error: {unresolved}")
     # From here until the runtime's (or the supervisor's) own handlers, a stop signal is never
     # dropped: it aborts the import, or (after it) starts the stop as soon as there is a stop.
     startup = StartupSignals.take(config.signals if config.handle_signals else ())
@@ -341,6 +345,31 @@ def _serve(args: argparse.Namespace) -> int:
         return runtime.run(main)
     finally:
         startup.restore()
+
+
+def _as_option(message: str) -> str:
+    """``workers=0 is out of range`` names the option as typed: ``--workers 0 ...``.
+
+    Settings read from the environment are already named by their variable
+    (``WEB_CONCURRENCY='abc' ...``); an explicit option's error named the field."""
+    field, sep, rest = message.partition("=")
+    if not sep or not field.isidentifier() or not field.islower():
+        return message
+    value, _, why = rest.partition(" ")
+    return f"--{field.replace('_', '-')} {value} {why}".rstrip()
+
+
+def _unresolved_host(options: ServeOptions) -> str | None:
+    """Why ``--host``/``HOST`` cannot be listened on, said before the app is imported (the
+    server's own error came after the app's startup, naming neither)."""
+    if options.fd is not None or options.uds is not None:
+        return None
+    try:
+        socket.getaddrinfo(options.host, options.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        return f"HOST / --host {options.host!r} cannot be resolved: {reason}"
+    return None
 
 
 def _serve_error(message: str) -> int:

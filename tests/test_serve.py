@@ -634,6 +634,29 @@ def test_a_bad_setting_names_its_variable_in_one_line() -> None:
 
 
 @pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--workers", "0"], "--workers 0 is out of range (1 to 1024)"),
+        (["--stop-timeout", "-1"], "--stop-timeout -1.0 must be a positive finite number"),
+        (
+            ["--host", "no-such-host.invalid"],
+            "HOST / --host 'no-such-host.invalid' cannot be resolved",
+        ),
+    ],
+    ids=["workers", "stop-timeout", "host"],
+)
+def test_a_bad_option_is_named_as_typed(options: list[str], message: str) -> None:
+    """A new user's findings: an option's error named the internal field (``workers=0``), and
+    a host that does not resolve failed after the app's startup with uvicorn's
+    ``Name or service not known`` and "main crashed", naming neither. Now one line, exit 1,
+    before the app is imported. (The control: the variable's error above.)"""
+    result = run_serve("serve_starlette:app", *options)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"graceful serve: configuration error: {message}")
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
     ("target", "kind"),
     [("serve_starlette:app", "an ASGI app"), ("serve_aiohttp:app", "an aiohttp Application")],
 )
