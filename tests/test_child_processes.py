@@ -48,7 +48,9 @@ def test_a_non_daemon_child_is_stopped_and_the_stop_exits_0(
         service.wait_for("APP child")
         if workers == "2":
             service.wait_count("worker.ready", 2)
+            deadline = time.monotonic() + 30  # a hang guard: a failure that says why
             while len(child_pids(service.output())) < 2:
+                assert time.monotonic() < deadline, service.output()
                 time.sleep(0.05)
         began = time.monotonic()
         service.signal(signal.SIGTERM)
