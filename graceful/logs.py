@@ -216,6 +216,10 @@ def last_line(event: str, *, level: str = "error", **fields: Any) -> None:
     stamp = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
     record = {**fields, "level": level, "timestamp": stamp, "event": event}
     line = json.dumps(record, default=str) + "\n"
+    if getattr(sys.stdout, "line_open", False):
+        # A signal handler ran between a line's text and its newline (``print`` writes them
+        # apart when stdout writes through): ours would end that line and be unreadable.
+        line = "\n" + line
     try:
         os.write(sys.stdout.fileno(), line.encode())
     except Exception:  # stdout closed or not a file: nothing more can be said
@@ -262,8 +266,13 @@ class LossyStream:
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
+        #: The last text written did not end its line (``print`` writes the newline apart):
+        #: a line written past this stream (``last_line``) must start a new one.
+        self.line_open = False
 
     def write(self, text: str) -> int:
+        if text:
+            self.line_open = text[-1] != "\n"
         try:
             return int(self.stream.write(text))
         except OSError as exc:

@@ -122,7 +122,10 @@ def unknown_variables(environ: Mapping[str, str]) -> dict[str, str | None]:
 
     A warning, not an error: an app may use the prefix for its own settings.
     """
-    from graceful.serve.options import SERVE_ENV_VARS
+    try:
+        from graceful.serve.options import SERVE_ENV_VARS
+    except ImportError:  # the package no longer readable (privileges dropped after import)
+        SERVE_ENV_VARS = {}
 
     known = {*ENV_VARS.values(), *SERVE_ENV_VARS.values(), *OTHER_VARIABLES}
     found: dict[str, str | None] = {}
