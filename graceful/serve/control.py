@@ -41,16 +41,18 @@ from graceful.config import Config
 from graceful.serve.options import ServeOptions
 
 __all__ = [
+    "HEADER",
     "ControlChannel",
     "Op",
     "WorkerStart",
     "encode",
     "messages",
     "read_start",
+    "recv_exactly",
     "send_start",
 ]
 
-_HEADER = struct.Struct("!I")
+HEADER = struct.Struct("!I")
 #: Largest frame accepted: a start payload is a few kilobytes, a message a few dozen bytes.
 MAX_FRAME = 1 << 20
 
@@ -98,7 +100,7 @@ def encode(message: Message) -> bytes:
 def _frame(body: bytes) -> bytes:
     if len(body) > MAX_FRAME:
         raise ValueError(f"control frame of {len(body)} bytes is over {MAX_FRAME}")
-    return _HEADER.pack(len(body)) + body
+    return HEADER.pack(len(body)) + body
 
 
 def send_start(sock: socket.socket, start: WorkerStart) -> None:
@@ -112,10 +114,10 @@ def read_start(sock: socket.socket) -> WorkerStart:
     Raises:
         ConnectionError: the supervisor closed the link before sending it.
     """
-    (size,) = _HEADER.unpack(_recv_exactly(sock, _HEADER.size))
+    (size,) = HEADER.unpack(recv_exactly(sock, HEADER.size))
     if size > MAX_FRAME:
         raise ConnectionError(f"control start frame of {size} bytes is over {MAX_FRAME}")
-    start = pickle.loads(_recv_exactly(sock, size))  # our own parent: trusted
+    start = pickle.loads(recv_exactly(sock, size))  # our own parent: trusted
     if not isinstance(start, WorkerStart):
         raise ConnectionError(f"control start frame holds {type(start).__name__}")
     return start
@@ -151,14 +153,14 @@ class _FrameReader:
         """
         self._buffer += data
         found: list[Message] = []
-        while len(self._buffer) >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(self._buffer)
+        while len(self._buffer) >= HEADER.size:
+            (size,) = HEADER.unpack_from(self._buffer)
             if size > MAX_FRAME:
                 raise ConnectionError(f"control frame of {size} bytes is over {MAX_FRAME}")
-            if len(self._buffer) < _HEADER.size + size:
+            if len(self._buffer) < HEADER.size + size:
                 break
-            body = bytes(self._buffer[_HEADER.size : _HEADER.size + size])
-            del self._buffer[: _HEADER.size + size]
+            body = bytes(self._buffer[HEADER.size : HEADER.size + size])
+            del self._buffer[: HEADER.size + size]
             try:
                 message = json.loads(body)
             except ValueError:
@@ -168,12 +170,17 @@ class _FrameReader:
         return found
 
 
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    """``size`` bytes from a blocking socket (a frame's header or body) of any link framed here.
+
+    Raises:
+        ConnectionError: the peer closed the link first.
+    """
     data = bytearray()
     while len(data) < size:
         chunk = sock.recv(size - len(data))
         if not chunk:
-            raise ConnectionError("the supervisor closed the control link")
+            raise ConnectionError("the other end closed the link mid-frame")
         data += chunk
     return bytes(data)
 

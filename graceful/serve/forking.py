@@ -18,19 +18,17 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from graceful.serve.control import MAX_FRAME, WorkerStart, encode, send_start
+from graceful.serve.control import HEADER, MAX_FRAME, WorkerStart, encode, recv_exactly, send_start
 
 __all__ = ["FORK_TIMEOUT", "Child", "Zygote", "become_subreaper"]
 
 _PR_SET_CHILD_SUBREAPER = 36
-_HEADER = struct.Struct("!I")
 #: Seconds a fork may take before the zygote counts as gone (it takes milliseconds).
 FORK_TIMEOUT = 10.0
 #: Seconds the supervisor waits for the zygote's answer to a fork (milliseconds normally). It
@@ -151,7 +149,7 @@ class Zygote:
         body = json.dumps({"op": "fork", "index": index}).encode()
         self.link.settimeout(FORK_ANSWER_TIMEOUT)
         fds = [control.fileno(), listener.fileno()]
-        socket.send_fds(self.link, [_HEADER.pack(len(body)) + body], fds)
+        socket.send_fds(self.link, [HEADER.pack(len(body)) + body], fds)
         reply = self._read()
         if reply is None:
             raise OSError("the zygote is gone")
@@ -182,11 +180,11 @@ class Zygote:
     def _read(self) -> dict[str, Any] | None:
         """One message from the zygote; None when the link ended."""
         try:
-            header = _recv_exactly(self.link, _HEADER.size)
-            (size,) = _HEADER.unpack(header)
+            header = recv_exactly(self.link, HEADER.size)
+            (size,) = HEADER.unpack(header)
             if size > MAX_FRAME:
                 return None
-            message: dict[str, Any] = json.loads(_recv_exactly(self.link, size))
+            message: dict[str, Any] = json.loads(recv_exactly(self.link, size))
         except (OSError, ValueError):
             return None
         return message
@@ -225,13 +223,3 @@ class Child:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("the zygote closed its link")
-        data += chunk
-    return data

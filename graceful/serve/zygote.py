@@ -54,7 +54,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import sys
 import threading
 import traceback
@@ -63,7 +62,7 @@ from typing import NoReturn
 
 from graceful.logs import last_line, writes_json
 from graceful.runner import end_if_threads_hold
-from graceful.serve.control import MAX_FRAME, WorkerStart, encode, read_start
+from graceful.serve.control import HEADER, MAX_FRAME, WorkerStart, encode, read_start, recv_exactly
 from graceful.serve.processes import write_whole_lines
 from graceful.serve.target import Target, load_guarded, load_target
 from graceful.serve.worker import _die_with, run_forked
@@ -80,7 +79,6 @@ __all__ = [
     "thread_count",
 ]
 
-_HEADER = struct.Struct("!I")
 
 #: Modules every worker imports after its start, imported once here instead (those not
 #: installed are skipped): the ASGI server path of :mod:`graceful.serve.app`.
@@ -221,10 +219,10 @@ def _apply(message: dict[str, object]) -> None:
 
 
 def _read_json(sock: socket.socket) -> dict[str, object]:
-    (size,) = _HEADER.unpack(_recv_exactly(sock, _HEADER.size))
+    (size,) = HEADER.unpack(recv_exactly(sock, HEADER.size))
     if size > MAX_FRAME:
         raise ValueError(f"frame of {size} bytes")
-    message = json.loads(_recv_exactly(sock, size))
+    message = json.loads(recv_exactly(sock, size))
     if not isinstance(message, dict):
         raise ValueError("not a JSON object")
     return message
@@ -347,18 +345,18 @@ def _fork_on_request(link: socket.socket) -> None:
     """Fork a worker per request until the supervisor closes the link."""
     while True:
         try:
-            data, fds, _, _ = socket.recv_fds(link, _HEADER.size, 2)
+            data, fds, _, _ = socket.recv_fds(link, HEADER.size, 2)
         except ConnectionError:
             return
         if not data:
             return
         try:
-            if len(data) < _HEADER.size:
-                data += _recv_exactly(link, _HEADER.size - len(data))
-            (size,) = _HEADER.unpack(data)
+            if len(data) < HEADER.size:
+                data += recv_exactly(link, HEADER.size - len(data))
+            (size,) = HEADER.unpack(data)
             if size > MAX_FRAME or len(fds) != 2:
                 raise OSError(f"bad fork request ({size} bytes, {len(fds)} descriptors)")
-            json.loads(_recv_exactly(link, size))  # {"op": "fork", "index": i}: for the log
+            json.loads(recv_exactly(link, size))  # {"op": "fork", "index": i}: for the log
             reply = {"op": "forked", "pid": _fork(link, fds[0], fds[1])}
         except (OSError, ValueError) as exc:
             reply = {"op": "failed", "error": str(exc)}
@@ -408,16 +406,6 @@ def _fork(link: socket.socket, control_fd: int, listen_fd: int) -> int:
     if not pid:
         raise OSError("the intermediate process could not fork the worker")
     return int(pid)
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("the supervisor closed the link mid-frame")
-        data += chunk
-    return data
 
 
 def _parser() -> argparse.ArgumentParser:
